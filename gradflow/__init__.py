@@ -1,0 +1,63 @@
+"""gradflow: the continuous-time gradient flow dW/dt = −∇L(W) of homogeneous networks, integrated
+far enough to watch directional convergence and alignment (Ji & Telgarsky, 2020).
+
+gradflow does not switch JAX to float64 globally: its own computations run in float64 inside a
+scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64` to switch your
+own code too.
+"""
+
+from . import losses, models
+from .data import Dataset
+from .errors import GradflowError, InvalidArgumentError, InvalidTypeError, SolverFailure
+from .flow import simulate_flow
+from .losses import CrossEntropy, Exponential, Logistic, get_loss
+from .models import (
+    DeepLinear,
+    FrozenActivation,
+    HomogeneityReport,
+    HomogeneousCNN,
+    Linear,
+    Model,
+    ReLUMLP,
+    TwoLayerSquaredReLU,
+    check_homogeneity,
+    linearize,
+)
+from .params import Frozen, num_params
+from .plotting import plot_flow
+from .precision import enable_x64, x64
+from .result import FlowResult, load_result
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CrossEntropy",
+    "Dataset",
+    "DeepLinear",
+    "Exponential",
+    "FlowResult",
+    "Frozen",
+    "FrozenActivation",
+    "GradflowError",
+    "HomogeneityReport",
+    "HomogeneousCNN",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "Linear",
+    "Logistic",
+    "Model",
+    "ReLUMLP",
+    "SolverFailure",
+    "TwoLayerSquaredReLU",
+    "check_homogeneity",
+    "enable_x64",
+    "get_loss",
+    "linearize",
+    "load_result",
+    "losses",
+    "models",
+    "num_params",
+    "plot_flow",
+    "simulate_flow",
+    "x64",
+]

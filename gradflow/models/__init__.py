@@ -1,0 +1,27 @@
+"""Homogeneous predictors Φ(x; W) for gradient-flow experiments (Ji & Telgarsky, 2020)."""
+
+from gradflow.models._base import Model
+from gradflow.models.cnn import HomogeneousCNN
+from gradflow.models.homogeneity import HomogeneityReport, check_homogeneity
+from gradflow.models.linear import DeepLinear, Linear
+from gradflow.models.mlp import ReLUMLP
+from gradflow.models.squared_relu import (
+    FrozenActivation,
+    TwoLayerSquaredReLU,
+    alternating_signs,
+    linearize,
+)
+
+__all__ = [
+    "DeepLinear",
+    "FrozenActivation",
+    "HomogeneityReport",
+    "HomogeneousCNN",
+    "Linear",
+    "Model",
+    "ReLUMLP",
+    "TwoLayerSquaredReLU",
+    "alternating_signs",
+    "check_homogeneity",
+    "linearize",
+]

@@ -1,0 +1,175 @@
+"""Numerical check of positive homogeneity: Φ(x; cW) = c^L Φ(x; W) for c > 0.
+
+Only the trainable parameters W (see :func:`gradflow.params.partition`) are scaled; fixed signs
+and :class:`~gradflow.params.Frozen` weights stay put.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, PyTree
+
+from gradflow.errors import bad_argument
+from gradflow.params import combine, partition
+from gradflow.precision import x64
+
+__all__ = ["HomogeneityReport", "check_homogeneity"]
+
+_NEGLIGIBLE = 1e-10  # |Φ(x_i; W)| below this fraction of max_i |Φ(x_i; W)| is left out of the fit
+
+
+@dataclasses.dataclass(frozen=True)
+class HomogeneityReport:
+    """Result of :func:`check_homogeneity`.
+
+    Attributes:
+        degree: the measured degree L (``round(estimate)``) when the model passes the check,
+            else None.
+        estimate: least-squares slope of log(|Φ(x; cW)| / |Φ(x; W)|) against log c (through the
+            origin) over all scales and all output entries with non-negligible |Φ(x; W)|;
+            NaN when Φ(x; W) ≡ 0 on x (then any degree fits: ``degree`` is the declared one,
+            ``homogeneous`` True, if Φ(x; cW) ≡ 0 too).
+        max_relative_error: max over scales c of ‖Φ(x; cW) − c^L Φ(x; W)‖_∞ / ‖c^L Φ(x; W)‖_∞
+            at L = round(estimate) (inf when some output is not finite).
+        homogeneous: ``max_relative_error <= rtol``.
+        rtol: the tolerance used.
+        scales: the factors c tried.
+        declared_degree: the model's own ``degree`` attribute (None if it has none).
+    """
+
+    degree: int | None
+    estimate: float
+    max_relative_error: float
+    homogeneous: bool
+    rtol: float
+    scales: tuple[float, ...]
+    declared_degree: int | None = None
+
+    def __str__(self) -> str:
+        declared = "" if self.declared_degree is None else f"; declared degree {self.declared_degree}"
+        if math.isnan(self.estimate):
+            if self.homogeneous:
+                return (
+                    f"Φ(x; W) and Φ(x; cW) vanish on every input: consistent with any degree, none measured{declared}"
+                )
+            return (
+                f"not homogeneous: no degree can be fitted (max relative error {self.max_relative_error:.2e}){declared}"
+            )
+        nearest = round(self.estimate)
+        if self.homogeneous:
+            agree = ""
+            if self.declared_degree is not None and self.declared_degree != self.degree:
+                agree = " (DISAGREES with the declared degree)"
+            return (
+                f"homogeneous of degree {self.degree}{agree}: fitted slope "
+                f"{self.estimate:.6f}, max relative error {self.max_relative_error:.2e} "
+                f"<= rtol {self.rtol:.1e} over scales {self.scales}{declared}"
+            )
+        return (
+            f"not homogeneous: fitted slope {self.estimate:.6f}; at the nearest integer "
+            f"L = {nearest} the max relative error is {self.max_relative_error:.2e} "
+            f"> rtol {self.rtol:.1e} over scales {self.scales}{declared}"
+        )
+
+
+def _declared_degree(model: object) -> int | None:
+    try:
+        deg = model.degree  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - any model without a usable degree
+        return None
+    return deg if isinstance(deg, int) and not isinstance(deg, bool) else None
+
+
+def check_homogeneity(
+    model: PyTree,
+    x: ArrayLike,
+    *,
+    scales: Sequence[float] = (0.5, 2.0, 3.0),
+    rtol: float = 1e-6,
+) -> HomogeneityReport:
+    """Measure the homogeneity degree of ``model`` on the inputs ``x``.
+
+    Computes Φ(x; W) and Φ(x; cW) for each c in ``scales`` (scaling only the trainable
+    parameters) in float64, fits the degree by least squares on log-ratios, rounds it to the
+    nearest integer L and reports the max relative error of c^L Φ(x; W) against Φ(x; cW).
+
+    Args:
+        model: a callable PyTree (e.g. a :class:`gradflow.models.Model`) with ``model(x)``.
+        x: a batch of inputs, e.g. shape (n, d); non-empty, no NaN.
+        scales: the factors c > 0 (at least one ≠ 1).
+        rtol: tolerance on the relative error for ``homogeneous``.
+
+    Raises:
+        ValueError: naming ``x``, ``scales``, ``rtol`` or ``model`` when the argument is unusable.
+    """
+    scales = tuple(float(c) for c in scales)
+    if not scales:
+        raise bad_argument("scales", "is empty", "Pass e.g. scales=(0.5, 2.0, 3.0).")
+    if any(not (math.isfinite(c) and c > 0.0) for c in scales):
+        raise bad_argument("scales", f"must be finite and > 0, got {scales}", "Pass e.g. scales=(0.5, 2.0, 3.0).")
+    if all(c == 1.0 for c in scales):
+        raise bad_argument("scales", f"needs a factor other than 1, got {scales}", "Pass e.g. scales=(0.5, 2.0, 3.0).")
+    rtol = float(rtol)
+    if not (math.isfinite(rtol) and rtol >= 0.0):
+        raise bad_argument("rtol", f"must be finite and >= 0, got {rtol}", "Pass e.g. rtol=1e-6.")
+
+    with x64():
+        x_arr = jnp.asarray(x)
+        if x_arr.size == 0:
+            raise bad_argument("x", f"is empty (shape {tuple(x_arr.shape)})", "Pass at least one input.")
+        x_arr = x_arr.astype(jnp.float64)
+        if bool(jnp.any(jnp.isnan(x_arr))):
+            raise bad_argument("x", "contains NaN", "Drop or impute the NaN inputs.")
+        params, static = partition(model)
+        if not jax.tree_util.tree_leaves(params):
+            raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
+
+        def phi(c: float) -> np.ndarray:
+            scaled: PyTree = jax.tree_util.tree_map(lambda p: p * c, params)
+            net: Callable = combine(scaled, static)
+            return np.asarray(net(x_arr), dtype=np.float64).ravel()
+
+        base = phi(1.0)
+        outs = [phi(c) for c in scales]
+
+    declared = _declared_degree(model)
+    nan = float("nan")
+    if not (np.all(np.isfinite(base)) and all(np.all(np.isfinite(out)) for out in outs)):
+        return HomogeneityReport(None, nan, math.inf, False, rtol, scales, declared)
+    abs_base = np.abs(base)
+    peak = float(np.max(abs_base))
+    if peak == 0.0:
+        # Φ(x; W) ≡ 0 on x: Φ(x; cW) ≡ 0 is consistent with every degree, so no degree can be
+        # measured; report the declared one (if any) as consistent.
+        vanishes = all(not np.any(out) for out in outs)
+        return HomogeneityReport(
+            declared if vanishes else None,
+            nan,
+            0.0 if vanishes else math.inf,
+            vanishes,
+            rtol,
+            scales,
+            declared,
+        )
+    mask = abs_base > _NEGLIGIBLE * peak
+    for out in outs:
+        mask &= out != 0.0
+    if not np.any(mask):  # Φ(x; cW) vanishes wherever Φ(x; W) does not
+        return HomogeneityReport(None, nan, math.inf, False, rtol, scales, declared)
+
+    logc = np.log(np.asarray(scales))
+    log_ratios = np.stack([np.log(np.abs(out[mask])) - np.log(abs_base[mask]) for out in outs])
+    estimate = float(np.sum(logc[:, None] * log_ratios) / (np.sum(logc**2) * int(mask.sum())))
+
+    level = round(estimate)
+    err = max(
+        float(np.max(np.abs(out - c**level * base))) / (c**level * peak) for c, out in zip(scales, outs, strict=True)
+    )
+    homogeneous = err <= rtol
+    return HomogeneityReport(level if homogeneous else None, estimate, err, homogeneous, rtol, scales, declared)

@@ -1,0 +1,66 @@
+"""Trainable versus static parts of a model.
+
+The ODE state of a flow is the *trainable* part of a model: every floating-point array leaf that is
+not wrapped in :class:`Frozen`. Integer arrays (e.g. fixed signs stored as ``int8``), Python
+scalars and anything inside :class:`Frozen` are static structure: never differentiated, never
+integrated, never counted in ‖W‖.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PyTree
+
+__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params"]
+
+
+class Frozen(eqx.Module):
+    """Wraps a floating-point array that is part of the model but not trained.
+
+    Example: the fixed first-layer weights of the frozen-activation (NTK) predictor.
+    Read it with ``frozen.value``.
+    """
+
+    value: Array
+
+
+def _is_frozen(x: Any) -> bool:
+    return isinstance(x, Frozen)
+
+
+def _is_trainable(x: Any) -> bool:
+    return (not _is_frozen(x)) and eqx.is_inexact_array(x)
+
+
+def partition(model: PyTree) -> tuple[PyTree, PyTree]:
+    """Split ``model`` into ``(params, static)`` with ``eqx.combine(params, static) == model``.
+
+    ``params`` holds the trainable float arrays W; ``static`` everything else (None where a
+    leaf went to the other side)."""
+    return eqx.partition(model, _is_trainable, is_leaf=_is_frozen)
+
+
+def combine(params: PyTree, static: PyTree) -> PyTree:
+    """Inverse of :func:`partition`."""
+    return eqx.combine(params, static, is_leaf=_is_frozen)
+
+
+def tree_vdot(a: PyTree, b: PyTree) -> Array:
+    """⟨a, b⟩ summed over all leaves of two PyTrees with the same structure."""
+    leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda u, v: jnp.vdot(u, v), a, b))
+    return sum(leaves, jnp.zeros(()))
+
+
+def global_norm(tree: PyTree) -> Array:
+    """‖W‖: the Euclidean norm of all leaves of ``tree`` taken as one vector."""
+    return jnp.sqrt(tree_vdot(tree, tree))
+
+
+def num_params(model: PyTree) -> int:
+    """Number of trainable scalars k (W ∈ R^k)."""
+    params, _ = partition(model)
+    return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,56 @@
+"""Figures of a FlowResult against ln(n/L), the x-axis of the paper's Figure 2."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+__all__ = ["plot_flow"]
+
+
+def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | None = None):
+    """Six panels against ln(n/L): α̃ and the normalized margin, ‖W‖, θ_t, ζ_t, β − α (Lemma C.5),
+    and the per-example normalized margins (sorted by final value, as in Appendix A).
+
+    Returns the matplotlib Figure; writes it to ``path`` (PNG/PDF by extension) when given."""
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    d = result.diagnostics
+    acc = d["accuracy"]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    ax = axes[0, 0]
+    if "smoothed_margin" in d:
+        ax.plot(acc, d["smoothed_margin"], label="α̃ = α/‖W‖^L")
+        ax.plot(acc, d["margin"], "--", label="min_i p_i/‖W‖^L")
+        ax.legend()
+    ax.set_title("smoothed and exact margin")
+    axes[0, 1].semilogy(acc, d["norm"])
+    axes[0, 1].set_title("‖W‖")
+    axes[0, 2].semilogy(acc, np.maximum(d["angle"], 1e-17))
+    axes[0, 2].set_title("θ_t: angle(W, −∇L) [rad]")
+    axes[1, 0].plot(acc, d["path_length"])
+    axes[1, 0].set_title("ζ_t: path length of W/‖W‖")
+    if "beta" in d:
+        axes[1, 1].plot(acc, d["beta"] - d["alpha"])
+        n = d["raw_margins"].shape[1]
+        axes[1, 1].axhline(2 * np.log(n) + 1, color="k", ls=":", label="2 ln n + 1 (Lemma C.5)")
+        axes[1, 1].legend()
+    axes[1, 1].set_title("β − α")
+    ax = axes[1, 2]
+    margins = d["margins"] if "margins" in d else d["raw_margins"]
+    order = np.argsort(margins[-1])
+    ax.plot(acc, margins[:, order], lw=0.7)
+    ax.set_title("per-example normalized margins")
+    for a in axes.flat:
+        a.set_xlabel("ln(n/L)")
+    if title:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=110)
+        plt.close(fig)
+    return fig

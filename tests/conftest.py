@@ -1,0 +1,38 @@
+"""Shared fixtures. Sizes are tiny and options shared so compiled solves are reused across tests."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow as gf
+
+TEACHER = np.array([1.0, -0.5, 0.2])
+
+
+@pytest.fixture(scope="session")
+def separable_2d():
+    """Eight points in R^3 (2-D + constant 1), separable through the origin by TEACHER, ‖x_i‖ ≤ 1."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(40, 2))
+    x = np.c_[x, np.ones(len(x))]
+    s = x @ TEACHER
+    keep = np.abs(s) > 0.3
+    x, y = x[keep][:8], np.sign(s[keep][:8])
+    return x / np.linalg.norm(x, axis=1).max(), y
+
+
+@pytest.fixture(scope="session")
+def squared_relu_model(separable_2d):
+    """Width-6 squared-ReLU net (alternating signs, eq. 4.5) with L(W_0) < ℓ(0) on ``separable_2d``.
+
+    Neurons 1 and 2 (signs −1, +1) start at ∓c·u for the teacher direction u, so
+    Φ(x) = c²⟨u,x⟩|⟨u,x⟩| classifies every point; the other neurons are small and random."""
+    x, y = separable_2d
+    model = gf.TwoLayerSquaredReLU(3, 6, key=jax.random.PRNGKey(1), signs="alternating", init_scale=0.3)
+    u = TEACHER / np.linalg.norm(TEACHER)
+    c = 3.0 / np.min(np.abs(x @ u))
+    with gf.x64():
+        w = model.w.at[0].set(-c * jnp.asarray(u)).at[1].set(c * jnp.asarray(u))
+        return eqx.tree_at(lambda m: m.w, model, w)
