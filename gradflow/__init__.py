@@ -6,7 +6,7 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import losses, models
+from . import datasets, losses, maxmargin, models
 from .data import Dataset
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError, SolverFailure
 from .flow import simulate_flow
@@ -50,11 +50,13 @@ __all__ = [
     "SolverFailure",
     "TwoLayerSquaredReLU",
     "check_homogeneity",
+    "datasets",
     "enable_x64",
     "get_loss",
     "linearize",
     "load_result",
     "losses",
+    "maxmargin",
     "models",
     "num_params",
     "plot_flow",

@@ -256,7 +256,8 @@ def simulate_flow(
             "equinox Module a `degree` property (an int, or None if not homogeneous)."
         )
 
-    with x64():
+    # float32 runs with x64 off altogether, so no Python constant promotes part of the state.
+    with x64() if dtype == "float64" else jax.enable_x64(False):
         fdtype = jnp.float64 if dtype == "float64" else jnp.float32
         params0, static = partition(model)
         leaves = jax.tree_util.tree_leaves(params0)
