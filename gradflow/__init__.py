@@ -7,7 +7,9 @@ own code too.
 """
 
 from . import datasets, losses, maxmargin, models
+from .compare import compare
 from .data import Dataset
+from .descent import NormalizedGD, normalized_gd, simulate_descent
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError, SolverFailure
 from .flow import simulate_flow
 from .losses import CrossEntropy, Exponential, Logistic, get_loss
@@ -46,10 +48,12 @@ __all__ = [
     "Linear",
     "Logistic",
     "Model",
+    "NormalizedGD",
     "ReLUMLP",
     "SolverFailure",
     "TwoLayerSquaredReLU",
     "check_homogeneity",
+    "compare",
     "datasets",
     "enable_x64",
     "get_loss",
@@ -58,8 +62,10 @@ __all__ = [
     "losses",
     "maxmargin",
     "models",
+    "normalized_gd",
     "num_params",
     "plot_flow",
+    "simulate_descent",
     "simulate_flow",
     "x64",
 ]

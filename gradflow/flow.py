@@ -42,7 +42,7 @@ from .losses import get_loss
 from .params import combine, partition
 from .precision import warn_if_float32, x64
 from .result import FlowResult, params_to_dict
-from .solvers import evaluations_per_step, get_solver, is_implicit
+from .solvers import evaluations_per_step, get_solver
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -90,17 +90,15 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params):
+def _solve(params0, aux0, s0, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
         term = diffrax.ODETerm(_time_field)
-        s0 = jnp.zeros((), x.dtype)
         s1 = t_end
         ts = save_points
     else:
         term = diffrax.ODETerm(_accuracy_field)
-        s0 = evaluate(params0, static, x, y, loss).alpha
         # save points and target are given in ln(n/L); map them to α = ℓ⁻¹(n e^(−K)).
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
@@ -129,7 +127,7 @@ def _solve(params0, static, x, y, save_points, t_end, target_log_loss, log_t_max
     else:
         event = None
     controller = diffrax.PIDController(rtol=rtol, atol=atol, **dict(controller_opts))
-    y0 = (params0, jnp.zeros((2,), x.dtype))
+    y0 = (params0, aux0)
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -190,6 +188,7 @@ def simulate_flow(
     throw: bool = False,
     controller_options: dict | None = None,
     save_params: bool = False,
+    auto_explicit_steps: int = 1000,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -203,7 +202,8 @@ def simulate_flow(
       clock: 'time' (integrate in t) or 'accuracy' (integrate in α; needs ``until_accuracy``).
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
-      solver: a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
+      solver: 'auto' (Tsit5, switching once to matrix-free Kvaerno5 when the flow turns stiff;
+        see ``_run_auto``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       dt0: initial step (None: diffrax picks it).
@@ -218,6 +218,8 @@ def simulate_flow(
       throw: raise :class:`gradflow.SolverFailure` (holding the partial result) instead of
         returning a failed result.
       controller_options: extra keyword arguments of ``diffrax.PIDController``.
+      auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
+        stiffness checks.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
 
@@ -248,7 +250,8 @@ def simulate_flow(
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
     if dtype == "float32":
         warn_if_float32(jnp.float32, "simulate_flow")
-    solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=jacobian)
+    auto = isinstance(solver, str) and solver.lower() == "auto"
+    solver_obj = get_solver("tsit5" if auto else solver, rtol=rtol, atol=atol, jacobian=jacobian)
     degree = getattr(model, "degree", "missing")
     if degree == "missing":
         raise InvalidTypeError(
@@ -318,20 +321,105 @@ def simulate_flow(
         log_t_max = math.log(t_max) if t_max is not None else math.inf
         opts = {} if controller_options is None else dict(controller_options)
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
-        start = time.perf_counter()
-        saved, final_diag, final_state, result, stats, s_final = _solve(
-            params0, static, x, y, f(save_points), f(t_end), f(target_log_loss), f(log_t_max),
-            f(rtol), f(atol), None if dt0 is None else f(dt0),
-            loss=loss_fn, degree=degree, clock=clock, solver=solver_obj, max_steps=int(max_steps),
+        common = dict(
+            static=static, x=x, y=y, t_end=f(t_end), target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
+            rtol=f(rtol), atol=f(atol), dt0=None if dt0 is None else f(dt0), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
         )
-        jax.block_until_ready(final_state)
-        wall = time.perf_counter() - start
-        return _assemble(saved, final_diag, final_state, result, stats, static, wall, degree, locals_config=dict(
-            loss=loss_fn.name, clock=clock, solver=type(solver_obj).__name__, rtol=rtol, atol=atol,
-            t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n, max_steps=int(max_steps),
-            jacobian=jacobian if is_implicit(solver_obj) else None, dtype=dtype,
-        ), solver_obj=solver_obj, throw=throw, event_kind=event_kind, num_save=len(save_points))
+        s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
+        config = dict(
+            loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
+            rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
+            max_steps=int(max_steps), jacobian=jacobian, dtype=dtype,
+        )
+        if auto:
+            segments = _run_auto(params0, s_start, save_points, common, rtol=rtol, atol=atol, jacobian=jacobian,
+                                 max_steps=int(max_steps), explicit_steps=int(auto_explicit_steps), f=f)
+            config["switches"] = [seg["solver_name"] + f"@ln(n/L)={seg['start_accuracy']:.6g}" for seg in segments]
+        else:
+            segments = [_run_segment(params0, jnp.zeros((2,), fdtype), f(s_start), save_points, common,
+                                     solver_obj, int(max_steps), f)]
+        return _assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
+
+
+def _run_segment(params0, aux0, s0, save_points, common, solver, max_steps, f) -> dict:
+    """One diffeqsolve from (params0, aux0) at clock value s0; outputs as numpy, timed."""
+    start = time.perf_counter()
+    saved, final_diag, final_state, result, stats, s_final = _solve(
+        params0, aux0, s0, save_points=f(save_points), solver=solver, max_steps=max_steps, **common
+    )
+    jax.block_until_ready(final_state)
+    wall = time.perf_counter() - start
+    saved = jax.tree_util.tree_map(np.asarray, saved)
+    final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1) has a length-1 axis
+    # diffrax fills save points after a stop with inf; keep the ones reached.
+    reached = np.isfinite(saved["log_loss"])
+    return dict(
+        saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
+        result=result, stats={k: int(v) for k, v in stats.items() if k != "max_steps"}, wall=wall,
+        s_final=float(np.asarray(s_final).reshape(-1)[0]), solver=solver, solver_name=type(solver).__name__,
+        num_save=len(save_points), start_accuracy=None,
+    )
+
+
+def _top_eigenvalue(params, aux, s, common, iters: int = 30) -> float:
+    """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
+    products; in physical time these are Hessian-vector products of L)."""
+    field = _time_field if common["clock"] == "time" else _accuracy_field
+    args = (common["static"], common["x"], common["y"], common["loss"])
+    return float(_power_iteration(field, params, aux, s, args, iters))
+
+
+@eqx.filter_jit
+def _power_iteration(field, params, aux, s, args, iters):
+    def jv(v):
+        return jax.jvp(lambda p: field(s, (p, aux), args)[0], (params,), (v,))[1]
+
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v0 = unravel(jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 1.3) + 0.5)
+
+    def body(_, carry):
+        v, _lam = carry
+        w = jv(v)
+        norm_w = jax.flatten_util.ravel_pytree(w)[0]
+        lam = jnp.linalg.norm(norm_w) / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
+        return jax.tree_util.tree_map(lambda a: a / jnp.linalg.norm(norm_w), w), lam
+
+    return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]
+
+
+def _run_auto(params0, s_start, save_points, common, *, rtol, atol, jacobian, max_steps, explicit_steps, f) -> list[dict]:
+    """LSODA-style switching: Tsit5 in segments of ``explicit_steps`` steps while the flow is not
+    stiff; once a segment runs out of steps *and* its mean step h sits at the explicit stability
+    limit (h·|λ_max| > 1, λ_max of the vector field's Jacobian by power iteration), the rest of the
+    flow is integrated with matrix-free Kvaerno5. The switch is one-way: in this problem class
+    stiffness grows with ln(n/L) (the dual weights separate as the margin sharpens)."""
+    explicit = get_solver("tsit5", rtol=rtol, atol=atol)
+    segments: list[dict] = []
+    params, aux, s = params0, jnp.zeros((2,), common["x"].dtype), s_start
+    points = np.asarray(save_points)
+    used = 0
+    solver, budget = explicit, min(explicit_steps, max_steps)
+    while True:
+        seg = _run_segment(params, aux, f(s), points, common, solver, budget, f)
+        seg["start_accuracy"] = float(seg["saved"]["accuracy"][0]) if len(seg["saved"]["accuracy"]) else float("nan")
+        segments.append(seg)
+        used += seg["stats"]["num_steps"]
+        out_of_steps = seg["result"] == diffrax.RESULTS.max_steps_reached
+        if not out_of_steps or used >= max_steps or solver is not explicit:
+            return segments
+        params, aux = seg["final_state"]
+        h = (seg["s_final"] - s) / max(seg["stats"]["num_accepted_steps"], 1)
+        s = seg["s_final"]
+        position = seg["final_diag"]["t"] if common["clock"] == "time" else seg["final_diag"]["accuracy"]
+        points = points[points > position]
+        if points.size == 0:
+            points = np.asarray([float(common["t_end"])])
+        lam = _top_eigenvalue(params, aux, f(s), common)
+        if h * lam > 1.0:
+            solver = get_solver("kvaerno5", rtol=rtol, atol=atol, jacobian=jacobian)
+            budget = max_steps - used
+            seg["switch_reason"] = f"stiff: mean step {h:.3g} × |λ_max| {lam:.3g} > 1"
 
 
 def _check_declared_degree(model, x, degree):
@@ -347,46 +435,45 @@ def _check_declared_degree(model, x, degree):
         )
 
 
-def _assemble(saved, final_diag, final_state, result, stats, static, wall, degree, *, locals_config, solver_obj, throw, event_kind, num_save):
-    saved = jax.tree_util.tree_map(np.asarray, saved)
-    final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1) has a length-1 axis
-    reached = np.isfinite(saved["log_loss"]) & (saved["log_loss"] < np.inf)
-    # diffrax fills save points after a stop with inf; keep the ones reached, then the final state
-    # if it is not already the last save point.
-    diag = {k: v[reached] for k, v in saved.items()}
+def _assemble(segments, static, degree, *, config, throw, event_kind):
+    """Concatenate the segments' save points (+ the final state if it is not a save point) into a
+    FlowResult with a status and reason."""
+    parts = [seg["saved"] for seg in segments]
+    diag = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    last, final_diag = segments[-1], segments[-1]["final_diag"]
     last_log_t = diag["log_t"][-1] if len(diag["log_t"]) else -np.inf
     if not np.isclose(final_diag["log_t"], last_log_t, rtol=1e-12, atol=0) and np.isfinite(final_diag["log_loss"]):
         diag = {k: np.concatenate([diag[k], final_diag[k][None]]) for k in diag}
     if degree is None:
         for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
             diag.pop(k, None)
-    message = diffrax.RESULTS[result]
+    result = last["result"]
     if result == diffrax.RESULTS.successful:
         status, reason = "completed", ""
     elif result == diffrax.RESULTS.event_occurred:
         status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
     else:
-        status, reason = "failed", message
-    params_final, _aux = final_state
-    finite = all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final))
-    if not finite:
+        status, reason = "failed", diffrax.RESULTS[result]
+    params_final, _aux = last["final_state"]
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
         status, reason = "failed", "non-finite parameters (NaN/inf) in the state; " + reason
-    num_steps = int(stats["num_steps"])
-    per_step = evaluations_per_step(solver_obj)
+    evals = [evaluations_per_step(seg["solver"]) for seg in segments]
     stats_out = {
-        "steps": num_steps,
-        "accepted_steps": int(stats["num_accepted_steps"]),
-        "rejected_steps": int(stats["num_rejected_steps"]),
-        "gradient_evaluations": None if per_step is None else num_steps * per_step + 2,
-        "diagnostic_evaluations": num_save + 1,
-        "wall_time": wall,
+        "steps": sum(seg["stats"]["num_steps"] for seg in segments),
+        "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
+        "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
+        # explicit RK: stages per attempted step + 2 for the initial step size; implicit: unknown here
+        "gradient_evaluations": None if None in evals else sum(
+            seg["stats"]["num_steps"] * e + 2 for seg, e in zip(segments, evals, strict=True)),
+        "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        "wall_time": sum(seg["wall"] for seg in segments),
+        "segments": len(segments),
     }
-    model = combine(params_final, static)
     res = FlowResult(
-        diagnostics=diag, status=status, reason=reason, stats=stats_out, config=locals_config,
-        params=params_to_dict(params_final), model=model,
+        diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
+        params=params_to_dict(params_final), model=combine(params_final, static),
     )
-    _warn_if_stalled(diag, locals_config)
+    _warn_if_stalled(diag, config)
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_flow failed: {reason}", res)
     return res

@@ -1,0 +1,526 @@
+r"""Discrete optimizers beside the flow: gradient descent, normalized GD and any optax optimizer.
+
+The flow dW/dt = −∇L(W) (eq. 2.2) is the η → 0 limit of gradient descent
+
+    W_{k+1} = W_k − η_k ∇L(W_k),     L(W) = Σ_i ℓ(p_i(W)),
+
+whose iterate W_k sits near W(t_k) with t_k = Σ_{j<k} η_j (Euler's method: the error at a fixed
+time is O(η)). :func:`simulate_descent` runs such iterations entirely inside one compiled loop and
+returns the same :class:`~gradflow.FlowResult` as :func:`~gradflow.simulate_flow`, with the same
+diagnostics (computed by :func:`gradflow.diagnostics.evaluate` and
+:func:`gradflow.diagnostics.diagnostics` at the save iterations) and t = Σ η_k, so both line up.
+
+Optimizers (``optimizer=``):
+
+* ``"gd"`` (alias ``"sgd"``): W ← W − η_k ∇L̂(W) = W + η_k |ℓ'(α̂)| ∇α̂ (Lemma C.2), with η_k from
+  ``learning_rate=`` (a float or a schedule k ↦ η_k). The rate is a traced value: runs at
+  different constant η share one compilation.
+* ``"normalized"`` or :func:`normalized_gd`: the normalized GD of Appendix A ("scale the step size
+  by 1/L(W_{t−1})"): W ← W − (η/L̂) ∇L̂ = W + η (|ℓ'(α̂)|/L̂) ∇α̂, the factor formed in log space
+  as exp(ln|ℓ'(α̂)| − ln L̂), so it runs to ln(n/L) ≫ 745 (where L underflows) without overflow.
+  For the exponential loss |ℓ'(α)| = L and the step is W ← W + η∇α, gradient ascent on the
+  smoothed margin α = ln(1/L) (the AdaBoost step). If ``max_update_norm`` is set the update is
+  rescaled to norm ``max_update_norm`` when longer ("the step size was reduced if the norm of the
+  induced update was too large").
+* any ``optax.GradientTransformation`` (``optax.sgd`` is plain GD, ``optax.sgd(η, momentum)``,
+  ``optax.adam``, ...), fed the gradient ∇L̂.
+
+Mini-batches (``batch_size=b``, Figures 2–3): each epoch draws a permutation of the n examples
+with ``jax.random.permutation(fold_in(key(seed), epoch))`` and takes ⌊n/b⌋ consecutive batches B
+(the last n mod b examples of the permutation are skipped that epoch). The batch objective is
+the unbiased estimate L̂ = (n/b) Σ_{i∈B} ℓ(p_i) of L, so E[∇L̂] = ∇L and the time t = Σ η_k still
+matches the flow's. α̂ = ℓ⁻¹(Σ_{i∈B} ℓ(p_i)) is the batch smoothed margin. With ``batch_size=None``
+(default) the batch is the full data set and L̂ = L.
+
+Time. ``t`` = Σ_k Δt_k, accumulated as ``log_t`` with logaddexp, where Δt_k is the flow time the
+step stands for:
+
+* ``"gd"`` and optax: Δt_k = η_k, the nominal learning rate, so t = k·η for a constant rate. For
+  adaptive optimizers (adam, ...) t is the sum of the nominal rates, not an exact flow time.
+* normalized GD: Δt_k = c_k η_k / L̂(W_k), with c_k ≤ 1 the update-norm clip factor, since its
+  update equals a GD step of size c_k η_k / L̂. t overflows float64 once ln(n/L) passes ~700;
+  ``log_t`` stays finite.
+
+Path length. ``path_length`` is the length of the polygon through the points W_k/‖W_k‖ of *every*
+iteration, each segment measured as the arc (geodesic) length on the unit sphere,
+2·arcsin(‖W̃_{k+1} − W̃_k‖/2), the discrete analogue of the flow's ζ (Lemma 3.4).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from .data import as_dataset
+from .diagnostics import diagnostics, evaluate
+from .errors import InvalidTypeError, SolverFailure, bad_argument
+from .flow import _check_declared_degree, _check_positive_finite
+from .losses import Loss, get_loss
+from .params import combine, global_norm, partition
+from .precision import warn_if_float32, x64
+from .result import FlowResult, params_to_dict
+
+__all__ = ["simulate_descent", "normalized_gd", "NormalizedGD", "DESCENT_METHODS"]
+
+DESCENT_METHODS = ("gd", "sgd", "normalized")
+
+# Keys of a FlowResult's diagnostics that need a homogeneity degree (dropped when it is None).
+_NORMALIZED_KEYS = ("smoothed_margin", "beta", "margin", "margins", "potential")
+
+
+@dataclass(frozen=True)
+class NormalizedGD:
+    """Normalized gradient descent of Appendix A: W ← W − c_k (η_k/L(W_k)) ∇L(W_k).
+
+    Attributes:
+      eta: η, a positive float or a schedule ``k ↦ η_k`` (a callable on the iteration count).
+      max_update_norm: if set, the clip factor c_k = min(1, max_update_norm / ‖(η_k/L)∇L‖) caps
+        the norm of each update; None (default) never clips (c_k = 1).
+    """
+
+    eta: float | Callable[[Any], Any] = 1.0
+    max_update_norm: float | None = None
+
+
+def normalized_gd(eta: float | Callable[[Any], Any] = 1.0, max_update_norm: float | None = None) -> NormalizedGD:
+    r"""The normalized GD of Appendix A, for ``simulate_descent(model, data, normalized_gd(...), steps)``.
+
+    Step: W ← W + c_k η_k · exp(ln|ℓ'(α)| − ln L) · ∇α (= W − c_k (η_k/L) ∇L), with the clip factor
+    c_k = min(1, max_update_norm/‖update‖). For the exponential loss: W ← W + c_k η_k ∇α.
+    """
+    _check_rate("eta", eta)
+    _check_positive_finite("max_update_norm", max_update_norm, allow_none=True)
+    return NormalizedGD(eta=eta, max_update_norm=None if max_update_norm is None else float(max_update_norm))
+
+
+def _check_rate(name: str, rate) -> None:
+    if callable(rate):
+        return
+    _check_positive_finite(name, rate)
+
+
+# --------------------------------------------------------------------------------------------------
+# validation shared with simulate_flow (mirrors its checks; see the module docstring of flow.py)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    loss: Loss
+    degree: int | None
+    params0: Any
+    static: Any
+    x: jax.Array
+    y: jax.Array
+    n: int
+    log_loss0: float
+
+
+def _prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str) -> _Problem:
+    """The checks of ``simulate_flow`` on (model, data, loss, dtype), run before any compile.
+
+    Call inside ``x64()``. Returns float arrays cast to ``dtype`` and labels in the loss' format."""
+    data = as_dataset(data)
+    loss_fn = get_loss(loss)
+    if dtype not in ("float64", "float32"):
+        raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
+    if dtype == "float32":
+        warn_if_float32(jnp.float32, who)
+    degree = getattr(model, "degree", "missing")
+    if degree == "missing":
+        raise InvalidTypeError(
+            f"model: {type(model).__name__} has no 'degree' attribute. Use a gradflow model or give your "
+            "equinox Module a `degree` property (an int, or None if not homogeneous)."
+        )
+    fdtype = jnp.float64 if dtype == "float64" else jnp.float32
+    params0, static = partition(model)
+    if not jax.tree_util.tree_leaves(params0):
+        raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
+    params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, fdtype), params0)
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(params0)):
+        raise bad_argument("model", "initial parameters contain NaN or inf", "Initialise the model with finite values.")
+    x = jnp.asarray(data.x, fdtype)
+    model_cast = combine(params0, static)
+    try:
+        outputs = jax.eval_shape(model_cast, x[:1])
+    except Exception as e:
+        raise bad_argument("model", f"cannot be applied to data.x of shape {data.x.shape} ({type(e).__name__}: {e})", "Make the model's input size match the data.") from e
+    if loss_fn.multiclass:
+        if len(outputs.shape) != 2 or outputs.shape[1] < 2:
+            raise bad_argument("loss", f"'{loss_fn.name}' needs (n, classes) outputs; the model gives shape {outputs.shape}", "Use a binary loss ('exponential'/'logistic') with ±1 labels, or a multiclass model.")
+        y = jnp.asarray(data.class_labels(outputs.shape[1]))
+    else:
+        if len(outputs.shape) != 1:
+            raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
+        y = jnp.asarray(data.binary_labels(), fdtype)
+    if check_degree:
+        _check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
+    log_loss0 = float(loss_fn.log_loss(model_cast(x), y))
+    return _Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0)
+
+
+def _save_iterations(steps: int, save_every, save_at, num_save: int) -> np.ndarray:
+    """Sorted unique save iterations in [0, steps], always containing 0 … steps' end points as given."""
+    if save_every is not None and save_at is not None:
+        raise bad_argument("save_every", "and save_at are both given", "Pass only one of them.")
+    if save_every is not None:
+        if isinstance(save_every, bool) or not isinstance(save_every, (int, np.integer)) or save_every < 1:
+            raise bad_argument("save_every", f"must be a positive integer, got {save_every!r}", "Pass e.g. save_every=100.")
+        its = np.arange(0, steps + 1, int(save_every))
+    elif save_at is not None:
+        its = np.asarray(save_at)
+        if its.ndim != 1 or its.size == 0 or not np.all(np.isfinite(its)) or not np.all(its == np.round(its)):
+            raise bad_argument("save_at", "must be a nonempty 1-D array of integer iterations", "Pass e.g. save_at=[0, 10, 100].")
+        its = its.astype(np.int64)
+        if np.any(np.diff(its) <= 0):
+            raise bad_argument("save_at", "is not strictly increasing", "Sort the iterations and drop duplicates.")
+        if its[0] < 0 or its[-1] > steps:
+            raise bad_argument("save_at", f"has iterations outside [0, {steps}]", "Keep save iterations inside the run.")
+    else:
+        if not isinstance(num_save, (int, np.integer)) or isinstance(num_save, bool) or num_save < 2:
+            raise bad_argument("num_save", f"must be an integer ≥ 2, got {num_save!r}", "Pass e.g. num_save=100.")
+        its = np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, num_save - 1))]).astype(np.int64))
+    if its[-1] != steps:  # the final iterate is always reported, like the flow's final state
+        its = np.concatenate([its, [steps]])
+    return its.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# the compiled loop
+# --------------------------------------------------------------------------------------------------
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
+    return jnp.stack(leaves).all()
+
+
+def _arc(params_a, params_b) -> jax.Array:
+    """Geodesic distance 2·arcsin(‖ã − b̃‖/2) between the directions of two parameter vectors."""
+    na, nb = global_norm(params_a), global_norm(params_b)
+    diff = jax.tree_util.tree_map(lambda a, b: a / na - b / nb, params_a, params_b)
+    chord = global_norm(diff)
+    return 2.0 * jnp.arcsin(jnp.minimum(0.5 * chord, 1.0))
+
+
+def _find_lr(state) -> jax.Array:
+    """η_k as stored by ``optax.inject_hyperparams`` in the optimizer state."""
+    nodes = jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "hyperparams"))
+    for node in nodes:
+        if hasattr(node, "hyperparams") and "learning_rate" in node.hyperparams:
+            return node.hyperparams["learning_rate"]
+    raise ValueError("no learning_rate in the optimizer state")  # checked before compiling
+
+
+@eqx.filter_jit
+def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, target_log_loss, key, *,
+         loss, degree, method, optimizer, schedule, batch_size, check_full_loss, save_params, read_lr):
+    n = x.shape[0]
+    fdtype = x.dtype
+
+    def rate(k):
+        return jnp.asarray(schedule(k) if schedule is not None else eta, fdtype)
+
+    def step(carry):
+        params, opt_state, k, log_t, zeta, hit_target, failed, perm = carry
+        if batch_size is None:
+            xb, yb = x, y
+            log_scale = jnp.zeros((), fdtype)
+        else:
+            per_epoch = n // batch_size
+            epoch, j = k // per_epoch, k % per_epoch
+            perm = lax.cond(
+                j == 0,
+                lambda: jax.random.permutation(jax.random.fold_in(key, epoch.astype(jnp.uint32)), n).astype(jnp.int32),
+                lambda: perm,
+            )
+            idx = lax.dynamic_slice(perm, (j * batch_size,), (batch_size,))
+            xb, yb = x[idx], y[idx]
+            log_scale = jnp.asarray(math.log(n / batch_size), fdtype)
+        pt = evaluate(params, static, xb, yb, loss)
+        if batch_size is None:
+            full_log_loss = pt.log_loss
+        elif check_full_loss:
+            full_log_loss = loss.log_loss(combine(params, static)(x), y)
+        else:
+            full_log_loss = jnp.asarray(jnp.inf, fdtype)
+        reached = full_log_loss <= target_log_loss
+        # ∇L̂ = −(n/b)|ℓ'(α̂)| ∇α̂ = −exp(log_grad_coef) ∇α̂
+        log_grad_coef = pt.log_neg_dloss + log_scale
+        new_opt_state = opt_state
+        if method == "gd":
+            eta_k = rate(k)
+            coef = jnp.exp(jnp.log(eta_k) + log_grad_coef)
+            new_params = jax.tree_util.tree_map(lambda w, g: w + coef * g, params, pt.grad_alpha)
+            log_dt = jnp.log(eta_k)
+        elif method == "normalized":
+            eta_k = rate(k)
+            # (η/L̂)|∇L̂| = η exp(ln|ℓ'(α̂)| − ln Σ_B ℓ) ‖∇α̂‖: the n/b factors cancel.
+            log_coef = jnp.log(eta_k) + pt.log_neg_dloss - pt.log_loss
+            log_clip = jnp.minimum(0.0, log_max_update - log_coef - jnp.log(pt.grad_norm))
+            coef = jnp.exp(log_coef + log_clip)
+            new_params = jax.tree_util.tree_map(lambda w, g: w + coef * g, params, pt.grad_alpha)
+            log_dt = jnp.log(eta_k) + log_clip - (pt.log_loss + log_scale)
+        else:
+            grad = jax.tree_util.tree_map(lambda g: -jnp.exp(log_grad_coef) * g, pt.grad_alpha)
+            updates, new_opt_state = optimizer.update(grad, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            new_params = jax.tree_util.tree_map(lambda a, b: a.astype(b.dtype), new_params, params)
+            log_dt = jnp.log(_find_lr(new_opt_state) if read_lr else rate(k))
+        finite = _all_finite(new_params)
+        accept = finite & ~reached
+
+        def pick(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
+
+        zeta_new = (zeta + jnp.where(accept, _arc(new_params, params), 0.0)).astype(fdtype)
+        log_t_new = jnp.where(accept, jnp.logaddexp(log_t, log_dt), log_t).astype(fdtype)
+        return (
+            pick(new_params, params),
+            pick(new_opt_state, opt_state),
+            k + accept.astype(k.dtype),
+            log_t_new,
+            zeta_new,
+            hit_target | reached,
+            failed | (~finite & ~reached),
+            perm,
+        )
+
+    def chunk(carry, k_save):
+        def cond(c):
+            return (c[2] < k_save) & ~c[5] & ~c[6]
+
+        carry = lax.while_loop(cond, step, carry)
+        params, _, k, log_t, zeta, *_ = carry
+        pt = evaluate(params, static, x, y, loss)
+        out = diagnostics(pt, params, y, loss, degree)
+        out["path_length"] = zeta
+        out["log_t"] = log_t
+        out["t"] = jnp.exp(log_t)
+        out["iteration"] = k
+        if save_params:
+            out["params_flat"] = ravel_pytree(params)[0]
+        return carry, out
+
+    carry0 = (
+        params0,
+        opt_state0,
+        jnp.zeros((), jnp.int64),
+        jnp.asarray(-jnp.inf, fdtype),
+        jnp.zeros((), fdtype),
+        jnp.zeros((), bool),
+        jnp.zeros((), bool),
+        jnp.arange(n, dtype=jnp.int32),
+    )
+    final, saved = lax.scan(chunk, carry0, save_iters)
+    params, _, k, _, _, hit_target, failed, _ = final
+    return saved, params, k, hit_target, failed
+
+
+# --------------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _resolve_optimizer(optimizer, learning_rate, max_update_norm):
+    """(method, optax transformation or None, constant η or None, schedule or None, max update norm,
+    read η from an inject_hyperparams state?, description)."""
+    if isinstance(optimizer, NormalizedGD):
+        if learning_rate is not None:
+            raise bad_argument("learning_rate", "is given twice (also as normalized_gd's eta)", "Pass eta to normalized_gd only.")
+        rate, clip, method = optimizer.eta, optimizer.max_update_norm, "normalized"
+    elif isinstance(optimizer, str):
+        name = optimizer.lower()
+        if name not in DESCENT_METHODS:
+            raise bad_argument("optimizer", f"unknown optimizer {optimizer!r}", f"Use one of {DESCENT_METHODS}, gradflow.normalized_gd(...) or an optax GradientTransformation.")
+        method = "normalized" if name == "normalized" else "gd"
+        if learning_rate is None:
+            if method == "gd":
+                raise bad_argument("learning_rate", f"is required with optimizer={optimizer!r}", "Pass learning_rate=η (a float or a schedule).")
+            learning_rate = 1.0
+        rate, clip = learning_rate, max_update_norm
+    elif isinstance(optimizer, optax.GradientTransformation):
+        if max_update_norm is not None:
+            raise bad_argument("max_update_norm", "only applies to optimizer='normalized'", "Chain optax.clip_by_global_norm into the optax optimizer instead.")
+        if learning_rate is None:
+            return "optax", optimizer, None, None, math.inf, True, type(optimizer).__name__
+        _check_rate("learning_rate", learning_rate)
+        const = None if callable(learning_rate) else float(learning_rate)
+        sched = learning_rate if callable(learning_rate) else None
+        return "optax", optimizer, const, sched, math.inf, False, "optax"
+    else:
+        raise InvalidTypeError(
+            f"optimizer: expected 'gd', 'normalized', gradflow.normalized_gd(...) or an optax "
+            f"GradientTransformation, got {type(optimizer).__name__}. Pass e.g. optimizer=optax.sgd(0.1), learning_rate=0.1."
+        )
+    _check_rate("learning_rate" if method == "gd" else "eta", rate)
+    clip = _check_positive_finite("max_update_norm", clip, allow_none=True)
+    const = None if callable(rate) else float(rate)
+    sched = rate if callable(rate) else None
+    return method, None, const, sched, math.inf if clip is None else clip, False, method
+
+
+def simulate_descent(
+    model,
+    data,
+    optimizer: Any,
+    steps: int,
+    *,
+    learning_rate: float | Callable[[Any], Any] | None = None,
+    max_update_norm: float | None = None,
+    loss: str | Loss = "exponential",
+    save_every: int | None = None,
+    save_at: Any = None,
+    num_save: int = 100,
+    batch_size: int | None = None,
+    seed: int = 0,
+    until_accuracy: float | None = None,
+    save_params: bool = False,
+    dtype: str = "float64",
+    check_degree: bool = True,
+    throw: bool = False,
+) -> FlowResult:
+    r"""Run a discrete optimizer on L(W) = Σ_i ℓ(p_i(W)) and record the flow's diagnostics.
+
+    Iterates W_{k+1} = W_k + U_k(∇L̂(W_k)) for k < ``steps`` in one compiled loop (a ``lax.scan``
+    over the save iterations, a ``lax.while_loop`` between them), see the module docstring for the
+    update rules U_k, mini-batches and the time t = Σ_k Δt_k.
+
+    Args:
+      model: a gradflow model (an equinox Module with ``degree``); its trainable float arrays are W.
+      data: a :class:`gradflow.Dataset` or ``(x, y)``.
+      optimizer: ``"gd"``/``"sgd"`` (plain (S)GD with ``learning_rate``), ``"normalized"``
+        (normalized GD with η = ``learning_rate``, default 1, and ``max_update_norm``), a
+        :func:`normalized_gd` object, or any ``optax.GradientTransformation``.
+      steps: the iteration budget (gradient evaluations).
+      learning_rate: η_k: a positive float or a schedule ``k ↦ η_k``. For optax it is only used
+        for the time t (t = k·η for a constant rate; for adaptive optimizers the sum of the
+        nominal rates); if omitted, the optimizer must be wrapped in ``optax.inject_hyperparams``
+        and η_k is read from its state.
+      max_update_norm: normalized GD only: cap on ‖W_{k+1} − W_k‖ (None: no cap).
+      loss: 'exponential', 'logistic' or 'cross_entropy' (or a :class:`gradflow.losses.Loss`).
+      save_every, save_at, num_save: save iterations: every ``save_every`` iterations, the
+        increasing integers ``save_at`` in [0, steps], or (default) ``num_save`` points geometric
+        in k. The final iteration ``steps`` is always added.
+      batch_size: mini-batch size b ≤ n (None: full batch). seed: the permutation seed.
+      until_accuracy: stop as soon as ln(n/L(W_k)) ≥ this target (checked on the full loss before
+        each step; with mini-batches that costs one extra forward pass per step).
+      save_params: also store the flattened parameters at each save point as
+        ``diagnostics["params_flat"]`` (T, k) (order of ``jax.flatten_util.ravel_pytree``), for
+        :func:`gradflow.compare`.
+      dtype: 'float64' (default) or 'float32' (warns).
+      check_degree: refuse a model whose declared homogeneity degree disagrees with a measurement.
+      throw: raise :class:`gradflow.SolverFailure` (holding the partial result) on failure.
+
+    Returns:
+      A :class:`gradflow.FlowResult` with the diagnostics of :func:`~gradflow.simulate_flow`
+      (``t``, ``log_t``, ``path_length`` and those of :func:`gradflow.diagnostics.diagnostics`)
+      plus ``iteration`` at every save iteration reached. status: 'completed', 'stopped at target'
+      (ln(n/L) reached ``until_accuracy``) or 'failed' (an update made W non-finite; the result
+      keeps the save points before it and the last finite iterate as the final model).
+      stats: steps, gradient_evaluations (= steps), diagnostic_evaluations, wall_time (s,
+      including compilation on a first call).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise bad_argument("steps", f"must be a positive integer, got {steps!r}", "Pass e.g. steps=10_000.")
+    steps = int(steps)
+    method, opt, eta_const, schedule, clip, read_lr, opt_name = _resolve_optimizer(optimizer, learning_rate, max_update_norm)
+    until_accuracy = _check_positive_finite("until_accuracy", until_accuracy, allow_none=True)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise InvalidTypeError(f"seed: expected an int, got {type(seed).__name__}. Pass e.g. seed=0.")
+    save_iters = _save_iterations(steps, save_every, save_at, num_save)
+
+    with x64():
+        prob = _prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")
+        n = prob.n
+        if batch_size is not None:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+                raise bad_argument("batch_size", f"must be an integer in [1, n={n}], got {batch_size!r}", "Pass e.g. batch_size=512, or None for full-batch GD.")
+            batch_size = None if int(batch_size) == n else int(batch_size)
+        acc0 = math.log(n) - prob.log_loss0
+        if until_accuracy is not None and until_accuracy <= acc0:
+            raise bad_argument("until_accuracy", f"= {until_accuracy} is not above the initial ln(n/L) = {acc0:.6g}", "Pass a larger target.")
+        fdtype = prob.x.dtype
+        opt_state0 = () if opt is None else opt.init(prob.params0)
+        if read_lr:
+            try:
+                _find_lr(opt_state0)
+            except ValueError:
+                raise bad_argument(
+                    "learning_rate",
+                    "is needed to measure time t = Σ η_k and cannot be read from this optax optimizer",
+                    "Pass learning_rate=η (float or schedule), or build the optimizer with optax.inject_hyperparams(...)(learning_rate=η).",
+                ) from None
+        target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
+        f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
+        start = time.perf_counter()
+        saved, params_final, k_final, hit_target, failed = _run(
+            prob.params0, opt_state0, prob.static, prob.x, prob.y, jnp.asarray(save_iters, jnp.int64),
+            f(1.0 if eta_const is None else eta_const), f(math.log(clip) if math.isfinite(clip) else math.inf),
+            f(target), jax.random.key(int(seed)),
+            loss=prob.loss, degree=prob.degree, method=method, optimizer=opt, schedule=schedule,
+            batch_size=batch_size, check_full_loss=batch_size is not None and until_accuracy is not None,
+            save_params=bool(save_params), read_lr=read_lr,
+        )
+        jax.block_until_ready(saved)
+        wall = time.perf_counter() - start
+        config = dict(
+            method="descent", optimizer=opt_name, learning_rate=("schedule" if schedule is not None else eta_const),
+            max_update_norm=None if not math.isfinite(clip) else clip, loss=prob.loss.name, steps=steps,
+            batch_size=batch_size, seed=int(seed), until_accuracy=until_accuracy, degree=prob.degree, n=n, dtype=dtype,
+        )
+        return _assemble_descent(
+            saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
+            config=config, until_accuracy=until_accuracy, throw=throw,
+        )
+
+
+def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, failed, prob, wall, *, config, until_accuracy, throw) -> FlowResult:
+    saved = jax.tree_util.tree_map(np.asarray, saved)
+    reached = saved["iteration"] == save_iters
+    # rows after a stop repeat the final iterate: keep the save points reached, then the final
+    # iterate once (it is the last row) if it is not already among them.
+    keep = reached.copy()
+    if not reached[-1]:
+        first_stop = int(np.argmin(reached))
+        last_kept = saved["iteration"][keep][-1] if keep.any() else -1
+        if saved["iteration"][first_stop] != last_kept:
+            keep[first_stop] = True
+    diag = {k: v[keep] for k, v in saved.items()}
+    if prob.degree is None:
+        for key in _NORMALIZED_KEYS:
+            diag.pop(key, None)
+    final_acc = float(diag["accuracy"][-1])
+    if failed:
+        status = "failed"
+        reason = (f"non-finite parameters (NaN/inf) produced by the update at iteration {k_final}; the final model "
+                  f"is the last finite iterate W_{k_final}")
+    elif until_accuracy is not None and (hit_target or final_acc >= until_accuracy):
+        status, reason = "stopped at target", f"until_accuracy reached at iteration {k_final}"
+    else:
+        status, reason = "completed", ""
+    stats = {
+        "steps": k_final,
+        "gradient_evaluations": k_final,
+        "diagnostic_evaluations": int(len(save_iters)),
+        "wall_time": wall,
+    }
+    res = FlowResult(
+        diagnostics=diag, status=status, reason=reason, stats=stats, config=config,
+        params=params_to_dict(params_final), model=combine(params_final, prob.static),
+    )
+    if status == "failed" and throw:
+        raise SolverFailure(f"simulate_descent failed: {reason}", res)
+    return res
+
