@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -42,7 +42,7 @@ from .losses import get_loss
 from .params import combine, partition
 from .precision import warn_if_float32, x64
 from .result import FlowResult, params_to_dict
-from .solvers import evaluations_per_step, get_solver
+from .solvers import evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -90,7 +90,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -108,7 +108,9 @@ def _solve(params0, aux0, s0, static, x, y, save_points, t_end, target_log_loss,
             diffrax.SubSaveAt(ts=ts, fn=save_fn),
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
-        ]
+        ],
+        solver_state=True,
+        controller_state=True,
     )
     if event_kind == "log_loss":
 
@@ -141,10 +143,12 @@ def _solve(params0, aux0, s0, static, x, y, save_points, t_end, target_log_loss,
         event=event,
         max_steps=max_steps,
         throw=False,
+        solver_state=solver_state,
+        controller_state=controller_state,
     )
     saved, final_diag, final_state = sol.ys
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
-    return saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1]
+    return saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state
 
 
 def _check_positive_finite(name: str, value, *, allow_none: bool = False):
@@ -189,6 +193,9 @@ def simulate_flow(
     controller_options: dict | None = None,
     save_params: bool = False,
     auto_explicit_steps: int = 1000,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 10,
+    progress: bool = False,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -203,7 +210,7 @@ def simulate_flow(
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
       solver: 'auto' (Tsit5, switching once to matrix-free Kvaerno5 when the flow turns stiff;
-        see ``_run_auto``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
+        see ``_Driver``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       dt0: initial step (None: diffrax picks it).
@@ -220,6 +227,13 @@ def simulate_flow(
       controller_options: extra keyword arguments of ``diffrax.PIDController``.
       auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
         stiffness checks.
+      checkpoint: a file path (``.npz``). The run goes in segments of ``checkpoint_every`` save
+        points; after each the state (W, ζ, u, clock value, controller state, next step size,
+        diagnostics so far) is written atomically. Called again with the same path, the run
+        resumes from the last segment; a checkpoint from another model, data set or set of options
+        is refused with a clear error. The file is kept after the run (delete it to start over).
+      checkpoint_every: save points per segment with ``checkpoint`` or ``progress``.
+      progress: show a progress bar (t or ln(n/L), steps) updated after each segment.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
 
@@ -322,8 +336,8 @@ def simulate_flow(
         opts = {} if controller_options is None else dict(controller_options)
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         common = dict(
-            static=static, x=x, y=y, t_end=f(t_end), target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
-            rtol=f(rtol), atol=f(atol), dt0=None if dt0 is None else f(dt0), loss=loss_fn, degree=degree, clock=clock,
+            static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
+            rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
         )
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
@@ -332,34 +346,193 @@ def simulate_flow(
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype,
         )
+        driver = _Driver(
+            common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
+            explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian,
+        )
+        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0)
+        chunks = _chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
+        store = None
+        if checkpoint is not None:
+            from .checkpoint import CheckpointStore
+
+            store = CheckpointStore(checkpoint, fingerprint=_fingerprint(data, params0, config, save_points))
+        segments, state, done = driver.run(state, chunks, store=store, progress=progress)
         if auto:
-            segments = _run_auto(params0, s_start, save_points, common, rtol=rtol, atol=atol, jacobian=jacobian,
-                                 max_steps=int(max_steps), explicit_steps=int(auto_explicit_steps), f=f)
-            config["switches"] = [seg["solver_name"] + f"@ln(n/L)={seg['start_accuracy']:.6g}" for seg in segments]
-        else:
-            segments = [_run_segment(params0, jnp.zeros((2,), fdtype), f(s_start), save_points, common,
-                                     solver_obj, int(max_steps), f)]
+            config["switches"] = driver.switches
         return _assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
 
 
-def _run_segment(params0, aux0, s0, save_points, common, solver, max_steps, f) -> dict:
-    """One diffeqsolve from (params0, aux0) at clock value s0; outputs as numpy, timed."""
-    start = time.perf_counter()
-    saved, final_diag, final_state, result, stats, s_final = _solve(
-        params0, aux0, s0, save_points=f(save_points), solver=solver, max_steps=max_steps, **common
-    )
-    jax.block_until_ready(final_state)
-    wall = time.perf_counter() - start
-    saved = jax.tree_util.tree_map(np.asarray, saved)
-    final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1) has a length-1 axis
-    # diffrax fills save points after a stop with inf; keep the ones reached.
-    reached = np.isfinite(saved["log_loss"])
-    return dict(
-        saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
-        result=result, stats={k: int(v) for k, v in stats.items() if k != "max_steps"}, wall=wall,
-        s_final=float(np.asarray(s_final).reshape(-1)[0]), solver=solver, solver_name=type(solver).__name__,
-        num_save=len(save_points), start_accuracy=None,
-    )
+class _State(NamedTuple):
+    """Where a segment starts: W, [ζ, u], the clock value s, the solver, and what the step
+    controller carries over (its error history and the next step size)."""
+
+    params: Any
+    aux: Any
+    s: float
+    solver: Any
+    solver_state: Any
+    controller_state: Any
+    dt_next: float | None
+
+
+def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
+    """Save points split into consecutive chunks of ``every`` (one chunk when None)."""
+    if every is None or every >= len(points):
+        return [points]
+    return [points[i : i + every] for i in range(0, len(points), every)]
+
+
+def _fingerprint(data, params0, config, save_points) -> dict:
+    """What must match for a checkpoint to be resumed: the data, the model's parameter shapes,
+    the loss, clock, solver, tolerances and save points."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data.x).tobytes())
+    h.update(np.ascontiguousarray(data.y).tobytes())
+    shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
+    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
+    return {
+        "data_sha256": h.hexdigest(),
+        "param_shapes": shapes,
+        "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
+        **{k: config[k] for k in keys},
+    }
+
+
+class _Driver:
+    """Runs the flow as a sequence of diffeqsolve segments.
+
+    Segments arise from checkpoint chunks (the save points split every ``checkpoint_every``) and
+    from ``solver='auto'`` (explicit segments of ``explicit_steps`` steps between stiffness
+    checks). Between segments the controller's state and the next step size are carried over, so a
+    chunked run and a run resumed from a checkpoint take exactly the same steps."""
+
+    def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian):
+        self.common, self.f, self.t_end, self.max_steps = common, f, t_end, max_steps
+        self.auto, self.explicit_steps = auto, explicit_steps
+        self.rtol, self.atol, self.jacobian = rtol, atol, jacobian
+        self.switches: list[str] = []
+
+    def run(self, state: _State, chunks, *, store=None, progress=False):
+        segments: list[dict] = []
+        first = 0
+        if store is not None:
+            loaded = store.load(like_state=state, solvers=self._solver_by_name)
+            if loaded is not None:
+                state, segments, first, self.switches = loaded
+                if first >= len(chunks) or segments and segments[-1]["result_name"] != "successful":
+                    return segments, state, True
+        bar = _progress_bar(progress, self.common["clock"], self.t_end)
+        for i in range(first, len(chunks)):
+            end = self.t_end if i == len(chunks) - 1 else float(chunks[i][-1])
+            state, new, finished = self._run_chunk(state, chunks[i], end)
+            segments.extend(new)
+            if store is not None:
+                store.save(state, segments, i + 1, self.switches)
+            if bar is not None:
+                last = segments[-1]["final_diag"]
+                bar.update(float(last["t"] if self.common["clock"] == "time" else last["accuracy"]), segments)
+            if not finished:
+                break
+        if bar is not None:
+            bar.close()
+        return segments, state, True
+
+    def _solver_by_name(self, name: str):
+        return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian)
+
+    def _run_chunk(self, state: _State, points, end):
+        """Integrate to ``end`` saving at ``points``; returns (state, segments, finished_ok)."""
+        out = []
+        while True:
+            explicit_phase = self.auto and not is_implicit(state.solver)
+            budget = self.explicit_steps if explicit_phase else self.max_steps
+            seg = self._segment(state, points, end, budget)
+            out.append(seg)
+            params, aux = seg["final_state"]
+            # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
+            # start of the next segment, exactly as after a resume from a checkpoint.
+            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"])
+            name = seg["result_name"]
+            if name == "successful":
+                return new_state, out, True
+            if name != "max_steps_reached" or not explicit_phase:
+                return new_state, out, False
+            # auto: the explicit solver ran out of its segment budget; is it stability-limited?
+            lam = _top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common)
+            h = seg["dt_next"]
+            position = seg["final_diag"]["t"] if self.common["clock"] == "time" else seg["final_diag"]["accuracy"]
+            points = points[points > position]
+            if points.size == 0:
+                points = np.asarray([end])
+            if h * lam > 1.0:
+                implicit = self._solver_by_name("kvaerno5")
+                self.switches.append(f"Kvaerno5 from ln(n/L) = {seg['final_diag']['accuracy']:.6g} "
+                                     f"(step {h:.3g} × |λ_max| {lam:.3g} > 1)")
+                new_state = new_state._replace(solver=implicit, solver_state=None)
+            state = new_state
+
+    def _segment(self, state: _State, points, end, budget) -> dict:
+        f = self.f
+        start = time.perf_counter()
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state = _solve(
+            state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
+            save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
+            solver=state.solver, max_steps=budget, **self.common,
+        )
+        jax.block_until_ready(final_state)
+        wall = time.perf_counter() - start
+        saved = jax.tree_util.tree_map(np.asarray, saved)
+        final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1): length-1 axis
+        reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
+        stats = {k: int(v) for k, v in stats.items() if k != "max_steps"}
+        s_final = float(np.asarray(s_final).reshape(-1)[0])
+        accepted = max(stats["num_accepted_steps"], 1)
+        return dict(
+            saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
+            result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
+            s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
+            evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
+            # next step size for a following segment: the segment's mean accepted step
+            dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
+        )
+
+
+def _result_name(result) -> str:
+    for name in ("successful", "event_occurred", "max_steps_reached"):
+        if result == getattr(diffrax.RESULTS, name):
+            return name
+    return "failed"
+
+
+def _progress_bar(progress: bool, clock: str, t_end: float):
+    return _SegmentProgress(clock, t_end) if progress else None
+
+
+class _SegmentProgress:
+    """A tqdm bar over t (time clock, on a log scale) or ln(n/L), updated after each segment.
+
+    diffrax's own progress meters report (t − t0)/(t1 − t0), useless for t1 = 1e12 or for runs
+    that stop on an event; this one shows where the flow is in the units that matter."""
+
+    def __init__(self, clock: str, total: float):
+        from tqdm.auto import tqdm
+
+        self.clock = clock
+        self.scale = (lambda v: math.log10(1.0 + v)) if clock == "time" else (lambda v: v)
+        unit = "log10(1+t)" if clock == "time" else "ln(n/L)"
+        self.bar = tqdm(total=round(self.scale(total), 3), unit=unit, desc="gradflow", dynamic_ncols=True)
+
+    def update(self, position: float, segments) -> None:
+        self.bar.n = round(self.scale(position), 3)
+        steps = sum(seg["stats"]["num_steps"] for seg in segments)
+        self.bar.set_postfix(steps=steps, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _top_eigenvalue(params, aux, s, common, iters: int = 30) -> float:
@@ -381,45 +554,11 @@ def _power_iteration(field, params, aux, s, args, iters):
     def body(_, carry):
         v, _lam = carry
         w = jv(v)
-        norm_w = jax.flatten_util.ravel_pytree(w)[0]
-        lam = jnp.linalg.norm(norm_w) / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
-        return jax.tree_util.tree_map(lambda a: a / jnp.linalg.norm(norm_w), w), lam
+        wn = jnp.linalg.norm(jax.flatten_util.ravel_pytree(w)[0])
+        lam = wn / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
+        return jax.tree_util.tree_map(lambda a: a / wn, w), lam
 
     return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]
-
-
-def _run_auto(params0, s_start, save_points, common, *, rtol, atol, jacobian, max_steps, explicit_steps, f) -> list[dict]:
-    """LSODA-style switching: Tsit5 in segments of ``explicit_steps`` steps while the flow is not
-    stiff; once a segment runs out of steps *and* its mean step h sits at the explicit stability
-    limit (h·|λ_max| > 1, λ_max of the vector field's Jacobian by power iteration), the rest of the
-    flow is integrated with matrix-free Kvaerno5. The switch is one-way: in this problem class
-    stiffness grows with ln(n/L) (the dual weights separate as the margin sharpens)."""
-    explicit = get_solver("tsit5", rtol=rtol, atol=atol)
-    segments: list[dict] = []
-    params, aux, s = params0, jnp.zeros((2,), common["x"].dtype), s_start
-    points = np.asarray(save_points)
-    used = 0
-    solver, budget = explicit, min(explicit_steps, max_steps)
-    while True:
-        seg = _run_segment(params, aux, f(s), points, common, solver, budget, f)
-        seg["start_accuracy"] = float(seg["saved"]["accuracy"][0]) if len(seg["saved"]["accuracy"]) else float("nan")
-        segments.append(seg)
-        used += seg["stats"]["num_steps"]
-        out_of_steps = seg["result"] == diffrax.RESULTS.max_steps_reached
-        if not out_of_steps or used >= max_steps or solver is not explicit:
-            return segments
-        params, aux = seg["final_state"]
-        h = (seg["s_final"] - s) / max(seg["stats"]["num_accepted_steps"], 1)
-        s = seg["s_final"]
-        position = seg["final_diag"]["t"] if common["clock"] == "time" else seg["final_diag"]["accuracy"]
-        points = points[points > position]
-        if points.size == 0:
-            points = np.asarray([float(common["t_end"])])
-        lam = _top_eigenvalue(params, aux, f(s), common)
-        if h * lam > 1.0:
-            solver = get_solver("kvaerno5", rtol=rtol, atol=atol, jacobian=jacobian)
-            budget = max_steps - used
-            seg["switch_reason"] = f"stiff: mean step {h:.3g} × |λ_max| {lam:.3g} > 1"
 
 
 def _check_declared_degree(model, x, degree):
@@ -447,17 +586,16 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
     if degree is None:
         for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
             diag.pop(k, None)
-    result = last["result"]
-    if result == diffrax.RESULTS.successful:
+    if last["result_name"] == "successful":
         status, reason = "completed", ""
-    elif result == diffrax.RESULTS.event_occurred:
+    elif last["result_name"] == "event_occurred":
         status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
     else:
-        status, reason = "failed", diffrax.RESULTS[result]
+        status, reason = "failed", last["reason"]
     params_final, _aux = last["final_state"]
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
         status, reason = "failed", "non-finite parameters (NaN/inf) in the state; " + reason
-    evals = [evaluations_per_step(seg["solver"]) for seg in segments]
+    evals = [seg["evals_per_step"] for seg in segments]
     stats_out = {
         "steps": sum(seg["stats"]["num_steps"] for seg in segments),
         "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
@@ -465,6 +603,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         # explicit RK: stages per attempted step + 2 for the initial step size; implicit: unknown here
         "gradient_evaluations": None if None in evals else sum(
             seg["stats"]["num_steps"] * e + 2 for seg, e in zip(segments, evals, strict=True)),
+        "implicit_segments": sum(e is None for e in evals),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),
