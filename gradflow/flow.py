@@ -128,7 +128,10 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         event = diffrax.Event(cond)
     else:
         event = None
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, **dict(controller_opts))
+    if dict(controller_opts).get("constant", False):
+        controller = diffrax.ConstantStepSize()
+    else:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, **dict(controller_opts))
     y0 = (params0, aux0)
     sol = diffrax.diffeqsolve(
         term,
@@ -196,6 +199,7 @@ def simulate_flow(
     checkpoint: str | None = None,
     checkpoint_every: int = 10,
     progress: bool = False,
+    devices: Any = None,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -224,7 +228,8 @@ def simulate_flow(
         disagrees.
       throw: raise :class:`gradflow.SolverFailure` (holding the partial result) instead of
         returning a failed result.
-      controller_options: extra keyword arguments of ``diffrax.PIDController``.
+      controller_options: extra keyword arguments of ``diffrax.PIDController``; or
+        ``{"constant": True}`` for fixed steps of size ``dt0`` (no error control).
       auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
         stiffness checks.
       checkpoint: a file path (``.npz``). The run goes in segments of ``checkpoint_every`` save
@@ -233,6 +238,10 @@ def simulate_flow(
         resumes from the last segment; a checkpoint from another model, data set or set of options
         is refused with a clear error. The file is kept after the run (delete it to start over).
       checkpoint_every: save points per segment with ``checkpoint`` or ``progress``.
+      devices: shard the data over devices: 'all' (every device JAX sees) or a list of devices.
+        The examples are split along a 1-D ``jax.sharding.Mesh`` axis "data" (NamedSharding), the
+        parameters are replicated, and XLA sums the per-device parts of L and ∇L. n must be a
+        multiple of the number of devices. None (default): one device.
       progress: show a progress bar (t or ln(n/L), steps) updated after each segment.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
@@ -334,7 +343,11 @@ def simulate_flow(
         target_log_loss = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         log_t_max = math.log(t_max) if t_max is not None else math.inf
         opts = {} if controller_options is None else dict(controller_options)
+        if opts.get("constant", False) and dt0 is None:
+            raise bad_argument("dt0", "is required with controller_options={'constant': True}", "Pass the fixed step, e.g. dt0=0.01.")
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
+        if devices is not None:
+            x, y, params0, static = _shard(devices, x, y, params0, static)
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
@@ -361,6 +374,29 @@ def simulate_flow(
         if auto:
             config["switches"] = driver.switches
         return _assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
+
+
+def _shard(devices, x, y, params, static):
+    """Place x, y split over a 1-D device mesh and the parameters replicated on it."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devs = jax.devices() if isinstance(devices, str) and devices == "all" else list(devices)
+    if isinstance(devices, str) and devices != "all":
+        raise bad_argument("devices", f"unknown value {devices!r}", "Pass 'all' or a list of jax devices.")
+    if len(devs) == 0 or x.shape[0] % len(devs) != 0:
+        raise bad_argument(
+            "devices",
+            f"{x.shape[0]} examples cannot be split evenly over {len(devs)} devices",
+            "Use a number of examples divisible by the number of devices (drop or duplicate a few).",
+        )
+    mesh = Mesh(np.asarray(devs), ("data",))
+    split = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    x = jax.device_put(x, split)
+    y = jax.device_put(y, split)
+    params = jax.device_put(params, replicated)
+    static = jax.tree_util.tree_map(lambda a: jax.device_put(a, replicated) if eqx.is_array(a) else a, static)
+    return x, y, params, static
 
 
 class _State(NamedTuple):
@@ -594,7 +630,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         status, reason = "failed", last["reason"]
     params_final, _aux = last["final_state"]
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
-        status, reason = "failed", "non-finite parameters (NaN/inf) in the state; " + reason
+        status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
     evals = [seg["evals_per_step"] for seg in segments]
     stats_out = {
         "steps": sum(seg["stats"]["num_steps"] for seg in segments),
