@@ -37,8 +37,16 @@ def main():
     # Warm start so that L(W_0) < ℓ(0) (Assumption 2.3): a short flow in physical time.
     warm = gf.simulate_flow(model, (x, y), 1e4, until_accuracy=float(np.log(len(y)) + 1.0), num_save=20)
     print(f"warm-up: {warm.status}, ln(n/L) = {warm.accuracy[-1]:.3f}, train error {warm.train_error[-1]:.2f}")
-    result = gf.simulate_flow(warm.model, (x, y), clock="accuracy", until_accuracy=args.target, solver="kvaerno5",
-                              rtol=1e-6, atol=1e-9, num_save=80)
+    result = gf.simulate_flow(
+        warm.model,
+        (x, y),
+        clock="accuracy",
+        until_accuracy=args.target,
+        solver="kvaerno5",
+        rtol=1e-6,
+        atol=1e-9,
+        num_save=80,
+    )
     print(result.table(12))
     print("solver stats:", result.stats)
     os.makedirs(args.out, exist_ok=True)

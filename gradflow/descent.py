@@ -62,13 +62,13 @@ import optax
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .data import as_dataset
 from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
-from .flow import _check_declared_degree, _check_positive_finite
-from .losses import Loss, get_loss
-from .params import combine, global_norm, partition
-from .precision import warn_if_float32, x64
+from .losses import Loss
+from .params import combine, global_norm
+from .precision import x64
+from .problem import check_positive_finite as _check_positive_finite
+from .problem import prepare_problem
 from .result import FlowResult, params_to_dict
 
 __all__ = ["simulate_descent", "normalized_gd", "NormalizedGD", "DESCENT_METHODS"]
@@ -108,66 +108,6 @@ def _check_rate(name: str, rate) -> None:
     if callable(rate):
         return
     _check_positive_finite(name, rate)
-
-
-# --------------------------------------------------------------------------------------------------
-# validation shared with simulate_flow (mirrors its checks; see the module docstring of flow.py)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Problem:
-    loss: Loss
-    degree: int | None
-    params0: Any
-    static: Any
-    x: jax.Array
-    y: jax.Array
-    n: int
-    log_loss0: float
-
-
-def _prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str) -> _Problem:
-    """The checks of ``simulate_flow`` on (model, data, loss, dtype), run before any compile.
-
-    Call inside ``x64()``. Returns float arrays cast to ``dtype`` and labels in the loss' format."""
-    data = as_dataset(data)
-    loss_fn = get_loss(loss)
-    if dtype not in ("float64", "float32"):
-        raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
-    if dtype == "float32":
-        warn_if_float32(jnp.float32, who)
-    degree = getattr(model, "degree", "missing")
-    if degree == "missing":
-        raise InvalidTypeError(
-            f"model: {type(model).__name__} has no 'degree' attribute. Use a gradflow model or give your "
-            "equinox Module a `degree` property (an int, or None if not homogeneous)."
-        )
-    fdtype = jnp.float64 if dtype == "float64" else jnp.float32
-    params0, static = partition(model)
-    if not jax.tree_util.tree_leaves(params0):
-        raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
-    params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, fdtype), params0)
-    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(params0)):
-        raise bad_argument("model", "initial parameters contain NaN or inf", "Initialise the model with finite values.")
-    x = jnp.asarray(data.x, fdtype)
-    model_cast = combine(params0, static)
-    try:
-        outputs = jax.eval_shape(model_cast, x[:1])
-    except Exception as e:
-        raise bad_argument("model", f"cannot be applied to data.x of shape {data.x.shape} ({type(e).__name__}: {e})", "Make the model's input size match the data.") from e
-    if loss_fn.multiclass:
-        if len(outputs.shape) != 2 or outputs.shape[1] < 2:
-            raise bad_argument("loss", f"'{loss_fn.name}' needs (n, classes) outputs; the model gives shape {outputs.shape}", "Use a binary loss ('exponential'/'logistic') with ±1 labels, or a multiclass model.")
-        y = jnp.asarray(data.class_labels(outputs.shape[1]))
-    else:
-        if len(outputs.shape) != 1:
-            raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
-        y = jnp.asarray(data.binary_labels(), fdtype)
-    if check_degree:
-        _check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
-    log_loss0 = float(loss_fn.log_loss(model_cast(x), y))
-    return _Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0)
 
 
 def _save_iterations(steps: int, save_every, save_at, num_save: int) -> np.ndarray:
@@ -442,7 +382,7 @@ def simulate_descent(
     save_iters = _save_iterations(steps, save_every, save_at, num_save)
 
     with x64():
-        prob = _prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")
+        prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")
         n = prob.n
         if batch_size is not None:
             if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:

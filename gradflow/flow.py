@@ -35,14 +35,14 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .data import as_dataset
 from .diagnostics import diagnostics, evaluate
-from .errors import InvalidTypeError, SolverFailure, bad_argument
-from .losses import get_loss
-from .params import combine, partition
-from .precision import warn_if_float32, x64
+from .errors import SolverFailure, bad_argument
+from .params import combine
+from .precision import x64
+from .problem import check_positive_finite as _check_positive_finite
+from .problem import prepare_problem
 from .result import FlowResult, params_to_dict
-from .solvers import evaluations_per_step, get_solver, is_implicit
+from .solvers import IMPLICIT_CONTROLLER, evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -128,10 +128,13 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         event = diffrax.Event(cond)
     else:
         event = None
-    if dict(controller_opts).get("constant", False):
+    opts = dict(controller_opts)
+    if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, **dict(controller_opts))
+        if is_implicit(solver):
+            opts = {**IMPLICIT_CONTROLLER, **opts}
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, **opts)
     y0 = (params0, aux0)
     sol = diffrax.diffeqsolve(
         term,
@@ -152,17 +155,6 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
     saved, final_diag, final_state = sol.ys
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
     return saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state
-
-
-def _check_positive_finite(name: str, value, *, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidTypeError(f"{name}: expected a positive number, got {type(value).__name__}. Pass e.g. {name}=1e6.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise bad_argument(name, f"must be positive and finite, got {value}", f"Pass a positive finite {name}.")
-    return value
 
 
 def _default_save_points(clock: str, t_end: float, acc0: float, num: int) -> np.ndarray:
@@ -195,7 +187,7 @@ def simulate_flow(
     throw: bool = False,
     controller_options: dict | None = None,
     save_params: bool = False,
-    auto_explicit_steps: int = 1000,
+    auto_explicit_steps: int = 200,
     checkpoint: str | None = None,
     checkpoint_every: int = 10,
     progress: bool = False,
@@ -228,7 +220,8 @@ def simulate_flow(
         disagrees.
       throw: raise :class:`gradflow.SolverFailure` (holding the partial result) instead of
         returning a failed result.
-      controller_options: extra keyword arguments of ``diffrax.PIDController``; or
+      controller_options: extra keyword arguments of ``diffrax.PIDController`` (implicit solvers
+        default to the PI controller ``gradflow.solvers.IMPLICIT_CONTROLLER``); or
         ``{"constant": True}`` for fixed steps of size ``dt0`` (no error control).
       auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
         stiffness checks.
@@ -251,8 +244,6 @@ def simulate_flow(
       model, solver statistics and a status ('completed', 'stopped at target', 'failed').
     """
     # ---- validation: everything below runs before any compile ----
-    data = as_dataset(data)
-    loss_fn = get_loss(loss)
     if clock not in CLOCKS:
         raise bad_argument("clock", f"unknown clock {clock!r}", f"Use one of {CLOCKS}.")
     if clock == "time":
@@ -271,46 +262,15 @@ def simulate_flow(
         raise bad_argument("max_steps", f"must be a positive integer, got {max_steps!r}", "Pass e.g. max_steps=100_000.")
     if dtype not in ("float64", "float32"):
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
-    if dtype == "float32":
-        warn_if_float32(jnp.float32, "simulate_flow")
     auto = isinstance(solver, str) and solver.lower() == "auto"
     solver_obj = get_solver("tsit5" if auto else solver, rtol=rtol, atol=atol, jacobian=jacobian)
-    degree = getattr(model, "degree", "missing")
-    if degree == "missing":
-        raise InvalidTypeError(
-            f"model: {type(model).__name__} has no 'degree' attribute. Use a gradflow model or give your "
-            "equinox Module a `degree` property (an int, or None if not homogeneous)."
-        )
 
     # float32 runs with x64 off altogether, so no Python constant promotes part of the state.
     with x64() if dtype == "float64" else jax.enable_x64(False):
         fdtype = jnp.float64 if dtype == "float64" else jnp.float32
-        params0, static = partition(model)
-        leaves = jax.tree_util.tree_leaves(params0)
-        if not leaves:
-            raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
-        params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, fdtype), params0)
-        if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(params0)):
-            raise bad_argument("model", "initial parameters contain NaN or inf", "Initialise the model with finite values.")
-        x = jnp.asarray(data.x, fdtype)
-        model_cast = combine(params0, static)
-        try:
-            outputs = jax.eval_shape(model_cast, x[:1])
-        except Exception as e:
-            raise bad_argument("model", f"cannot be applied to data.x of shape {data.x.shape} ({type(e).__name__}: {e})", "Make the model's input size match the data.") from e
-        if loss_fn.multiclass:
-            if len(outputs.shape) != 2 or outputs.shape[1] < 2:
-                raise bad_argument("loss", f"'{loss_fn.name}' needs (n, classes) outputs; the model gives shape {outputs.shape}", "Use a binary loss ('exponential'/'logistic') with ±1 labels, or a multiclass model.")
-            y = jnp.asarray(data.class_labels(outputs.shape[1]))
-        else:
-            if len(outputs.shape) != 1:
-                raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
-            y = jnp.asarray(data.binary_labels(), fdtype)
-        if check_degree:
-            _check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
-
-        n = data.n
-        log_loss0 = float(loss_fn.log_loss(model_cast(x), y))
+        prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_flow")
+        loss_fn, degree, params0, static, x, y, n, log_loss0 = (
+            prob.loss, prob.degree, prob.params0, prob.static, prob.x, prob.y, prob.n, prob.log_loss0)
         acc0 = math.log(n) - log_loss0
         if log_loss0 >= math.log(loss_fn.ell_zero):
             warnings.warn(
@@ -369,7 +329,7 @@ def simulate_flow(
         if checkpoint is not None:
             from .checkpoint import CheckpointStore
 
-            store = CheckpointStore(checkpoint, fingerprint=_fingerprint(data, params0, config, save_points))
+            store = CheckpointStore(checkpoint, fingerprint=_fingerprint(x, y, params0, config, save_points))
         segments, state, done = driver.run(state, chunks, store=store, progress=progress)
         if auto:
             config["switches"] = driver.switches
@@ -419,14 +379,14 @@ def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
     return [points[i : i + every] for i in range(0, len(points), every)]
 
 
-def _fingerprint(data, params0, config, save_points) -> dict:
+def _fingerprint(x, y, params0, config, save_points) -> dict:
     """What must match for a checkpoint to be resumed: the data, the model's parameter shapes,
     the loss, clock, solver, tolerances and save points."""
     import hashlib
 
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(data.x).tobytes())
-    h.update(np.ascontiguousarray(data.y).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
     shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
     keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
     return {
@@ -595,19 +555,6 @@ def _power_iteration(field, params, aux, s, args, iters):
         return jax.tree_util.tree_map(lambda a: a / wn, w), lam
 
     return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]
-
-
-def _check_declared_degree(model, x, degree):
-    from .models.homogeneity import check_homogeneity
-
-    report = check_homogeneity(model, np.asarray(x))
-    if degree is not None and report.degree != degree:
-        raise bad_argument(
-            "model",
-            f"declares degree {degree} but Φ(x; cW) = c^L Φ(x; W) holds numerically for L = {report.degree} "
-            f"(estimate {report.estimate:.4g})",
-            "Fix the model's `degree` (None if it is not homogeneous), or pass check_degree=False.",
-        )
 
 
 def _assemble(segments, static, degree, *, config, throw, event_kind):

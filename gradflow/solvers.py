@@ -10,12 +10,13 @@ LU-factorise J (O(k²) memory) and do not combine with Krylov solvers (see ``sha
 from __future__ import annotations
 
 import diffrax
+import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
 
 from .errors import bad_argument
 
-__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "is_implicit"]
+__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -33,27 +34,52 @@ IMPLICIT_SOLVERS = {
 }
 
 
-def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20) -> optx.Newton:
-    """Newton with a GMRES inner solve on Jacobian-vector products: no dense Jacobian.
+class RelativeNewton(optx.Newton):
+    """optimistix's Newton with a relative stopping rule for the stage equations of ESDIRK steps.
 
-    ``rtol``/``atol`` are the *step controller's* tolerances. Newton stops on optimistix's Cauchy
-    criterion (‖δ‖ ≤ atol + rtol‖y‖ and ‖residual‖ ≤ atol) at 10× the controller's tolerances, and
-    GMRES solves to the controller's tolerances. Measured on the iris problem of issue 3 (linear
-    model, α clock, to ln(n/L) = 1000, Kvaerno5, controller rtol 1e-6): Newton at the controller's
-    own tolerances failed to converge within 10 iterations on most steps (20,000 steps, 59%
-    rejected, stalled at α ≈ 65); at 10× they finished in 98 steps.
+    Converged: at least one iteration and the last update δ satisfies ‖δ/(atol + rtol|y|)‖ ≤ 1.
+    Failed: a non-finite update, a failed linear solve, or ``root_find_max_steps`` without
+    convergence (diffrax then rejects the step and shrinks it).
+
+    Why (measured on the iris problem of issue 3: linear model, α clock, to ln(n/L) = 10⁴):
+    optimistix's default (Cauchy) test also asks ‖residual‖ ≤ atol in absolute terms, which
+    round-off prevents at large steps: Newton runs out of iterations, 58% of steps are rejected and
+    the run stalls at ln(n/L) ≈ 1,239. Its rate-based test (cauchy_termination=False) declares
+    divergence when two round-off-level updates grow, and the step size collapses (55% rejected).
+    With this rule: no Newton failures; with the PI controller of :data:`IMPLICIT_CONTROLLER`,
+    150 steps and 11% rejected. Reads optimistix 0.1's Newton state (step, diffsize, result).
     """
-    return optx.Newton(
-        rtol=10 * rtol,
-        atol=10 * atol,
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, y, args, options, tags
+        R = optx.RESULTS
+        converged = (state.step >= 1) & (state.diffsize <= 1)
+        nonfinite = (state.step >= 1) & jnp.invert(jnp.isfinite(state.diffsize))
+        linsolve_failed = state.result != R.successful
+        terminate = converged | nonfinite | linsolve_failed
+        result = R.where(linsolve_failed, state.result, R.where(nonfinite, R.nonlinear_divergence, R.successful))
+        return terminate, result
+
+
+# PI step control for implicit solvers (pcoeff, icoeff, safety): 11% rejected steps on the iris
+# problem against 23–26% with diffrax's default integral controller.
+IMPLICIT_CONTROLLER = {"pcoeff": 0.3, "icoeff": 0.4, "safety": 0.8}
+
+
+def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20) -> optx.Newton:
+    """Newton–GMRES at the step controller's tolerances, on Jacobian-vector products only
+    (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES``."""
+    return RelativeNewton(
+        rtol=rtol,
+        atol=atol,
+        cauchy_termination=False,
         linear_solver=lx.GMRES(rtol=rtol, atol=atol, max_steps=krylov_steps, restart=restart),
     )
 
 
 def dense_newton(rtol: float, atol: float) -> optx.Newton:
-    """Newton with a dense LU solve: forms the k×k Jacobian. Only sensible for small k.
-    Tolerances as in :func:`matrix_free_newton`."""
-    return optx.Newton(rtol=10 * rtol, atol=10 * atol, linear_solver=lx.LU())
+    """Newton with a dense LU solve: forms the k×k Jacobian. Only sensible for small k."""
+    return RelativeNewton(rtol=rtol, atol=atol, cauchy_termination=False, linear_solver=lx.LU())
 
 
 def is_implicit(solver) -> bool:

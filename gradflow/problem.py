@@ -1,0 +1,105 @@
+"""Validation shared by simulate_flow, simulate_descent and simulate_ensemble: the model, the data
+and the loss checked against each other before anything compiles."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .data import as_dataset
+from .errors import InvalidTypeError, bad_argument
+from .losses import Loss, get_loss
+from .params import combine, partition
+from .precision import warn_if_float32
+
+__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree"]
+
+
+def check_positive_finite(name: str, value, *, allow_none: bool = False):
+    """``value`` as a positive finite float, or an error naming ``name``."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidTypeError(f"{name}: expected a positive number, got {type(value).__name__}. Pass e.g. {name}=1e6.")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise bad_argument(name, f"must be positive and finite, got {value}", f"Pass a positive finite {name}.")
+    return value
+
+
+def check_declared_degree(model, x, degree) -> None:
+    """Refuse a model whose declared degree disagrees with the measured one (check_homogeneity)."""
+    from .models.homogeneity import check_homogeneity
+
+    report = check_homogeneity(model, np.asarray(x))
+    if degree is not None and report.degree != degree:
+        raise bad_argument(
+            "model",
+            f"declares degree {degree} but Φ(x; cW) = c^L Φ(x; W) holds numerically for L = {report.degree} "
+            f"(estimate {report.estimate:.4g})",
+            "Fix the model's `degree` (None if it is not homogeneous), or pass check_degree=False.",
+        )
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A validated (model, data, loss): float arrays in the run's dtype, labels in the loss' format."""
+
+    loss: Loss
+    degree: int | None
+    params0: Any
+    static: Any
+    x: jax.Array
+    y: jax.Array
+    n: int
+    log_loss0: float
+
+
+def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str) -> Problem:
+    """The checks of ``simulate_flow`` on (model, data, loss, dtype), run before any compile.
+
+    Call inside ``x64()``. Returns float arrays cast to ``dtype`` and labels in the loss' format."""
+    data = as_dataset(data)
+    loss_fn = get_loss(loss)
+    if dtype not in ("float64", "float32"):
+        raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
+    if dtype == "float32":
+        warn_if_float32(jnp.float32, who)
+    degree = getattr(model, "degree", "missing")
+    if degree == "missing":
+        raise InvalidTypeError(
+            f"model: {type(model).__name__} has no 'degree' attribute. Use a gradflow model or give your "
+            "equinox Module a `degree` property (an int, or None if not homogeneous)."
+        )
+    fdtype = jnp.float64 if dtype == "float64" else jnp.float32
+    params0, static = partition(model)
+    if not jax.tree_util.tree_leaves(params0):
+        raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
+    params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, fdtype), params0)
+    if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(params0)):
+        raise bad_argument("model", "initial parameters contain NaN or inf", "Initialise the model with finite values.")
+    x = jnp.asarray(data.x, fdtype)
+    model_cast = combine(params0, static)
+    try:
+        outputs = jax.eval_shape(model_cast, x[:1])
+    except Exception as e:
+        raise bad_argument("model", f"cannot be applied to data.x of shape {data.x.shape} ({type(e).__name__}: {e})", "Make the model's input size match the data.") from e
+    if loss_fn.multiclass:
+        if len(outputs.shape) != 2 or outputs.shape[1] < 2:
+            raise bad_argument("loss", f"'{loss_fn.name}' needs (n, classes) outputs; the model gives shape {outputs.shape}", "Use a binary loss ('exponential'/'logistic') with ±1 labels, or a multiclass model.")
+        y = jnp.asarray(data.class_labels(outputs.shape[1]))
+    else:
+        if len(outputs.shape) != 1:
+            raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
+        y = jnp.asarray(data.binary_labels(), fdtype)
+    if check_degree:
+        check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
+    log_loss0 = float(loss_fn.log_loss(model_cast(x), y))
+    return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0)
+
+
