@@ -6,10 +6,11 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import datasets, losses, maxmargin, models
+from . import datasets, losses, maxmargin, models, theory
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
+from .ensemble import EnsembleResult, simulate_ensemble
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError, SolverFailure
 from .flow import simulate_flow
 from .losses import CrossEntropy, Exponential, Logistic, get_loss
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CrossEntropy",
     "Dataset",
+    "EnsembleResult",
     "DeepLinear",
     "Exponential",
     "FlowResult",
@@ -66,6 +68,8 @@ __all__ = [
     "num_params",
     "plot_flow",
     "simulate_descent",
+    "simulate_ensemble",
     "simulate_flow",
+    "theory",
     "x64",
 ]

@@ -90,7 +90,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -103,9 +103,12 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
     save_fn = _make_save_fn(clock, degree, save_params)
+    # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
+    # them after the loop (still inside this compiled function). Under vmap the save branch of
+    # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
     saveat = diffrax.SaveAt(
         subs=[
-            diffrax.SubSaveAt(ts=ts, fn=save_fn),
+            diffrax.SubSaveAt(ts=ts, fn=(lambda s, state, args: (s, state)) if defer_diagnostics else save_fn),
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
         ],
@@ -153,6 +156,9 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         controller_state=controller_state,
     )
     saved, final_diag, final_state = sol.ys
+    if defer_diagnostics:
+        saved_s, saved_states = saved
+        saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
     return saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state
 
