@@ -105,7 +105,7 @@ def _shared_solve(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *,
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
     result = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (members,)), sol.result)
     stats = {k: jnp.broadcast_to(v, (members,)) for k, v in sol.stats.items()}
-    return saved, final_diag, final_state, result, stats, None, None, None
+    return saved, final_diag, final_state, result, stats
 
 
 def simulate_ensemble(
@@ -196,7 +196,7 @@ def simulate_ensemble(
             )
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
-        saved, final_diag, final_state, result, stats, _s_final, _ss, _cs = out
+        saved, final_diag, final_state, result, stats = out[:5]
         config = dict(loss=loss_fn.name, clock=clock, solver=type(solver_obj).__name__, rtol=rtol, atol=atol,
                       t_max=t_max, until_accuracy=until_accuracy, degree=first.degree, n=n, max_steps=int(max_steps),
                       jacobian=jacobian, dtype="float64", ensemble_size=len(probs), steps=steps)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .diagnostics import diagnostics, evaluate
-from .errors import SolverFailure, bad_argument
+from .errors import InvalidTypeError, SolverFailure, bad_argument
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
@@ -111,6 +111,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
             diffrax.SubSaveAt(ts=ts, fn=(lambda s, state, args: (s, state)) if defer_diagnostics else save_fn),
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
+            diffrax.SubSaveAt(t0=True, fn=save_fn),
         ],
         solver_state=True,
         controller_state=True,
@@ -155,12 +156,46 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         solver_state=solver_state,
         controller_state=controller_state,
     )
-    saved, final_diag, final_state = sol.ys
+    saved, final_diag, final_state, initial_diag = sol.ys
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
-    return saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state
+    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state,
+            initial_diag)
+
+
+def _versions() -> dict:
+    """Software and backend that produced a result (results are reproducible bitwise only for the
+    same versions on the same backend; see docs/determinism.md)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("gradflow", "jax", "jaxlib", "diffrax", "equinox", "lineax", "optimistix", "optax", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    out["backend"] = f"{jax.default_backend()}:{jax.devices()[0].device_kind}"
+    return out
+
+
+def _check_controller_options(options) -> dict:
+    """``controller_options`` as a dict of diffrax.PIDController keywords (or {'constant': True})."""
+    import inspect
+    from collections.abc import Mapping
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise InvalidTypeError(f"controller_options: expected a dict, got {type(options).__name__}. "
+                               "Pass e.g. controller_options=dict(dtmin=1e-12).")
+    allowed = (set(inspect.signature(diffrax.PIDController).parameters) - {"rtol", "atol"}) | {"constant"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise bad_argument("controller_options", f"unknown or reserved keys {unknown} (rtol/atol are simulate_flow's own arguments)",
+                           f"Use keys among {sorted(allowed)}.")
+    return dict(options)
 
 
 def _default_save_points(clock: str, t_end: float, acc0: float, num: int) -> np.ndarray:
@@ -180,7 +215,7 @@ def simulate_flow(
     loss: str = "exponential",
     clock: str = "time",
     until_accuracy: float | None = None,
-    solver: Any = "tsit5",
+    solver: Any = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
     dt0: float | None = None,
@@ -211,8 +246,9 @@ def simulate_flow(
       clock: 'time' (integrate in t) or 'accuracy' (integrate in α; needs ``until_accuracy``).
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
-      solver: 'auto' (Tsit5, switching once to matrix-free Kvaerno5 when the flow turns stiff;
-        see ``_Driver``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
+      solver: None (default: 'tsit5' in the time clock, 'auto' in the accuracy clock, where long
+        runs on small-margin data turn stiff), 'auto' (Tsit5, switching once to matrix-free
+        Kvaerno5 when the flow turns stiff; see ``_Driver``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       dt0: initial step (None: diffrax picks it).
@@ -264,10 +300,21 @@ def simulate_flow(
     rtol = _check_positive_finite("rtol", rtol)
     atol = _check_positive_finite("atol", atol)
     dt0 = _check_positive_finite("dt0", dt0, allow_none=True)
+    for name, value, least in (("num_save", num_save, 2), ("auto_explicit_steps", auto_explicit_steps, 1),
+                               ("checkpoint_every", checkpoint_every, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise bad_argument(name, f"must be an integer ≥ {least}, got {value!r}", f"Pass e.g. {name}={max(least, 10)}.")
+    if jacobian not in ("matrix_free", "dense"):
+        raise bad_argument("jacobian", f"unknown value {jacobian!r}", "Use 'matrix_free' or 'dense'.")
+    opts = _check_controller_options(controller_options)
+    if opts.get("constant", False) and dt0 is None:
+        raise bad_argument("dt0", "is required with controller_options={'constant': True}", "Pass the fixed step, e.g. dt0=0.01.")
     if not isinstance(max_steps, (int, np.integer)) or isinstance(max_steps, bool) or max_steps < 1:
         raise bad_argument("max_steps", f"must be a positive integer, got {max_steps!r}", "Pass e.g. max_steps=100_000.")
     if dtype not in ("float64", "float32"):
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
+    if solver is None:
+        solver = "tsit5" if clock == "time" else "auto"
     auto = isinstance(solver, str) and solver.lower() == "auto"
     solver_obj = get_solver("tsit5" if auto else solver, rtol=rtol, atol=atol, jacobian=jacobian)
 
@@ -285,13 +332,20 @@ def simulate_flow(
                 "flow has brought L below ℓ(0), if ever. Scale up the initialisation or start from a later W.",
                 stacklevel=2,
             )
-        if clock == "accuracy" and until_accuracy <= acc0:
+        if clock == "time" and loss_fn.log_neg_derivative(jnp.asarray(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0)))) > 700:
+            raise bad_argument(
+                "data.x", f"ln L(W_0) = {log_loss0:.4g}: the initial velocity |ℓ'(α)|∇α overflows float64",
+                "Rescale the inputs (e.g. to unit norm) or the initialisation, or use clock='accuracy'.")
+        if until_accuracy is not None and until_accuracy <= acc0:
             raise bad_argument("until_accuracy", f"= {until_accuracy} is not above the initial ln(n/L) = {acc0:.6g}", "Pass a larger target.")
         t_end = t_max if clock == "time" else until_accuracy
         if save_at is None:
             save_points = _default_save_points(clock, t_end, acc0, num_save)
         else:
-            save_points = np.asarray(save_at, dtype=np.float64)
+            try:
+                save_points = np.asarray(save_at, dtype=np.float64)
+            except (TypeError, ValueError) as e:
+                raise InvalidTypeError("save_at: expected numbers. Pass e.g. numpy.geomspace(1, t_max, 50).") from e
             if save_points.ndim != 1 or save_points.size == 0 or not np.all(np.isfinite(save_points)):
                 raise bad_argument("save_at", "must be a nonempty 1-D array of finite numbers", "Pass e.g. numpy.geomspace(1, t_max, 50).")
             if np.any(np.diff(save_points) <= 0):
@@ -308,9 +362,6 @@ def simulate_flow(
             event_kind = None
         target_log_loss = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         log_t_max = math.log(t_max) if t_max is not None else math.inf
-        opts = {} if controller_options is None else dict(controller_options)
-        if opts.get("constant", False) and dt0 is None:
-            raise bad_argument("dt0", "is required with controller_options={'constant': True}", "Pass the fixed step, e.g. dt0=0.01.")
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
@@ -323,7 +374,7 @@ def simulate_flow(
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
-            max_steps=int(max_steps), jacobian=jacobian, dtype=dtype,
+            max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, versions=_versions(),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
@@ -479,7 +530,7 @@ class _Driver:
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state = _solve(
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _solve(
             state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
             save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
             solver=state.solver, max_steps=budget, **self.common,
@@ -489,6 +540,9 @@ class _Driver:
         saved = jax.tree_util.tree_map(np.asarray, saved)
         final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1): length-1 axis
         reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
+        if not reached.any():  # failed before the first save point: report at least the start
+            saved = jax.tree_util.tree_map(np.asarray, initial)
+            reached = np.isfinite(saved["log_loss"])
         stats = {k: int(v) for k, v in stats.items() if k != "max_steps"}
         s_final = float(np.asarray(s_final).reshape(-1)[0])
         accepted = max(stats["num_accepted_steps"], 1)

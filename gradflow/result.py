@@ -70,6 +70,8 @@ class FlowResult:
     def table(self, rows: int = 10) -> str:
         """A plain-text table of the main diagnostics at up to ``rows`` save points."""
         cols = ["t", "accuracy", "norm", "smoothed_margin", "beta", "margin", "angle", "path_length", "potential"]
+        if "t" in self.diagnostics and not np.all(np.isfinite(self.diagnostics["t"])):
+            cols[0] = "log_t"  # t overflows float64 on long accuracy-clock runs; ln t does not
         cols = [c for c in cols if c in self.diagnostics]
         idx = np.unique(np.linspace(0, len(self) - 1, min(rows, len(self))).round().astype(int))
         head = " ".join(f"{c:>15}" for c in cols)
