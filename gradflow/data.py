@@ -69,8 +69,10 @@ def _validate(x, y) -> tuple[np.ndarray, np.ndarray]:
     except Exception as e:  # ragged lists and the like
         raise InvalidTypeError(f"data: could not convert to arrays ({e}). Pass numeric arrays.") from e
     for name, a in (("data.x", x), ("data.y", y)):
-        if not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)):
-            raise InvalidTypeError(f"{name}: dtype {a.dtype} is not numeric. Pass a numeric array.")
+        if a.dtype.kind not in "biuf":
+            raise InvalidTypeError(
+                f"{name}: dtype {a.dtype} is not numeric (bool, integer or real). Pass a numeric array."
+            )
     if x.ndim < 2:
         raise bad_argument("data.x", f"has shape {x.shape}", "Pass x with shape (n, features...): one row per example.")
     if y.ndim != 1:
@@ -86,7 +88,17 @@ def _validate(x, y) -> tuple[np.ndarray, np.ndarray]:
         raise bad_argument("data.x", f"contains {int(np.sum(~np.isfinite(x)))} NaN/inf entries", "Remove or impute them.")
     if not np.all(np.isfinite(y.astype(np.float64))):
         raise bad_argument("data.y", "contains NaN/inf", "Labels must be finite: ±1 or class indices.")
-    y = y.astype(np.int32) if np.issubdtype(y.dtype, np.integer) else y.astype(np.float64)
+    if np.issubdtype(y.dtype, np.integer):
+        info = np.iinfo(np.int32)
+        if y.min() < info.min or y.max() > info.max:
+            raise bad_argument(
+                "data.y",
+                f"integer labels {y.min()}..{y.max()} do not fit in int32",
+                "Pass ±1 labels or class indices 0..C−1.",
+            )
+        y = y.astype(np.int32)
+    else:
+        y = y.astype(np.float64)
     return x, y
 
 

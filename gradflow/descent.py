@@ -119,8 +119,12 @@ def _save_iterations(steps: int, save_every, save_at, num_save: int) -> np.ndarr
             raise bad_argument("save_every", f"must be a positive integer, got {save_every!r}", "Pass e.g. save_every=100.")
         its = np.arange(0, steps + 1, int(save_every))
     elif save_at is not None:
-        its = np.asarray(save_at)
-        if its.ndim != 1 or its.size == 0 or not np.all(np.isfinite(its)) or not np.all(its == np.round(its)):
+        try:
+            its = np.asarray(save_at)
+            ok = its.ndim == 1 and its.size > 0 and bool(np.all(np.isfinite(its))) and bool(np.all(its == np.round(its)))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
             raise bad_argument("save_at", "must be a nonempty 1-D array of integer iterations", "Pass e.g. save_at=[0, 10, 100].")
         its = its.astype(np.int64)
         if np.any(np.diff(its) <= 0):
@@ -285,6 +289,12 @@ def _resolve_optimizer(optimizer, learning_rate, max_update_norm):
         if name not in DESCENT_METHODS:
             raise bad_argument("optimizer", f"unknown optimizer {optimizer!r}", f"Use one of {DESCENT_METHODS}, gradflow.normalized_gd(...) or an optax GradientTransformation.")
         method = "normalized" if name == "normalized" else "gd"
+        if method == "gd" and max_update_norm is not None:
+            raise bad_argument(
+                "max_update_norm",
+                "only applies to optimizer='normalized'",
+                "Drop it, or use optimizer='normalized' / gradflow.normalized_gd(eta, max_update_norm=…).",
+            )
         if learning_rate is None:
             if method == "gd":
                 raise bad_argument("learning_rate", f"is required with optimizer={optimizer!r}", "Pass learning_rate=η (a float or a schedule).")
@@ -379,6 +389,8 @@ def simulate_descent(
     until_accuracy = _check_positive_finite("until_accuracy", until_accuracy, allow_none=True)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise InvalidTypeError(f"seed: expected an int, got {type(seed).__name__}. Pass e.g. seed=0.")
+    if not -(2**63) <= int(seed) < 2**63:
+        raise bad_argument("seed", f"must fit in 64 bits, got {seed}", "Pass e.g. seed=0.")
     save_iters = _save_iterations(steps, save_every, save_at, num_save)
 
     with x64():

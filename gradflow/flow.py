@@ -303,7 +303,7 @@ def simulate_flow(
     for name, value, least in (("num_save", num_save, 2), ("auto_explicit_steps", auto_explicit_steps, 1),
                                ("checkpoint_every", checkpoint_every, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise bad_argument(name, f"must be an integer ≥ {least}, got {value!r}", f"Pass e.g. {name}={max(least, 10)}.")
+            raise bad_argument(name, f"must be an integer ≥ {least}, got {value!r}", f"Pass e.g. {name}={100 if name == 'num_save' else 10}.")
     if jacobian not in ("matrix_free", "dense"):
         raise bad_argument("jacobian", f"unknown value {jacobian!r}", "Use 'matrix_free' or 'dense'.")
     opts = _check_controller_options(controller_options)

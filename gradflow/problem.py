@@ -97,9 +97,16 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
         if len(outputs.shape) != 1:
             raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
         y = jnp.asarray(data.binary_labels(), fdtype)
+    out0 = model_cast(x)
+    if not bool(jnp.all(jnp.isfinite(out0))):
+        raise bad_argument(
+            "model",
+            "outputs Φ(x; W_0) on data.x are not finite (NaN/inf in a non-trainable array, or overflow)",
+            "Check frozen weights and rescale data.x.",
+        )
     if check_degree:
         check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
-    log_loss0 = float(loss_fn.log_loss(model_cast(x), y))
+    log_loss0 = float(loss_fn.log_loss(out0, y))
     return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0)
 
 

@@ -15,11 +15,12 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from gradflow.errors import bad_argument
 from gradflow.models._base import Model
-from gradflow.models.linear import _check_init_scale, _check_positive_int, _draw
+from gradflow.models.linear import _check_init_scale, _check_key, _check_positive_int, _draw
 from gradflow.precision import x64
 
 __all__ = ["HomogeneousCNN"]
@@ -61,12 +62,23 @@ class HomogeneousCNN(Model):
         kernel_size: int = 5,
         init_scale: float = 1.0,
     ):
+        _check_key(key)
         c_in = _check_positive_int(in_channels, "in_channels")
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 4 or s % 4 for s in size):
-            raise bad_argument(
-                "image_size", f"must be positive multiples of 4, got {image_size!r}", "Pass e.g. image_size=8 or 32."
-            )
+        bad_size = bad_argument(
+            "image_size", f"must be positive multiples of 4, got {image_size!r}", "Pass e.g. image_size=8 or 32."
+        )
+        if isinstance(image_size, (int, np.integer)):
+            size = (image_size, image_size)
+        else:
+            try:
+                size = tuple(image_size)
+            except TypeError as e:
+                raise bad_size from e
+        if len(size) != 2 or any(
+            isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 4 or s % 4 for s in size
+        ):
+            raise bad_size
+        size = tuple(int(s) for s in size)
         k_out = _check_positive_int(num_classes, "num_classes")
         channels, hidden = tuple(channels), tuple(hidden)
         if len(channels) != 2:

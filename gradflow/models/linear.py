@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from gradflow.errors import bad_argument
+from gradflow.errors import InvalidTypeError, bad_argument
 from gradflow.models._base import Model
 from gradflow.precision import x64
 
@@ -54,10 +54,44 @@ def _check_positive_int(value: int, name: str) -> int:
 
 
 def _check_init_scale(init_scale: float) -> float:
-    init_scale = float(init_scale)
+    bad_type = InvalidTypeError(
+        f"init_scale: expected a positive number, got {type(init_scale).__name__} {init_scale!r}. "
+        "Pass e.g. init_scale=1.0."
+    )
+    if isinstance(init_scale, (str, bytes)):
+        raise bad_type
+    try:
+        init_scale = float(init_scale)
+    except (TypeError, ValueError) as e:
+        raise bad_type from e
     if not (init_scale > 0.0 and math.isfinite(init_scale)):
         raise bad_argument("init_scale", f"must be finite and > 0, got {init_scale!r}", "Pass e.g. init_scale=1.0.")
     return init_scale
+
+
+def _check_key(key) -> None:
+    """Refuse anything but one JAX PRNG key: a typed key (``jax.random.key``) or raw uint32 of shape (2,)."""
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and key.shape == ():
+        return
+    if dtype is not None and not jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.dtype(dtype) == jnp.uint32 and tuple(shape) == (2,):
+            return
+    got = type(key).__name__ if dtype is None else f"{type(key).__name__} of dtype {dtype} and shape {tuple(shape)}"
+    raise InvalidTypeError(
+        f"key: expected a JAX PRNG key (jax.random.key(0) or jax.random.PRNGKey(0)), got {got}. "
+        "Pass e.g. key=jax.random.PRNGKey(0)."
+    )
+
+
+def _check_widths(widths) -> tuple:
+    try:
+        return tuple(widths)
+    except TypeError as e:
+        raise InvalidTypeError(
+            f"widths: expected a sequence of positive integers, got {type(widths).__name__} {widths!r}. "
+            "Pass widths=(d, h_1, ...)."
+        ) from e
 
 
 def _check_input(x: Array, ndim: int, last: tuple[int, ...], who: str) -> None:
@@ -76,6 +110,7 @@ class Linear(Model):
     w: Float[Array, " d"]
 
     def __init__(self, in_features: int, *, key: PRNGKeyArray, init_scale: float = 1.0):
+        _check_key(key)
         d = _check_positive_int(in_features, "in_features")
         init_scale = _check_init_scale(init_scale)
         with x64():
@@ -112,8 +147,9 @@ class DeepLinear(Model):
         key: PRNGKeyArray,
         init_scale: float = 1.0,
     ):
+        _check_key(key)
         depth = _check_positive_int(depth, "depth")
-        widths = tuple(widths)
+        widths = _check_widths(widths)
         if len(widths) != depth:
             raise bad_argument(
                 "widths",

@@ -13,7 +13,9 @@ from gradflow.models._base import Model
 from gradflow.models.linear import (
     _check_init_scale,
     _check_input,
+    _check_key,
     _check_positive_int,
+    _check_widths,
     _draw,
 )
 from gradflow.precision import x64
@@ -34,7 +36,8 @@ class ReLUMLP(Model):
     layers: tuple[Float[Array, "out in"], ...]
 
     def __init__(self, widths: Sequence[int], *, key: PRNGKeyArray, init_scale: float = 1.0):
-        widths = tuple(widths)
+        _check_key(key)
+        widths = _check_widths(widths)
         if len(widths) < 2:
             raise bad_argument("widths", f"needs at least (d, out), got {widths}", "Pass widths=(d, h_1, ..., out).")
         for i, h in enumerate(widths):

@@ -21,6 +21,7 @@ from gradflow.models._base import Model
 from gradflow.models.linear import (
     _check_init_scale,
     _check_input,
+    _check_key,
     _check_positive_int,
     _draw,
 )
@@ -68,6 +69,7 @@ class TwoLayerSquaredReLU(Model):
         signs: Literal["random", "alternating"] | ArrayLike = "random",
         init_scale: float = 1.0,
     ):
+        _check_key(key)
         d = _check_positive_int(in_features, "in_features")
         m = _check_positive_int(width, "width")
         init_scale = _check_init_scale(init_scale)
@@ -102,6 +104,16 @@ class TwoLayerSquaredReLU(Model):
         return (act * act) @ self.signs.astype(act.dtype)
 
 
+def _as_float_array(a, name: str) -> Array:
+    """``a`` as a float64 array (call inside ``x64()``), or an InvalidTypeError naming ``name``."""
+    try:
+        return jnp.asarray(a, dtype=jnp.float64)
+    except (TypeError, ValueError) as e:
+        raise InvalidTypeError(
+            f"{name}: expected a numeric (m, d) array, got {type(a).__name__} ({e}). Pass a float array."
+        ) from e
+
+
 class FrozenActivation(Model):
     """Frozen-activation (NTK) predictor of Figure 1(a), 1-homogeneous in the trained v.
 
@@ -125,15 +137,17 @@ class FrozenActivation(Model):
         v: Float[ArrayLike, "m d"] | None = None,
     ):
         with x64():
-            w_arr = jnp.asarray(w, dtype=jnp.float64)
+            w_arr = _as_float_array(w, "w")
             if w_arr.ndim != 2:
                 raise bad_argument("w", f"must have shape (m, d), got {w_arr.shape}", "Pass a 2-D array.")
+            if not bool(jnp.all(jnp.isfinite(w_arr))):
+                raise bad_argument("w", "contains NaN or inf", "Pass finite frozen weights.")
             self.w = Frozen(w_arr)
             self.signs = _as_signs(signs, w_arr.shape[0])
             if v is None:
                 self.v = jnp.zeros_like(w_arr)
             else:
-                v_arr = jnp.asarray(v, dtype=jnp.float64)
+                v_arr = _as_float_array(v, "v")
                 if v_arr.shape != w_arr.shape:
                     raise bad_argument(
                         "v", f"must have the shape of w {w_arr.shape}, got {v_arr.shape}", "Pass v=None for zeros."
