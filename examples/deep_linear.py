@@ -109,13 +109,13 @@ def run_one(name, x, y, depth, target, hidden, noise, num_save):
     return res, al, rep, bound, wall
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs (< 2 minutes on 2 cores)")
     parser.add_argument("--out", default=".", help="directory for deep_linear.png / deep_linear.json")
     parser.add_argument("--target", type=float, default=None, help="final ln(n/L) (default 3000, quick 200)")
     parser.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     target = args.target or (200.0 if args.quick else 3000.0)
     num_save = 20 if args.quick else 60
     sets = {"iris": gf.datasets.iris_binary(), "wine": gf.datasets.wine_binary()}

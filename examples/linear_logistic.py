@@ -53,12 +53,12 @@ def initial_direction(x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (< 2 minutes on 2 cores)")
     parser.add_argument("--out", default=".", help="directory for the PNG and JSON")
     parser.add_argument("--target", type=float, default=None, help="final ln(n/L) (default 800, quick 300)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     target = args.target or (300.0 if args.quick else 800.0)
     num_save = 40 if args.quick else 100
 

@@ -35,7 +35,7 @@ from gradflow import theory
 from gradflow.maxmargin import local_margin_guarantee
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small run (< 2 minutes on 2 cores)")
     parser.add_argument("--out", default=".", help="directory for the PNG and JSON")
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="hidden width m (default 200, quick 40)")
     parser.add_argument("--target", type=float, default=None, help="final ln(n/L) (default 1000, quick 100)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     n = args.n or (40 if args.quick else 100)
     m = args.width or (40 if args.quick else 200)
     target = args.target or (100.0 if args.quick else 1000.0)

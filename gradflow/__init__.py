@@ -6,7 +6,7 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import datasets, losses, maxmargin, models, theory
+from . import datasets, figures, losses, maxmargin, models, progress, theory
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
@@ -22,6 +22,8 @@ from .models import (
     Linear,
     Model,
     ReLUMLP,
+    SmallDenseNet,
+    SmallResNet,
     TwoLayerSquaredReLU,
     check_homogeneity,
     linearize,
@@ -52,12 +54,15 @@ __all__ = [
     "Model",
     "NormalizedGD",
     "ReLUMLP",
+    "SmallDenseNet",
+    "SmallResNet",
     "SolverFailure",
     "TwoLayerSquaredReLU",
     "check_homogeneity",
     "compare",
     "datasets",
     "enable_x64",
+    "figures",
     "get_loss",
     "linearize",
     "load_result",
@@ -67,6 +72,7 @@ __all__ = [
     "normalized_gd",
     "num_params",
     "plot_flow",
+    "progress",
     "simulate_descent",
     "simulate_ensemble",
     "simulate_flow",

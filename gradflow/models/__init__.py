@@ -5,6 +5,7 @@ from gradflow.models.cnn import HomogeneousCNN
 from gradflow.models.homogeneity import HomogeneityReport, check_homogeneity
 from gradflow.models.linear import DeepLinear, Linear
 from gradflow.models.mlp import ReLUMLP
+from gradflow.models.nonhomogeneous import SmallDenseNet, SmallResNet
 from gradflow.models.squared_relu import (
     FrozenActivation,
     TwoLayerSquaredReLU,
@@ -20,6 +21,8 @@ __all__ = [
     "Linear",
     "Model",
     "ReLUMLP",
+    "SmallDenseNet",
+    "SmallResNet",
     "TwoLayerSquaredReLU",
     "alternating_signs",
     "check_homogeneity",
