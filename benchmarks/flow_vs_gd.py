@@ -60,24 +60,11 @@ def _saves(steps: int) -> np.ndarray:
 
 
 def _appendix_a_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """2-D points labelled by a random ReLU network with a bias, the lowest-margin 40% deleted,
-    then embedded in R³ by appending 1 (Appendix A)."""
-    try:  # the shared generator, once another engineer has added it
-        from gradflow.datasets import appendix_a_synthetic  # type: ignore[import-not-found]
+    """Appendix A data: 2-D points labelled by a random ReLU teacher with a bias, low-margin points
+    deleted, a constant 1 appended (gradflow.datasets.appendix_a_synthetic)."""
+    from gradflow.datasets import appendix_a_synthetic
 
-        ds = appendix_a_synthetic(n=n, seed=seed)
-        return (np.asarray(ds.x), np.asarray(ds.y)) if hasattr(ds, "x") else (np.asarray(ds[0]), np.asarray(ds[1]))
-    except (ImportError, TypeError):
-        pass
-    rng = np.random.default_rng(seed)
-    z = rng.uniform(-1, 1, size=(4 * n, 2))
-    u, b, a = rng.standard_normal((8, 2)), rng.standard_normal(8) * 0.5, rng.standard_normal(8)
-    f = np.maximum(z @ u.T + b, 0) @ a
-    f = f - np.median(f)
-    keep = np.argsort(-np.abs(f))[: int(0.6 * len(f))]
-    keep = rng.permutation(keep)[:n]
-    x = np.concatenate([z[keep], np.ones((len(keep), 1))], axis=1)
-    return x, np.sign(f[keep])
+    return appendix_a_synthetic(n=n, seed=seed)
 
 
 def _gaussian_separable(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

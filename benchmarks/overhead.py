@@ -14,20 +14,14 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import gradflow as gf
 from gradflow.params import combine, partition
 
 
 def synthetic(n=100, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(4 * n, 2))
-    s = np.maximum(0, x @ np.array([1.5, -1.0]) + 0.3) - np.maximum(0, x @ np.array([-0.5, 1.2]) - 0.2) - 0.25
-    keep = np.abs(s) > 0.1
-    x, y = x[keep][:n], np.sign(s[keep][:n])
-    x = np.c_[x, np.ones(n)]
-    return x / np.linalg.norm(x, axis=1).max(), y
+    """Appendix A data (gradflow.datasets.appendix_a_synthetic)."""
+    return gf.datasets.appendix_a_synthetic(n=n, seed=seed)
 
 
 def bare_loop(model, x, y, evaluations: int) -> float:

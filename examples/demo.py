@@ -16,14 +16,9 @@ import gradflow as gf
 
 
 def data(n=40, seed=0):
-    """Points in [−1,1]² labelled by a ReLU teacher with a bias, low-margin points dropped, plus a 1."""
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(4 * n, 2))
-    teacher = np.maximum(0, x @ np.array([1.5, -1.0]) + 0.3) - np.maximum(0, x @ np.array([-0.5, 1.2]) - 0.2) - 0.25
-    keep = np.abs(teacher) > 0.15
-    x, y = x[keep][:n], np.sign(teacher[keep][:n])
-    x = np.c_[x, np.ones(len(x))]
-    return x / np.linalg.norm(x, axis=1).max(), y
+    """Appendix A data: points in [−1,1]² labelled by a random ReLU teacher with a bias, low-margin
+    points deleted, a constant feature appended, rows scaled to norm ≤ 1."""
+    return gf.datasets.appendix_a_synthetic(n=n, seed=seed)
 
 
 def main():

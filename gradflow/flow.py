@@ -324,6 +324,9 @@ def simulate_flow(
         prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_flow")
         loss_fn, degree, params0, static, x, y, n, log_loss0 = (
             prob.loss, prob.degree, prob.params0, prob.static, prob.x, prob.y, prob.n, prob.log_loss0)
+        state_size = sum(int(a.size) for a in jax.tree_util.tree_leaves(params0)) + 2  # W, ζ, u
+        if isinstance(solver, str) and not auto:
+            solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size)
         acc0 = math.log(n) - log_loss0
         if log_loss0 >= math.log(loss_fn.ell_zero):
             warnings.warn(
@@ -378,7 +381,7 @@ def simulate_flow(
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
-            explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian,
+            explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size,
         )
         state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0)
         chunks = _chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
@@ -462,10 +465,10 @@ class _Driver:
     checks). Between segments the controller's state and the next step size are carried over, so a
     chunked run and a run resumed from a checkpoint take exactly the same steps."""
 
-    def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian):
+    def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian, state_size=None):
         self.common, self.f, self.t_end, self.max_steps = common, f, t_end, max_steps
         self.auto, self.explicit_steps = auto, explicit_steps
-        self.rtol, self.atol, self.jacobian = rtol, atol, jacobian
+        self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
         self.switches: list[str] = []
 
     def run(self, state: _State, chunks, *, store=None, progress=False):
@@ -494,7 +497,7 @@ class _Driver:
         return segments, state, True
 
     def _solver_by_name(self, name: str):
-        return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian)
+        return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian, state_size=self.state_size)
 
     def _run_chunk(self, state: _State, points, end):
         """Integrate to ``end`` saving at ``points``; returns (state, segments, finished_ok)."""

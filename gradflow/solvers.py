@@ -66,9 +66,16 @@ class RelativeNewton(optx.Newton):
 IMPLICIT_CONTROLLER = {"pcoeff": 0.3, "icoeff": 0.4, "safety": 0.8}
 
 
-def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20) -> optx.Newton:
+def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20,
+                       state_size: int | None = None) -> optx.Newton:
     """Newton–GMRES at the step controller's tolerances, on Jacobian-vector products only
-    (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES``."""
+    (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES``.
+
+    lineax's GMRES runs all ``restart`` inner iterations of a cycle before it tests convergence,
+    so for a state of fewer than 20 numbers the restart length is the state size (GMRES is exact
+    after that many iterations anyway)."""
+    if state_size is not None:
+        restart = max(1, min(restart, state_size))
     return RelativeNewton(
         rtol=rtol,
         atol=atol,
@@ -86,7 +93,7 @@ def is_implicit(solver) -> bool:
     return isinstance(solver, diffrax.AbstractImplicitSolver)
 
 
-def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free"):
+def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free", state_size: int | None = None):
     """A diffrax solver from a name, or ``solver`` itself if it already is one.
 
     Implicit names get a Newton root finder with tolerances tied to the step controller's (see
@@ -100,8 +107,11 @@ def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free
     if name in IMPLICIT_SOLVERS:
         if jacobian not in ("matrix_free", "dense"):
             raise bad_argument("jacobian", f"unknown value {jacobian!r}", "Use 'matrix_free' or 'dense'.")
-        make = matrix_free_newton if jacobian == "matrix_free" else dense_newton
-        return IMPLICIT_SOLVERS[name](root_finder=make(rtol, atol))
+        if jacobian == "matrix_free":
+            root_finder = matrix_free_newton(rtol, atol, state_size=state_size)
+        else:
+            root_finder = dense_newton(rtol, atol)
+        return IMPLICIT_SOLVERS[name](root_finder=root_finder)
     names = sorted(EXPLICIT_SOLVERS) + sorted(IMPLICIT_SOLVERS)
     raise bad_argument("solver", f"unknown solver {solver!r}", f"Use one of {names} or a diffrax solver instance.")
 
