@@ -225,11 +225,13 @@ def problems(quick: bool, horizon: float | None = None, only: str | None = None)
     out = {"iris_linear": dict(model=lin, data=(x, y), loss="exponential", K=acc0 + (horizon or (3.0 if quick else 5.0)))}
     if only == "iris_linear":
         return out
+    if only == "fig1_squared_relu":
+        out = {}
     xs, ys = appendix_a_data(30 if quick else 60, 0)
     with gradflow.x64():
         # init_scale ≈ m^(-1/4): outputs O(1) at width m (scale 1 gives outputs ~ √m and a sharpness ~ 1e8)
         net = gradflow.TwoLayerSquaredReLU(3, 1000, key=jax.random.key(0), signs="random", init_scale=1000 ** -0.25)
-    out["fig1_squared_relu"] = dict(model=net, data=(xs, ys), loss="exponential", K=3.0 if quick else 5.0)
+    out["fig1_squared_relu"] = dict(model=net, data=(xs, ys), loss="exponential", K=horizon or (3.0 if quick else 5.0))
     return out
 
 
@@ -268,8 +270,8 @@ def cost_at(errors, costs, target=TARGET_ERR):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--horizon", type=float, default=None, help="iris: K = ln(n/L0) + horizon (default 3 quick, 5 full)")
-    ap.add_argument("--only", choices=["iris_linear"], default=None, help="run one problem only")
+    ap.add_argument("--horizon", type=float, default=None, help="iris: K = ln(n/L0) + horizon; Figure 1: K = horizon (default 3 quick, 5 full)")
+    ap.add_argument("--only", choices=["iris_linear", "fig1_squared_relu"], default=None, help="run one problem only")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
     quick = args.quick
