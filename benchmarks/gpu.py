@@ -33,9 +33,9 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from overhead import bare_loop  # noqa: E402  (sibling script: benchmarks/ is on sys.path)
 
 import gradflow as gf
-from gradflow.params import combine, partition
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,30 +50,6 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 10, size=n)
     y[:10] = np.arange(10)  # every class present
     return x, y
-
-
-def bare_loop(model, x, y, evaluations: int) -> float:
-    """Seconds for ``evaluations`` gradients of ln L in a jitted lax.fori_loop (no solver at all)."""
-    with gf.x64():
-        params, static = partition(model)
-        loss = gf.CrossEntropy()
-        xj, yj = jnp.asarray(x, jnp.float64), jnp.asarray(y)
-
-        def log_loss(p):
-            return loss.log_loss(combine(p, static)(xj), yj)
-
-        @jax.jit
-        def run(p):
-            def body(_, p):
-                g = jax.grad(log_loss)(p)
-                return jax.tree_util.tree_map(lambda a, b: a - 1e-12 * b, p, g)
-
-            return jax.lax.fori_loop(0, evaluations, body, p)
-
-        jax.block_until_ready(run(params))  # compile + warm
-        start = time.perf_counter()
-        jax.block_until_ready(run(params))
-        return time.perf_counter() - start
 
 
 def main(argv=None):
@@ -119,7 +95,7 @@ def main(argv=None):
         evals = r.stats["gradient_evaluations"] + r.stats["diagnostic_evaluations"]
         flow.append((r.stats["wall_time"], evals))
     flow_wall, evals = min(flow)
-    bare_wall = min(bare_loop(model, x, y, evals) for _ in range(repeats))
+    bare_wall = evals * min(bare_loop(model, x, y, evals, loss=gf.CrossEntropy()) for _ in range(repeats))
     flow_gps, bare_gps = evals / flow_wall, evals / bare_wall
     out = {
         "setup": (f"HomogeneousCNN(3, 32, 10) ({k} parameters), {data_name}, cross-entropy, float64, tsit5 "

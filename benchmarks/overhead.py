@@ -24,12 +24,14 @@ def synthetic(n=100, seed=0):
     return gf.datasets.appendix_a_synthetic(n=n, seed=seed)
 
 
-def bare_loop(model, x, y, evaluations: int) -> float:
-    """Seconds per gradient of L for a jitted lax.fori_loop of tiny GD steps (no solver at all)."""
+def bare_loop(model, x, y, evaluations: int, loss=None) -> float:
+    """Seconds per gradient of ln L for a jitted lax.fori_loop of tiny GD steps (no solver at all).
+
+    ``loss``: a gradflow Loss (default exponential). Shared with benchmarks/gpu.py."""
     with gf.x64():
         params, static = partition(model)
-        loss = gf.Exponential()
-        xj, yj = jnp.asarray(x), jnp.asarray(y)
+        loss = gf.Exponential() if loss is None else loss
+        xj, yj = jnp.asarray(x, jnp.float64), jnp.asarray(y)
 
         def log_loss(p):
             return loss.log_loss(combine(p, static)(xj), yj)
