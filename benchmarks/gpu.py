@@ -12,7 +12,7 @@ CPU), so the run ends with status 'failed' (max_steps reached) after exactly tha
 steps; that is intended here. The diagnostics are saved at t = 0 only (``save_at=[0]``) plus the
 final state, so every counted diagnostic evaluation really happens. The flow's gradient
 evaluations are ``stats["gradient_evaluations"] + stats["diagnostic_evaluations"]`` (Tsit5: 6 per
-attempted step + 2 for the initial step size; 1 per save point + 1 at the end); its wall time is
+attempted step + 1 first stage + 2 for the initial step size; 1 per save point + 1 at the end); its wall time is
 ``stats["wall_time"]`` of a second call (compiled in the first). The reference is a bare jitted loop, ``lax.fori_loop`` of ``jax.grad``
 of the log-loss with tiny descent steps (as in benchmarks/overhead.py), run for the same number
 of evaluations. ``ratio`` = flow evaluations/s ÷ bare evaluations/s (target ≥ 0.8 on a GPU).

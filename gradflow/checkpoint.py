@@ -58,6 +58,7 @@ class CheckpointStore:
             "wall": sum(seg["wall"] for seg in segments),
             "num_save": sum(seg["num_save"] for seg in segments),
             "evals_per_step": [seg["evals_per_step"] for seg in segments],
+            "start_evals": sum(seg.get("start_evals", 0) for seg in segments),
             "result_name": segments[-1]["result_name"],
             "reason": segments[-1]["reason"],
             "solver_name": segments[-1]["solver_name"],
@@ -124,6 +125,7 @@ class CheckpointStore:
             "wall": meta["wall"],
             "num_save": meta["num_save"],
             "evals_per_step": None if None in evals else max(evals),
+            "start_evals": meta.get("start_evals", 0),
             "solver_name": meta["solver_name"],
             "resumed": True,
         }

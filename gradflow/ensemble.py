@@ -2,25 +2,28 @@
 
 Two step-size policies (``steps=``):
 
-* ``"shared"`` (default in the time clock): the members are one ODE, one (members, k + 1) array
-  of rows [W_i, ζ_i]; one adaptive step serves all, and its error norm is the *maximum over
-  members* of each member's RMS error, so every member is integrated at least as accurately as in
-  its own run. Each stage is one batched (vmapped) gradient evaluation. The step controller is a
-  PI controller (pcoeff = icoeff = 0.3): with a max-over-members norm the plain I controller
-  rejected ~1/3 of the steps (the member setting the error changes from step to step); PI cut the
-  rejections ~3× and the steps ~8% on benchmarks/ensemble.py.
-  Cost: the step is set by the hardest member at every moment, ~2× the steps of the hardest
-  member alone there (831 vs 455 for 32 members). Speed: on 2 CPU cores the vmapped vector field
-  of 32 small members costs ~1.8 µs per member against ~4 µs for one member alone (XLA CPU is
-  compute-bound on the batched field: tiny-K matmuls and unvectorised f64 reductions), so a shared
-  step costs ~4× a single member's step and 32 members in one call measured 3.5× the throughput
-  of a loop of 32 simulate_flow calls (benchmarks/ensemble.py; 1.8× before the members were
-  prepared in one vmapped check and the results copied to the host once). The ≥ 8× target needs
-  an accelerator, where the batched field costs about as much as one member's.
-* ``"per_member"`` (required in the accuracy clock, where each member has its own clock α):
-  ``jax.vmap`` of the whole solve; each member keeps its own steps, and the loop runs until the
-  slowest member is done. Batched control flow makes every iteration cost all branches, so this
-  was measured only ~2× faster than a loop on a small model on CPU.
+* ``"per_member"`` (default): ``jax.vmap`` of the whole solve. Each member keeps its own adaptive
+  steps, exactly as in its own :func:`gradflow.simulate_flow` run (same controller, same error
+  norm); the batched loop runs until the slowest member is done, finished members idling. A
+  member's result equals its own run up to rounding, and to solver tolerance where rounding
+  flips an accept/reject decision (ReLU-type fields, whose kinks make steps fail, do this).
+* ``"shared"`` (time clock only): the members are one ODE, one (members, k + 1) array of rows
+  [W_i, ζ_i]; one adaptive step serves all, and its error norm is the *maximum over members* of
+  each member's RMS error, so every member is integrated at least as accurately as in its own
+  run. Step control is PI (pcoeff = icoeff = 0.3): with a max-over-members norm the plain I
+  controller rejected ~1/3 of the steps. Each stage is one batched gradient evaluation and the
+  solver's arithmetic is one fused op per stage, but the step is set by the hardest member at
+  every moment: for ReLU-type members, whose kink crossings force small steps at different
+  times, the shared solve takes ~2× the steps of the slowest member alone (831 vs 455 for 32
+  squared-ReLU members of width 16). Use it for smooth models with similar members.
+
+``devices=`` splits the members over devices (each device runs its block's loop on its own, see
+:func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more than one core.
+
+Throughput (``benchmarks/ensemble.py``, 2 CPU cores): the batched gradient of 32 small members is
+compute-bound (tiny-K matmuls and f64 elementwise loops over members × examples × width) while a
+single member's is bound by per-op dispatch, so batching pays most for the smallest models; the
+measured ratios against a Python loop of ``simulate_flow`` calls are in that benchmark's JSON.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ from .errors import InvalidTypeError, bad_argument
 from .flow import CLOCKS, _assemble, _default_save_points, _make_save_fn, _result_name, _solve, _time_field
 from .params import combine, partition
 from .precision import x64
-from .problem import check_positive_finite, prepare_problem
+from .problem import check_positive_finite, prepare_problem, resolve_devices
 from .result import FlowResult
-from .solvers import evaluations_per_step, get_solver
+from .solvers import evaluations_per_step, get_solver, initial_step
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
 
@@ -73,12 +76,40 @@ class EnsembleResult:
 
 @eqx.filter_jit
 def _ensemble_solve(params0, s0, aux0, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0,
-                    **config):
-    def member(p, s):
-        return _solve(p, aux0, s, None, None, static, x, y, save_points, t_end, target_log_loss, log_t_max,
-                      rtol, atol, dt0, **config)
+                    mesh=None, **config):
+    def body(sharded, shared):
+        p0, s0_ = sharded
+        static_, x_, y_, save_points_, t_end_, target_, log_t_max_, rtol_, atol_, dt0_ = shared
 
-    return eqx.filter_vmap(member)(params0, s0)
+        def member(p, s):
+            return _solve(p, aux0, s, None, None, static_, x_, y_, save_points_, t_end_, target_, log_t_max_,
+                          rtol_, atol_, dt0_, **config)
+
+        return eqx.filter_vmap(member)(p0, s0_)
+
+    shared = (static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0)
+    return _over_members(body, mesh, (params0, s0), shared)
+
+
+def _over_members(body, mesh, sharded, shared):
+    """``body(sharded, shared)``, where ``sharded`` has the members along its leading axis.
+
+    With a ``mesh`` (one axis, "members") each device runs ``body`` on its own block of members,
+    with ``shared`` replicated: ``jax.shard_map`` with no collective inside, so the devices never
+    wait for each other (each block has its own solver loop and step sizes)."""
+    if mesh is None:
+        return body(sharded, shared)
+    spec = jax.sharding.PartitionSpec
+    arrays, rest = eqx.partition(shared, eqx.is_array)
+
+    def local(sharded_, arrays_):
+        out = body(sharded_, eqx.combine(arrays_, rest))
+        block = jax.tree_util.tree_leaves(sharded_)[0].shape[0]
+        # member-independent scalars (e.g. max_steps) get a member axis, to be concatenated
+        return jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (block,)) if jnp.ndim(v) == 0 else v, out)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec("members"), spec()), out_specs=spec("members"),
+                         check_vma=False)(sharded, arrays)
 
 
 # PI step control for the shared solve (see the module docstring).
@@ -92,14 +123,26 @@ def _max_row_rms(count: int):
     that a member's error is measured exactly as there (u is identically 0 in the time clock)."""
 
     def norm(err: jax.Array) -> jax.Array:
-        return jnp.sqrt(jnp.max(jnp.sum(err**2, axis=1)) / count)
+        n = jnp.sqrt(jnp.max(jnp.sum(err**2, axis=1)) / count)
+        return jnp.where(jnp.isnan(n), jnp.inf, n)  # as solvers.finite_rms_norm
 
     return norm
 
 
 @eqx.filter_jit
 def _shared_solve(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, loss, degree, solver, max_steps,
-                  save_params, controller_opts=()):
+                  save_params, controller_opts=(), mesh=None):
+    """All members (of each device's block, with a ``mesh``) as one ODE with one step size."""
+
+    def body(p0, shared):
+        return _shared_body(p0, *shared, loss=loss, degree=degree, solver=solver, max_steps=max_steps,
+                            save_params=save_params, controller_opts=controller_opts)
+
+    return _over_members(body, mesh, params0, (static, x, y, save_points, t_end, rtol, atol, dt0))
+
+
+def _shared_body(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, loss, degree, solver, max_steps,
+                 save_params, controller_opts):
     """All members as one ODE with one step size.
 
     The state is one (members, k + 1) array: row i = [W_i flattened, ζ_i]. One leaf instead of a
@@ -130,6 +173,11 @@ def _shared_solve(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *,
                                   diffrax.SubSaveAt(t1=True, fn=save_fn), diffrax.SubSaveAt(t1=True)])
     controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_row_rms(k + 2), **dict(controller_opts))
     y0 = jnp.concatenate([flat0, jnp.zeros((members, 1), flat0.dtype)], axis=1)
+    if dt0 is None:  # the smallest of the members' own first steps
+        term0 = diffrax.ODETerm(lambda t, row, a: member_field(row))
+        order = solver.error_order(term0)
+        dt0 = jnp.min(jax.vmap(lambda row: initial_step(term0.vector_field, jnp.zeros((), row.dtype), row, None, order,
+                                                        rtol, atol, t_end))(y0))
     sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, jnp.zeros((), x.dtype), t_end, dt0, y0, args=None,
                               saveat=saveat, stepsize_controller=controller, max_steps=max_steps, throw=False)
     saved, final_diag, final_rows = sol.ys
@@ -163,15 +211,24 @@ def simulate_ensemble(
     check_degree: bool = True,
     save_params: bool = False,
     steps: str | None = None,
+    devices: Any = None,
 ) -> EnsembleResult:
     """Integrate the gradient flow of every model in ``models`` in one vmapped diffrax solve.
 
     ``models``: a sequence of models with the same architecture (different seeds or initial
     scales). The options mean what they mean in :func:`gradflow.simulate_flow`; the save points
     are shared (in the accuracy clock they start at the largest initial ln(n/L) of the members).
-    ``steps``: 'shared' or 'per_member' (see the module docstring); default 'shared' in the time
-    clock without ``until_accuracy``, else 'per_member'. Segmented features (``solver='auto'``,
-    checkpoints, devices) are not available here.
+    ``steps``: 'per_member' (default) or 'shared' (time clock without ``until_accuracy`` only);
+    see the module docstring. Segmented features (``solver='auto'``,
+    checkpoints, progress) are not available here.
+
+    ``devices``: split the *members* over devices, 'all' or a list of jax devices (None: one
+    device). Each device integrates its block of consecutive members on its own (``jax.shard_map``
+    over a 1-D mesh "members", no communication); with ``steps='shared'`` the members of a block
+    share one step size, so a result depends on how the members are blocked (to solver
+    tolerance). A member count that is not a multiple of the device count is padded with copies
+    of member 0, which are dropped. On a CPU with several cores, start Python with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` to get one device per core.
     """
     if not isinstance(models, (list, tuple)) or len(models) == 0:
         raise InvalidTypeError("models: expected a nonempty list of models. Pass e.g. [Linear(3, key=k) for k in keys].")
@@ -187,13 +244,17 @@ def simulate_ensemble(
     until_accuracy = check_positive_finite("until_accuracy", until_accuracy, allow_none=True)
     rtol, atol = check_positive_finite("rtol", rtol), check_positive_finite("atol", atol)
     shared_ok = clock == "time" and until_accuracy is None
-    steps = steps or ("shared" if shared_ok else "per_member")
+    steps = steps or "per_member"
     if steps not in ("shared", "per_member"):
         raise bad_argument("steps", f"unknown value {steps!r}", "Use 'shared' or 'per_member'.")
     if steps == "shared" and not shared_ok:
         raise bad_argument("steps", "'shared' needs clock='time' without until_accuracy (members' clocks differ)",
                            "Use steps='per_member'.")
     solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=jacobian)
+    mesh = None
+    if devices is not None:
+        devs = resolve_devices(devices)
+        mesh = jax.sharding.Mesh(np.asarray(devs), ("members",)) if len(devs) > 1 else None
     with x64():
         first = prepare_problem(models[0], data, loss, "float64", check_degree, "simulate_ensemble")
         params0, log_loss0 = _prepare_members(models, first)
@@ -207,6 +268,8 @@ def simulate_ensemble(
                        else _default_save_points(clock, t_end, float(acc0.max()), num_save))
         members_n = len(models)
         s0 = jnp.zeros(members_n) if clock == "time" else jax.vmap(loss_fn.alpha_from_log_loss)(jnp.asarray(log_loss0))
+        if mesh is not None:
+            params0, s0 = _pad_members((params0, s0), mesh.size)
         event_kind = "log_loss" if clock == "time" and until_accuracy is not None else None
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
@@ -215,25 +278,26 @@ def simulate_ensemble(
         if steps == "shared":
             out = _shared_solve(params0, first.static, first.x, first.y, f(save_points), f(t_end), f(rtol), f(atol),
                                 dt, loss=loss_fn, degree=first.degree, solver=solver_obj, max_steps=int(max_steps),
-                                save_params=bool(save_params), controller_opts=_SHARED_PI)
+                                save_params=bool(save_params), controller_opts=_SHARED_PI, mesh=mesh)
         else:
             out = _ensemble_solve(
                 params0, s0, jnp.zeros((2,)), first.static, first.x, first.y, f(save_points), f(t_end), f(target),
                 f(math.inf), f(rtol), f(atol), dt, loss=loss_fn, degree=first.degree, clock=clock,
                 solver=solver_obj, max_steps=int(max_steps), event_kind=event_kind, controller_opts=(),
-                save_params=bool(save_params), defer_diagnostics=True,
+                save_params=bool(save_params), defer_diagnostics=True, mesh=mesh,
             )
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
-        saved, final_diag, final_state, result, stats = out[:5]
+        saved, final_diag, final_state, result, stats = jax.tree_util.tree_map(
+            lambda v: v[:members_n] if eqx.is_array(v) else v, out[:5])
         config = dict(loss=loss_fn.name, clock=clock, solver=type(solver_obj).__name__, rtol=rtol, atol=atol,
                       t_max=t_max, until_accuracy=until_accuracy, degree=first.degree, n=n, max_steps=int(max_steps),
-                      jacobian=jacobian, dtype="float64", ensemble_size=members_n, steps=steps)
+                      jacobian=jacobian, dtype="float64", ensemble_size=members_n, steps=steps,
+                      ensemble_devices=1 if mesh is None else mesh.size)
         # one device-to-host copy of everything, then numpy slicing per member (indexing the
         # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
         saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
-        results = [_member(result, i, as_numpy=False) for i in range(members_n)] if steps == "per_member" else (
-            [jax.tree_util.tree_map(lambda v: v[0], result)] * members_n)
+        results = [_member(result, i, as_numpy=False) for i in range(members_n)]
         final_params, final_aux = jax.tree_util.tree_map(np.asarray, final_state)
         members = []
         for i in range(members_n):
@@ -292,6 +356,15 @@ def _member_checks(params0, static, x, y, loss):
         return finite_p, jnp.all(jnp.isfinite(out)), loss.log_loss(out, y)
 
     return jax.vmap(one)(params0)
+
+
+def _pad_members(tree, devices: int):
+    """Pad the leading (member) axis to a multiple of ``devices`` with copies of member 0."""
+    members = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    extra = -members % devices
+    if extra == 0:
+        return tree
+    return jax.tree_util.tree_map(lambda v: jnp.concatenate([v, jnp.repeat(v[:1], extra, axis=0)]), tree)
 
 
 def _member(tree, i: int, as_numpy: bool = True):

@@ -23,6 +23,7 @@ the compiled solve at the save points through ``diffrax.SubSaveAt(fn=...)``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -40,9 +41,9 @@ from .errors import InvalidTypeError, SolverFailure, bad_argument
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
-from .problem import prepare_problem
+from .problem import prepare_problem, resolve_devices
 from .result import FlowResult, params_to_dict
-from .solvers import IMPLICIT_CONTROLLER, evaluations_per_step, get_solver, is_implicit
+from .solvers import IMPLICIT_CONTROLLER, evaluations_per_step, finite_rms_norm, get_solver, initial_step, is_implicit
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -133,13 +134,15 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
     else:
         event = None
     opts = dict(controller_opts)
+    y0 = (params0, aux0)
     if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
         if is_implicit(solver):
             opts = {**IMPLICIT_CONTROLLER, **opts}
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, **opts)
-    y0 = (params0, aux0)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol, **{"norm": finite_rms_norm, **opts})
+        if dt0 is None:
+            dt0 = initial_step(term.vector_field, s0, y0, args, solver.error_order(term), rtol, atol, s1 - s0)
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -168,6 +171,12 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
 def _versions() -> dict:
     """Software and backend that produced a result (results are reproducible bitwise only for the
     same versions on the same backend; see docs/determinism.md)."""
+    return dict(_package_versions(), backend=f"{jax.default_backend()}:{jax.devices()[0].device_kind}")
+
+
+@functools.cache
+def _package_versions() -> dict:
+    """Installed versions, read once per process (importlib.metadata costs ~10 ms a call)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -176,7 +185,6 @@ def _versions() -> dict:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
             out[pkg] = None
-    out["backend"] = f"{jax.default_backend()}:{jax.devices()[0].device_kind}"
     return out
 
 
@@ -251,7 +259,7 @@ def simulate_flow(
         Kvaerno5 when the flow turns stiff; see ``_Driver``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
-      dt0: initial step (None: diffrax picks it).
+      dt0: initial step (None: chosen from the vector field at the start, Hairer–Nørsett–Wanner).
       max_steps: the most solver steps before the run stops with status 'failed'.
       save_at: increasing save points (times t, or ln(n/L) values in the accuracy clock). Default
         ``num_save`` points, geometric in t (or in ln(n/L) − ln(n/L₀)).
@@ -400,10 +408,8 @@ def _shard(devices, x, y, params, static):
     """Place x, y split over a 1-D device mesh and the parameters replicated on it."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    devs = jax.devices() if isinstance(devices, str) and devices == "all" else list(devices)
-    if isinstance(devices, str) and devices != "all":
-        raise bad_argument("devices", f"unknown value {devices!r}", "Pass 'all' or a list of jax devices.")
-    if len(devs) == 0 or x.shape[0] % len(devs) != 0:
+    devs = resolve_devices(devices)
+    if x.shape[0] % len(devs) != 0:
         raise bad_argument(
             "devices",
             f"{x.shape[0]} examples cannot be split evenly over {len(devs)} devices",
@@ -530,6 +536,14 @@ class _Driver:
                 new_state = new_state._replace(solver=implicit, solver_state=None)
             state = new_state
 
+    def _start_evaluations(self, state: _State) -> int:
+        """Field evaluations before a segment's first step: the FSAL stage of a fresh solver state,
+        and two for the initial step size (solvers.initial_step) when no step size is carried."""
+        tableau = getattr(state.solver, "tableau", None)
+        fsal = int(bool(tableau is not None and tableau.fsal and state.solver_state is None))
+        constant = dict(self.common["controller_opts"]).get("constant", False)
+        return fsal + (2 if state.dt_next is None and not constant else 0)
+
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
@@ -554,6 +568,7 @@ class _Driver:
             result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
             evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
+            start_evals=self._start_evaluations(state),
             # next step size for a following segment: the segment's mean accepted step
             dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
         )
@@ -646,9 +661,9 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         "steps": sum(seg["stats"]["num_steps"] for seg in segments),
         "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
         "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
-        # explicit RK: stages per attempted step + 2 for the initial step size; implicit: unknown here
+        # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
         "gradient_evaluations": None if None in evals else sum(
-            seg["stats"]["num_steps"] * e + 2 for seg, e in zip(segments, evals, strict=True)),
+            seg["stats"]["num_steps"] * e + seg.get("start_evals", 0) for seg, e in zip(segments, evals, strict=True)),
         "implicit_segments": sum(e is None for e in evals),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
         "wall_time": sum(seg["wall"] for seg in segments),

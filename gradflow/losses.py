@@ -96,9 +96,11 @@ class Exponential(Loss):
 
 def _log_softplus(u: Array) -> Array:
     """ln ln(1 + e^u), accurate for every u (ln(1+e^u) ≈ e^u(1 − e^u/2) for u ≪ 0)."""
-    lo = jnp.minimum(u, _SMALL)
-    hi = jnp.maximum(u, _SMALL)
-    return jnp.where(u < _SMALL, lo + jnp.log1p(-0.5 * jnp.exp(lo)), jnp.log(jax.nn.softplus(hi)))
+    small = u < _SMALL
+    # clamp with where, not min/max: at a tie u = _SMALL, d max(u, c)/du is 1/2 in JAX
+    lo = jnp.where(small, u, _SMALL)
+    hi = jnp.where(small, _SMALL, u)
+    return jnp.where(small, lo + jnp.log1p(-0.5 * jnp.exp(lo)), jnp.log(jax.nn.softplus(hi)))
 
 
 def _logistic_inverse_from_log(log_loss: Array) -> Array:
@@ -107,15 +109,16 @@ def _logistic_inverse_from_log(log_loss: Array) -> Array:
     Three regimes: L ≪ 1 uses ln(e^L − 1) = l + ln(1 + L/2 + L²/6 + …); L ≫ 1 uses
     ln(e^L − 1) = L + ln(1 − e^(−L)); in between the direct formula is exact enough."""
     big = math.log(30.0)
-    lo = jnp.minimum(log_loss, _SMALL)
-    mid = jnp.clip(log_loss, _SMALL, big)
-    hi = jnp.maximum(log_loss, big)
+    below, above = log_loss < _SMALL, log_loss > big
+    lo = jnp.where(below, log_loss, _SMALL)  # where-clamps: exact gradients at the ties (see _log_softplus)
+    mid = jnp.where(below | above, jnp.where(below, _SMALL, big), log_loss)
+    hi = jnp.where(above, log_loss, big)
     e_lo = jnp.exp(lo)
     small_branch = -lo - jnp.log1p(0.5 * e_lo + e_lo**2 / 6.0)
     mid_branch = -jnp.log(jnp.expm1(jnp.exp(mid)))
     e_hi = jnp.exp(hi)
     big_branch = -e_hi - jnp.log1p(-jnp.exp(-e_hi))
-    return jnp.where(log_loss < _SMALL, small_branch, jnp.where(log_loss > big, big_branch, mid_branch))
+    return jnp.where(below, small_branch, jnp.where(above, big_branch, mid_branch))
 
 
 class Logistic(Loss):

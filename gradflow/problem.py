@@ -17,7 +17,7 @@ from .losses import Loss, get_loss
 from .params import combine, partition
 from .precision import warn_if_float32
 
-__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree"]
+__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree", "resolve_devices"]
 
 
 def check_positive_finite(name: str, value, *, allow_none: bool = False):
@@ -30,6 +30,23 @@ def check_positive_finite(name: str, value, *, allow_none: bool = False):
     if not math.isfinite(value) or value <= 0:
         raise bad_argument(name, f"must be positive and finite, got {value}", f"Pass a positive finite {name}.")
     return value
+
+
+def resolve_devices(devices) -> list:
+    """``devices`` ('all' or a sequence of jax devices) as a nonempty list of distinct devices."""
+    if isinstance(devices, str):
+        if devices != "all":
+            raise bad_argument("devices", f"unknown value {devices!r}", "Pass 'all' or a list of jax devices.")
+        return list(jax.devices())
+    try:
+        devs = list(devices)
+    except TypeError:
+        raise InvalidTypeError(f"devices: expected 'all' or a list of jax devices, got {type(devices).__name__}. "
+                               "Pass devices='all'.") from None
+    if not devs or not all(isinstance(d, jax.Device) for d in devs) or len(set(devs)) != len(devs):
+        raise bad_argument("devices", "expected a nonempty list of distinct jax devices",
+                           "Pass devices='all' or e.g. jax.devices()[:2].")
+    return devs
 
 
 def check_declared_degree(model, x, degree) -> None:

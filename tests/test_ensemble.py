@@ -10,12 +10,14 @@ import gradflow as gf
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_ensemble_matches_individual_flows(separable_2d):
+@pytest.mark.parametrize("steps", ["per_member", "shared"])
+def test_ensemble_matches_individual_flows(separable_2d, steps):
     x, y = separable_2d
     models = [gf.TwoLayerSquaredReLU(3, 6, key=jax.random.PRNGKey(i), signs="alternating", init_scale=2.0) for i in range(3)]
     opts = dict(rtol=1e-9, atol=1e-12, num_save=12, check_degree=False)
-    ens = gf.simulate_ensemble(models, (x, y), 50.0, **opts)
+    ens = gf.simulate_ensemble(models, (x, y), 50.0, steps=steps, **opts)
     assert ens.diagnostics["norm"].shape == (3, 12)
+    assert ens[0].config["steps"] == steps
     for i, m in enumerate(models):
         ref = gf.simulate_flow(m, (x, y), 50.0, **opts)
         assert ens[i].status == ref.status == "completed"
@@ -34,3 +36,9 @@ def test_ensemble_rejects_mixed_architectures(separable_2d):
         gf.simulate_ensemble([a, b], (x, y), 10.0, check_degree=False)
     with pytest.raises(gf.InvalidArgumentError, match="auto"):
         gf.simulate_ensemble([a], (x, y), 10.0, solver="auto")
+    with pytest.raises(gf.InvalidArgumentError, match="devices"):
+        gf.simulate_ensemble([a], (x, y), 10.0, devices="gpus")
+    with pytest.raises(gf.InvalidArgumentError, match="devices"):
+        gf.simulate_ensemble([a], (x, y), 10.0, devices=["cpu:0"])
+    with pytest.raises(gf.InvalidArgumentError, match="steps"):
+        gf.simulate_ensemble([a], (x, y), 10.0, until_accuracy=5.0, steps="shared")

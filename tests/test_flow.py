@@ -151,3 +151,35 @@ def test_failure_keeps_partial_results(squared_relu_model, separable_2d):
     with pytest.raises(gf.SolverFailure) as info:
         gf.simulate_flow(squared_relu_model, separable_2d, 1e8, max_steps=20, rtol=1e-8, atol=1e-10, num_save=60, throw=True)
     assert info.value.result is not None and len(info.value.result) == len(r)
+
+
+def _misclassified_deep_linear():
+    """A deep linear net whose start misclassifies most of 40 separable points (L(W_0) = e^4.1),
+    so the initial velocity is large: a first step of 0.01 overflows inside Tsit5's stages."""
+    rng = np.random.default_rng(1)
+    u = np.array([1.0, -2.0, 0.5])
+    x = rng.normal(size=(200, 3))
+    x = x[np.abs(x @ u) > 0.5][:40]
+    return gf.DeepLinear(3, [3, 3, 3], key=jax.random.PRNGKey(11)), (x, np.sign(x @ u))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_first_step_and_overflowing_trial_steps():
+    """dt0=None picks the first step from the field (diffrax 0.7.2 falls back to 0.01 here), and a
+    trial step whose error is NaN is rejected and shrunk (with a NaN error norm diffrax's PID
+    controller rejects every later step)."""
+    import diffrax
+    import optimistix as optx
+
+    model, data = _misclassified_deep_linear()
+    opts = dict(rtol=1e-8, atol=1e-10, num_save=10, check_degree=False, max_steps=400)
+    auto = gf.simulate_flow(model, data, 1e3, **opts)
+    forced = gf.simulate_flow(model, data, 1e3, dt0=0.01, **opts)
+    for r in (auto, forced):
+        assert r.status == "completed", r.reason
+        assert r.stats["rejected_steps"] <= 10
+    np.testing.assert_allclose(auto.log_loss, forced.log_loss, rtol=1e-6)
+    np.testing.assert_allclose(auto.norm, forced.norm, rtol=1e-8)
+    if diffrax.__version__ == "0.7.2":  # the failure the NaN guard prevents, on the pinned diffrax
+        plain = gf.simulate_flow(model, data, 1e3, dt0=0.01, controller_options={"norm": optx.rms_norm}, **opts)
+        assert plain.status == "failed" and plain.stats["accepted_steps"] == 0

@@ -286,3 +286,17 @@ def test_save_load_round_trip(diagnostics, params, status, reason, stats, config
         for k, v in original.items():
             assert stored[k].dtype == v.dtype and stored[k].shape == v.shape, k
             np.testing.assert_array_equal(stored[k], v, err_msg=k)
+
+
+def test_logistic_derivatives_at_branch_points():
+    """The regime switches of the logistic loss (u = −z = −20; ln L = −20 and ln 30) are clamped
+    with where, so the derivatives there are exact (min/max clamps give half the slope at a tie)."""
+    log_ell, dlog_ell, inverse, dinverse, _ = _loss_fns("logistic")
+    with gf.x64():
+        d = np.asarray(dlog_ell(jnp.asarray([20.0, 19.999999, 20.000001])))
+        ls = [-20.0, float(np.log(30.0))]
+        da = np.asarray(dinverse(jnp.asarray(ls)))
+    for zi, got in zip([20.0, 19.999999, 20.000001], d, strict=True):
+        _close(got, _mp_dlog_ell("logistic", zi), rtol=1e-13, what=f"d ln ℓ/dz({zi})")
+    for li, got in zip(ls, da, strict=True):
+        _close(got, _mp_inverse("logistic", li)[1], rtol=1e-12, what=f"dα/dl({li})")
