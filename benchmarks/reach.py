@@ -78,18 +78,6 @@ def implicit_solver(kind: str = "kvaerno5", *, rtol: float = RTOL, atol: float =
 # --------------------------------------------------------------------------------------- data
 
 
-def iris_problem() -> tuple[np.ndarray, np.ndarray]:
-    """Setosa (−1) vs versicolor (+1), first two features + constant 1, rows scaled to max norm 1."""
-    from sklearn.datasets import load_iris
-
-    d = load_iris()
-    keep = d.target < 2
-    x = np.concatenate([d.data[keep][:, :2], np.ones((int(keep.sum()), 1))], axis=1)
-    x = x / np.linalg.norm(x, axis=1).max()
-    y = np.where(d.target[keep] == 0, -1.0, 1.0)
-    return x, y
-
-
 def svm_direction(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     """Hard-margin SVM direction through the origin: gradflow.maxmargin if present, else an LP-free
     dual projected-gradient fallback."""
@@ -213,7 +201,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "reach.json"))
     args = ap.parse_args(argv)
 
-    x, y = iris_problem()
+    x, y = gradflow.datasets.iris_binary()
     svm_dir, gamma = svm_direction(x, y)
     v = start_direction(x, y, svm_dir, gamma)
     print(f"iris setosa/versicolor: n={len(y)}, SVM margin γ={gamma:.4g}, start angle to SVM {np.degrees(np.arccos(v @ svm_dir)):.2f}°")

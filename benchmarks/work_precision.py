@@ -61,7 +61,7 @@ from jax.flatten_util import ravel_pytree
 import gradflow
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reach import CONTROLLER, RelativeNewton, iris_problem, make_models, start_direction, svm_direction  # noqa: E402
+from reach import CONTROLLER, RelativeNewton, make_models, start_direction, svm_direction  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*Assumption 2.3.*")
 
@@ -217,7 +217,7 @@ def appendix_a_data(n: int, seed: int):
 
 
 def problems(quick: bool, horizon: float | None = None, only: str | None = None):
-    x, y = iris_problem()
+    x, y = gradflow.datasets.iris_binary()
     sv, gamma = svm_direction(x, y)
     v = start_direction(x, y, sv, gamma)
     lin = make_models(x, y, v, "exponential")["linear"]

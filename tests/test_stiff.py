@@ -21,17 +21,6 @@ from gradflow.solvers import get_solver
 warnings.filterwarnings("ignore", message=".*Assumption 2.3.*")
 
 
-def _iris():
-    from sklearn.datasets import load_iris
-
-    d = load_iris()
-    keep = d.target < 2
-    x = np.concatenate([d.data[keep][:, :2], np.ones((int(keep.sum()), 1))], axis=1)
-    x = x / np.linalg.norm(x, axis=1).max()
-    y = np.where(d.target[keep] == 0, -1.0, 1.0)
-    return x, y
-
-
 # ------------------------------------------------------------------------------------------ (a)
 
 
@@ -138,7 +127,7 @@ def test_iris_default_implicit_solver_does_not_stall():
     ln(n/L) = 100. A stall shows up as max_steps reached or a high rejected fraction."""
     from gradflow.maxmargin import svm_direction
 
-    x, y = _iris()
+    x, y = gradflow.datasets.iris_binary()
     svm = svm_direction(x, y)
     ls = np.linalg.lstsq(x, y, rcond=None)[0]  # does not separate these data
     ls = ls / np.linalg.norm(ls)
