@@ -58,7 +58,7 @@ class CheckpointStore:
             "wall": sum(seg["wall"] for seg in segments),
             "num_save": sum(seg["num_save"] for seg in segments),
             "evals_per_step": [seg["evals_per_step"] for seg in segments],
-            "start_evals": sum(seg.get("start_evals", 0) for seg in segments),
+            "start_evals": sum(seg["start_evals"] for seg in segments),
             "result_name": segments[-1]["result_name"],
             "reason": segments[-1]["reason"],
             "solver_name": segments[-1]["solver_name"],

@@ -46,7 +46,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import check_positive_finite, prepare_problem, resolve_devices
 from .result import FlowResult
-from .solvers import evaluations_per_step, get_solver, initial_step
+from .solvers import evaluations_at_start, evaluations_per_step, get_solver, initial_step, nan_to_inf
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
 
@@ -123,8 +123,7 @@ def _max_row_rms(count: int):
     that a member's error is measured exactly as there (u is identically 0 in the time clock)."""
 
     def norm(err: jax.Array) -> jax.Array:
-        n = jnp.sqrt(jnp.max(jnp.sum(err**2, axis=1)) / count)
-        return jnp.where(jnp.isnan(n), jnp.inf, n)  # as solvers.finite_rms_norm
+        return nan_to_inf(jnp.sqrt(jnp.max(jnp.sum(err**2, axis=1)) / count))
 
     return norm
 
@@ -299,6 +298,7 @@ def simulate_ensemble(
         saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
         results = [_member(result, i, as_numpy=False) for i in range(members_n)]
         final_params, final_aux = jax.tree_util.tree_map(np.asarray, final_state)
+        start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=dt0 is None)
         members = []
         for i in range(members_n):
             s_i = _member(saved, i)
@@ -312,6 +312,7 @@ def simulate_ensemble(
                 result_name=_result_name(res_i), reason=diffrax.RESULTS[res_i],
                 stats={k: int(v[i]) for k, v in stats.items() if k != "max_steps"},
                 wall=wall / members_n, num_save=len(save_points), evals_per_step=evaluations_per_step(solver_obj),
+                start_evals=start_evals,
                 solver_name=type(solver_obj).__name__,
             )
             members.append(_assemble([segment], first.static, first.degree, config=dict(config, member=i),

@@ -43,7 +43,15 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem, resolve_devices
 from .result import FlowResult, params_to_dict
-from .solvers import IMPLICIT_CONTROLLER, evaluations_per_step, finite_rms_norm, get_solver, initial_step, is_implicit
+from .solvers import (
+    IMPLICIT_CONTROLLER,
+    evaluations_at_start,
+    evaluations_per_step,
+    finite_rms_norm,
+    get_solver,
+    initial_step,
+    is_implicit,
+)
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -537,12 +545,10 @@ class _Driver:
             state = new_state
 
     def _start_evaluations(self, state: _State) -> int:
-        """Field evaluations before a segment's first step: the FSAL stage of a fresh solver state,
-        and two for the initial step size (solvers.initial_step) when no step size is carried."""
-        tableau = getattr(state.solver, "tableau", None)
-        fsal = int(bool(tableau is not None and tableau.fsal and state.solver_state is None))
+        """Field evaluations before a segment's first step (no step size carried: one is chosen)."""
         constant = dict(self.common["controller_opts"]).get("constant", False)
-        return fsal + (2 if state.dt_next is None and not constant else 0)
+        return evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None,
+                                    choose_step=state.dt_next is None and not constant)
 
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
@@ -663,7 +669,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
         # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
         "gradient_evaluations": None if None in evals else sum(
-            seg["stats"]["num_steps"] * e + seg.get("start_evals", 0) for seg, e in zip(segments, evals, strict=True)),
+            seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
         "implicit_segments": sum(e is None for e in evals),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
         "wall_time": sum(seg["wall"] for seg in segments),

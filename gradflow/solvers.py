@@ -18,7 +18,7 @@ import optimistix as optx
 from .errors import bad_argument
 
 __all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit",
-           "finite_rms_norm", "initial_step"]
+           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -68,14 +68,19 @@ class RelativeNewton(optx.Newton):
 IMPLICIT_CONTROLLER = {"pcoeff": 0.3, "icoeff": 0.4, "safety": 0.8}
 
 
-def finite_rms_norm(x) -> jax.Array:
-    """The RMS norm of a PyTree (optimistix.rms_norm), with NaN mapped to +inf.
+def nan_to_inf(norm: jax.Array) -> jax.Array:
+    """An error norm with NaN mapped to +inf.
 
-    The error norm of the step-size controller: a trial step that overflows (NaN error) is then
-    rejected and shrunk by the controller's minimum factor, like any too-large step. With a NaN
-    norm, diffrax's PIDController computes a NaN step size and rejects every later step."""
-    n = optx.rms_norm(x)
-    return jnp.where(jnp.isnan(n), jnp.inf, n)
+    A trial step that overflows (NaN error) is then rejected and shrunk by the controller's
+    minimum factor, like any too-large step. With a NaN norm, diffrax's PIDController computes a
+    NaN step size and rejects every later step."""
+    return jnp.where(jnp.isnan(norm), jnp.inf, norm)
+
+
+def finite_rms_norm(x) -> jax.Array:
+    """The RMS norm of a PyTree (optimistix.rms_norm), NaN-safe (:func:`nan_to_inf`): the error
+    norm of gradflow's step-size controllers."""
+    return nan_to_inf(optx.rms_norm(x))
 
 
 def initial_step(field, t0, y0, args, error_order, rtol, atol, span):
@@ -149,6 +154,14 @@ def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free
         return IMPLICIT_SOLVERS[name](root_finder=root_finder)
     names = sorted(EXPLICIT_SOLVERS) + sorted(IMPLICIT_SOLVERS)
     raise bad_argument("solver", f"unknown solver {solver!r}", f"Use one of {names} or a diffrax solver instance.")
+
+
+def evaluations_at_start(solver, *, fresh_solver_state: bool, choose_step: bool) -> int:
+    """Field evaluations of a solve before its first step: the first stage of an FSAL method when
+    the solver state is fresh, and two for :func:`initial_step` when the step is chosen there."""
+    tableau = getattr(solver, "tableau", None)
+    fsal = tableau is not None and tableau.fsal and fresh_solver_state
+    return int(bool(fsal)) + (2 if choose_step else 0)
 
 
 def evaluations_per_step(solver) -> int | None:
