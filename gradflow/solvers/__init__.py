@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
 
-from .errors import bad_argument
+from ..errors import bad_argument
 
 __all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit",
            "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start"]
