@@ -51,7 +51,9 @@ from .solvers import (
     get_solver,
     initial_step,
     is_implicit,
+    step_controller,
 )
+from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -146,9 +148,9 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
     if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
-        if is_implicit(solver):
-            opts = {**IMPLICIT_CONTROLLER, **opts}
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, **{"norm": finite_rms_norm, **opts})
+        if is_implicit(solver):  # kink control is for explicit steps (an implicit one fails its Newton solve)
+            opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
+        controller = step_controller(rtol, atol, {"norm": finite_rms_norm, **opts})
         if dt0 is None:
             dt0 = initial_step(term.vector_field, s0, y0, args, solver.error_order(term), rtol, atol, s1 - s0)
     sol = diffrax.diffeqsolve(
@@ -206,7 +208,7 @@ def _check_controller_options(options) -> dict:
     if not isinstance(options, Mapping):
         raise InvalidTypeError(f"controller_options: expected a dict, got {type(options).__name__}. "
                                "Pass e.g. controller_options=dict(dtmin=1e-12).")
-    allowed = (set(inspect.signature(diffrax.PIDController).parameters) - {"rtol", "atol"}) | {"constant"}
+    allowed = (set(inspect.signature(diffrax.PIDController).parameters) - {"rtol", "atol"}) | {"constant", "accept"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise bad_argument("controller_options", f"unknown or reserved keys {unknown} (rtol/atol are simulate_flow's own arguments)",
@@ -249,6 +251,7 @@ def simulate_flow(
     checkpoint_every: int = 10,
     progress: bool = False,
     devices: Any = None,
+    step_control: str | None = None,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -262,8 +265,10 @@ def simulate_flow(
       clock: 'time' (integrate in t) or 'accuracy' (integrate in α; needs ``until_accuracy``).
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
-      solver: None (default: 'tsit5' in the time clock, 'auto' in the accuracy clock, where long
-        runs on small-margin data turn stiff), 'auto' (Tsit5, switching once to matrix-free
+      solver: None (default: in the time clock 'bosh3' for models with kinks — ReLU, max-pool, abs,
+        found in the forward pass by :func:`gradflow.solvers.kinks.nonsmooth_primitives` — and
+        'tsit5' otherwise; 'auto' in the accuracy clock, where long runs on small-margin data turn
+        stiff), 'auto' (Bosh3 for models with kinks, else Tsit5, switching once to matrix-free
         Kvaerno5 when the flow turns stiff; see ``_Driver``), a name ('tsit5', 'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5',
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
@@ -281,6 +286,12 @@ def simulate_flow(
       controller_options: extra keyword arguments of ``diffrax.PIDController`` (implicit solvers
         default to the PI controller ``gradflow.solvers.IMPLICIT_CONTROLLER``); or
         ``{"constant": True}`` for fixed steps of size ``dt0`` (no error control).
+      step_control: None (default: 'kink' for explicit solvers on models with kinks, else 'pid'),
+        'pid' (diffrax's PIDController) or 'kink' (:class:`gradflow.solvers.kinks.KinkPIDController`:
+        keeps steps with scaled error below ``accept`` = 10 instead of 1, so a step across an
+        activation switch is not rejected and retried; measured on a ReLU CNN from a random start,
+        5–14× fewer gradient evaluations than Tsit5 with 'pid' at equal error, ≤ 2 % rejected
+        steps: ``benchmarks/nonsmooth.py``). ``controller_options={'accept': a}`` sets a.
       auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
         stiffness checks.
       checkpoint: a file path (``.npz``). The run goes in segments of ``checkpoint_every`` save
@@ -329,10 +340,13 @@ def simulate_flow(
         raise bad_argument("max_steps", f"must be a positive integer, got {max_steps!r}", "Pass e.g. max_steps=100_000.")
     if dtype not in ("float64", "float32"):
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
-    if solver is None:
-        solver = "tsit5" if clock == "time" else "auto"
+    if step_control not in (None, "pid", "kink"):
+        raise bad_argument("step_control", f"unknown value {step_control!r}", "Use None (chosen from the model), 'pid' or 'kink'.")
+    if step_control == "kink" and opts.get("constant", False):
+        raise bad_argument("step_control", "'kink' needs adaptive steps", "Drop controller_options={'constant': True} or step_control.")
+    default_solver = solver is None
     auto = isinstance(solver, str) and solver.lower() == "auto"
-    solver_obj = get_solver("tsit5" if auto else solver, rtol=rtol, atol=atol, jacobian=jacobian)
+    solver_obj = get_solver("tsit5" if auto or default_solver else solver, rtol=rtol, atol=atol, jacobian=jacobian)
 
     # float32 runs with x64 off altogether, so no Python constant promotes part of the state.
     with x64() if dtype == "float64" else jax.enable_x64(False):
@@ -341,6 +355,17 @@ def simulate_flow(
         loss_fn, degree, params0, static, x, y, n, log_loss0 = (
             prob.loss, prob.degree, prob.params0, prob.static, prob.x, prob.y, prob.n, prob.log_loss0)
         state_size = sum(int(a.size) for a in jax.tree_util.tree_leaves(params0)) + 2  # W, ζ, u
+        kinks = nonsmooth_primitives(lambda p, x_: combine(p, static)(x_), params0, x[:2])
+        if default_solver:
+            solver = ("bosh3" if kinks else "tsit5") if clock == "time" else "auto"
+            auto = solver == "auto"
+        explicit = "bosh3" if kinks else "tsit5"
+        if auto:
+            solver_obj = get_solver(explicit, rtol=rtol, atol=atol)
+        if step_control is None:
+            step_control = "kink" if kinks and not is_implicit(solver_obj) and not opts.get("constant", False) else "pid"
+        if step_control == "kink":
+            opts = {"accept": KINK_ACCEPT, **opts}
         if isinstance(solver, str) and not auto:
             solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size)
         acc0 = math.log(n) - log_loss0
@@ -393,7 +418,8 @@ def simulate_flow(
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
-            max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, versions=_versions(),
+            max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, step_control=step_control,
+            nonsmooth_primitives=kinks, versions=_versions(),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,

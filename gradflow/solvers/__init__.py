@@ -18,7 +18,7 @@ import optimistix as optx
 from ..errors import bad_argument
 
 __all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit",
-           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start"]
+           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start", "step_controller"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -104,6 +104,16 @@ def initial_step(field, t0, y0, args, error_order, rtol, atol, span):
     h1 = jnp.where(max_d <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / max_d) ** (1.0 / error_order))
     h = jnp.where(jnp.isfinite(h1), jnp.minimum(100.0 * h0, h1), 1e-3 * h0)  # f1 overflowed: h0 is too large
     return jnp.minimum(h, span)
+
+
+def step_controller(rtol, atol, options: dict):
+    """The adaptive step-size controller of a solve: diffrax's PIDController with ``options``, or
+    :class:`~gradflow.solvers.kinks.KinkPIDController` when ``options`` has ``accept``."""
+    from .kinks import KinkPIDController
+
+    if "accept" in options:
+        return KinkPIDController(rtol=rtol, atol=atol, **options)
+    return diffrax.PIDController(rtol=rtol, atol=atol, **options)
 
 
 def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20,
