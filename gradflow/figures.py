@@ -62,6 +62,7 @@ import jax.flatten_util
 import numpy as np
 
 from .errors import bad_argument
+from .losses import get_loss
 from .params import combine, partition
 from .precision import x64
 from .progress import descend_with_progress, simulate_with_progress
@@ -504,6 +505,16 @@ def margin_run(
                                          "n": n_ex})
 
 
+def _first_below_ell_zero(result: FlowResult) -> float | None:
+    """ln(n/L) at the first save point with L < ℓ(0), where Assumption 2.3 starts to hold (None if
+    it never does)."""
+    loss = result.config.get("loss")
+    if loss is None:
+        return None
+    below = np.flatnonzero(np.asarray(result.log_loss) < math.log(get_loss(loss).ell_zero))
+    return float(np.asarray(result.accuracy)[below[0]]) if below.size else None
+
+
 def _plot_margins(ax, result: FlowResult, title: str) -> None:
     acc = np.asarray(result.accuracy)
     q = normalize_by_median(result.raw_margins)
@@ -516,6 +527,10 @@ def _plot_margins(ax, result: FlowResult, title: str) -> None:
         head = rows[:warm][acc[:warm] >= np.maximum.accumulate(acc[:warm])]
         rows = np.concatenate([head, rows[warm:]])
         ax.axvspan(acc[0], acc[warm - 1], color="0.85", zorder=0, label="normalized-GD warm-up")
+    below = _first_below_ell_zero(result)
+    if below is not None:
+        ax.axvline(below, color="tab:red", lw=0.9, ls="--", label="L < ℓ(0) (Assumption 2.3) from here")
+    if warm or below is not None:
         ax.legend(loc="lower right", fontsize=8)
     colors = _matplotlib().cm.viridis(np.linspace(0, 1, len(order)))
     for rank, i in enumerate(order):

@@ -1,0 +1,113 @@
+"""Kink-aware step control (issue 12): the controller's decisions, the detection rule, and accuracy
+against tight references on a fixed activation pattern and on a ReLU net from a random start."""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradflow as gf
+from gradflow.figures import make_margin_model
+from gradflow.params import combine, partition
+from gradflow.solvers import finite_rms_norm
+from gradflow.solvers.kinks import KinkPIDController, nonsmooth_primitives
+
+
+def _decide(controller, scaled_error):
+    """One adapt_step_size call on a 4-vector whose scaled error norm is ``scaled_error``."""
+    y0 = jnp.ones(4)
+    err = jnp.full(4, scaled_error * (controller.atol + controller.rtol))
+    state = (jnp.asarray(1.0), jnp.asarray(1.0), False)
+    return controller.adapt_step_size(0.0, 0.1, y0, y0, None, err, 3, state)
+
+
+@pytest.mark.parametrize("scaled", [0.01, 0.5, 0.99])
+def test_kink_controller_is_pid_below_one(scaled):
+    with gf.x64():
+        pid = diffrax.PIDController(rtol=1e-6, atol=1e-9, norm=finite_rms_norm)
+        kink = KinkPIDController(rtol=1e-6, atol=1e-9, norm=finite_rms_norm, accept=10.0)
+        a, b = _decide(pid, scaled), _decide(kink, scaled)
+    assert bool(a[0]) and bool(b[0])
+    np.testing.assert_allclose([float(a[1]), float(a[2])], [float(b[1]), float(b[2])], rtol=1e-14)
+
+
+def test_kink_controller_accepts_below_accept_and_shrinks():
+    with gf.x64():
+        pid = diffrax.PIDController(rtol=1e-6, atol=1e-9, norm=finite_rms_norm)
+        kink = KinkPIDController(rtol=1e-6, atol=1e-9, norm=finite_rms_norm, accept=10.0)
+        keep_p, t0_p, t1_p, *_ = _decide(pid, 5.0)
+        keep_k, t0_k, t1_k, _, state, _ = _decide(kink, 5.0)
+        keep_r, t0_r, *_ = _decide(kink, 20.0)
+    assert not bool(keep_p) and float(t0_p) == 0.0  # diffrax rejects and retries from t0
+    assert bool(keep_k) and float(t0_k) == pytest.approx(0.1)  # kept: the next step starts at t1
+    # the next step has diffrax's shrunk retry size 0.1·0.9·5^(-1/3)
+    assert float(t1_k - t0_k) == pytest.approx(float(t1_p - t0_p), rel=1e-12)
+    assert float(t1_k - t0_k) == pytest.approx(0.1 * 0.9 * 5.0 ** (-1 / 3), rel=1e-12)
+    assert float(state[0]) == pytest.approx(0.2)  # the controller's memory holds 1/error of the kept step
+    assert not bool(keep_r) and float(t0_r) == 0.0  # above `accept`: rejected as in diffrax
+
+
+def test_nonsmooth_primitives_tell_relu_from_linear():
+    key = jax.random.PRNGKey(0)
+    with gf.x64():
+        cases = [
+            (gf.Linear(3, key=key), jnp.ones((2, 3)), []),
+            (gf.DeepLinear(3, (3, 4, 4), key=key), jnp.ones((2, 3)), []),
+            (gf.ReLUMLP((3, 4, 1), key=key), jnp.ones((2, 3)), ["max"]),
+            (make_margin_model("hcnn", (1, 8, 8)), jnp.ones((2, 1, 8, 8)), ["max", "reduce_window_max"]),
+        ]
+        for model, x, expected in cases:
+            params, static = partition(model)
+            assert nonsmooth_primitives(lambda p, x_, s=static: combine(p, s)(x_), params, x) == expected
+
+
+def _relu_problem(positive: bool):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 3))
+    if positive:
+        x = np.abs(x) + 0.5
+    y = np.where(x[:, 0] + 0.3 * x[:, 1] > (1.0 if positive else 0.0), 1.0, -1.0)
+    model = gf.ReLUMLP((3, 6, 1), key=jax.random.PRNGKey(1))
+    if positive:  # every pre-activation stays far above zero over the run: a fixed pattern
+        model = jax.tree_util.tree_map(lambda a: jnp.abs(a) + 1.0 if eqx_is_array(a) else a, model)
+    return model, (x, y)
+
+
+def eqx_is_array(a):
+    import equinox as eqx
+
+    return eqx.is_inexact_array(a)
+
+
+def _final_w(result):
+    return result.diagnostics["params_flat"][-1]
+
+
+def test_fixed_pattern_same_accuracy_as_pid():
+    model, data = _relu_problem(positive=True)
+    T = 0.2
+    kw = dict(loss="logistic", save_at=np.array([0.0, T]), save_params=True)
+    ref = _final_w(gf.simulate_flow(model, data, T, solver="tsit5", rtol=1e-12, atol=1e-14, step_control="pid", **kw))
+    err = {}
+    for control in ("pid", "kink"):
+        r = gf.simulate_flow(model, data, T, solver="bosh3", rtol=1e-6, atol=1e-9, step_control=control, **kw)
+        err[control] = np.linalg.norm(_final_w(r) - ref) / np.linalg.norm(ref)
+        for m in (model, r.model):  # the activation pattern is fixed: every pre-activation far above 0
+            assert float(jnp.min(jnp.asarray(data[0]) @ m.layers[0].T)) > 1.0
+    assert err["pid"] < 1e-5
+    assert err["kink"] < 2.0 * err["pid"], err
+
+
+def test_relu_random_start_default_matches_tight_reference():
+    model, data = _relu_problem(positive=False)
+    T = 1.0
+    kw = dict(loss="logistic", save_at=np.array([0.0, T]), save_params=True)
+    ref = _final_w(gf.simulate_flow(model, data, T, solver="tsit5", rtol=1e-10, atol=1e-13, step_control="pid", **kw))
+    rtol = 1e-5
+    r = gf.simulate_flow(model, data, T, rtol=rtol, atol=1e-3 * rtol, **kw)
+    assert r.config["solver"] == "bosh3" and r.config["step_control"] == "kink"
+    assert r.config["nonsmooth_primitives"] == ["max"]
+    err = np.linalg.norm(_final_w(r) - ref) / np.linalg.norm(ref)
+    assert err < 10 * rtol, err
+    assert r.stats["rejected_steps"] <= 0.15 * r.stats["steps"]
