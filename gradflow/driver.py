@@ -18,6 +18,7 @@ from .errors import SolverFailure
 from .params import combine
 from .result import FlowResult, params_to_dict
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
+from .step_guard import STALL_ULPS, fresh_controller_state
 
 
 class _State(NamedTuple):
@@ -64,13 +65,21 @@ class _Driver:
     Segments arise from checkpoint chunks (the save points split every ``checkpoint_every``) and
     from ``solver='auto'`` (explicit segments of ``explicit_steps`` steps between stiffness
     checks). Between segments the controller's state and the next step size are carried over, so a
-    chunked run and a run resumed from a checkpoint take exactly the same steps."""
+    chunked run and a run resumed from a checkpoint take exactly the same steps.
+
+    Bounds (issue 14): ``max_steps`` is the budget of the whole run, shared by all segments, chunks
+    and resumes (``steps_left``); each solve gets what is left as a traced budget
+    (:class:`gradflow.step_guard.StepGuard`), and save points are padded to one length
+    (``pad``), so every segment reuses one compiled ``_solve``. A solve whose steps stop moving
+    the clock ends at once with a "no progress" failure (see :meth:`_no_progress_reason`)."""
 
     def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian, state_size=None):
         self.common, self.f, self.t_end, self.max_steps = common, f, t_end, max_steps
         self.auto, self.explicit_steps = auto, explicit_steps
         self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
         self.switches: list[str] = []
+        self.steps_left = max_steps
+        self.pad = 1
 
     def run(self, state: _State, chunks, *, store=None, progress=False):
         segments: list[dict] = []
@@ -79,8 +88,10 @@ class _Driver:
             loaded = store.load(like_state=state, solvers=self._solver_by_name)
             if loaded is not None:
                 state, segments, first, self.switches = loaded
+                self.steps_left = self.max_steps - sum(seg["stats"]["num_steps"] for seg in segments)
                 if first >= len(chunks) or segments and segments[-1]["result_name"] != "successful":
                     return segments, state, True
+        self.pad = max(len(c) for c in chunks)
         bar = _progress_bar(progress, self.common["clock"], self.t_end)
         for i in range(first, len(chunks)):
             end = self.t_end if i == len(chunks) - 1 else float(chunks[i][-1])
@@ -105,9 +116,10 @@ class _Driver:
         out = []
         while True:
             explicit_phase = self.auto and not is_implicit(state.solver)
-            budget = self.explicit_steps if explicit_phase else self.max_steps
+            budget = min(self.explicit_steps, self.steps_left) if explicit_phase else self.steps_left
             seg = self._segment(state, points, end, budget)
             out.append(seg)
+            self.steps_left -= seg["stats"]["num_steps"]
             params, aux = seg["final_state"]
             # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
             # start of the next segment, exactly as after a resume from a checkpoint.
@@ -115,7 +127,15 @@ class _Driver:
             name = seg["result_name"]
             if name == "successful":
                 return new_state, out, True
+            if name == "max_steps_reached" and self.steps_left <= 0:
+                seg["reason"] = (f"max_steps = {self.max_steps} solver steps reached (over the whole run: "
+                                 f"{sum(s['stats']['num_steps'] for s in out)} in this chunk's {len(out)} segment(s)) "
+                                 f"at {self._where(seg)}. Increase max_steps, loosen rtol/atol, or try another solver.")
+                return new_state, out, False
             if name != "max_steps_reached" or not explicit_phase:
+                return new_state, out, False
+            if seg["s_final"] <= state.s:  # no step moved the clock (StepGuard normally stops this first)
+                seg["result_name"], seg["reason"] = "failed", self._no_progress_reason(seg)
                 return new_state, out, False
             # auto: the explicit solver ran out of its segment budget; is it stability-limited?
             lam = _flow._top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common)
@@ -131,6 +151,25 @@ class _Driver:
                 new_state = new_state._replace(solver=implicit, solver_state=None)
             state = new_state
 
+    def _where(self, seg) -> str:
+        """Where a segment ended, in the clock's units and in ln(n/L)."""
+        acc = float(seg["final_diag"]["accuracy"])
+        if self.common["clock"] == "time":
+            return f"t = {seg['s_final']:.6g} (ln(n/L) = {acc:.6g})"
+        return f"α = {seg['s_final']:.6g} (ln(n/L) = {acc:.6g})"
+
+    def _no_progress_reason(self, seg) -> str:
+        eps = float(np.finfo(np.float64 if self.common["rtol"].dtype == np.float64 else np.float32).eps)
+        step = STALL_ULPS * eps * abs(seg["s_final"])
+        if self.common["clock"] == "time":
+            hint = ("t has grown so large that steps no longer change it; use clock='accuracy' "
+                    "(until_accuracy=K) for long runs, or a smaller t_max")
+        else:
+            hint = ("start with clock='time' (e.g. until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), "
+                    "then continue from result.model in clock='accuracy'; or loosen atol, or rescale the initialisation")
+        return (f"no progress at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
+                f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
+
     def _start_evaluations(self, state: _State) -> int:
         """Field evaluations before a segment's first step (no step size carried: one is chosen)."""
         constant = dict(self.common["controller_opts"]).get("constant", False)
@@ -140,14 +179,20 @@ class _Driver:
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
+        # one compiled solve for every segment: save points padded (repeating the last) to self.pad
+        # and masked below; the budget and a "choose dt0" NaN are traced values; max_steps is static.
+        padded = np.concatenate([points, np.full(max(self.pad - len(points), 0), points[-1])])
+        controller_state = state.controller_state
+        if controller_state is None:
+            controller_state = fresh_controller_state(self.common["controller_opts"], self.common["rtol"].dtype)
         saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _flow._solve(
-            state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
-            save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
-            solver=state.solver, max_steps=budget, **self.common,
+            state.params, state.aux, f(state.s), state.solver_state, controller_state,
+            save_points=f(padded), t_end=f(end), dt0=f(math.nan if state.dt_next is None else state.dt_next),
+            solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32), **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start
-        saved = jax.tree_util.tree_map(np.asarray, saved)
+        saved = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(points)], saved)
         final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1): length-1 axis
         reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
         if not reached.any():  # failed before the first save point: report at least the start
@@ -156,7 +201,7 @@ class _Driver:
         stats = {k: int(v) for k, v in stats.items() if k != "max_steps"}
         s_final = float(np.asarray(s_final).reshape(-1)[0])
         accepted = max(stats["num_accepted_steps"], 1)
-        return dict(
+        seg = dict(
             saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
             result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
@@ -165,6 +210,9 @@ class _Driver:
             # next step size for a following segment: the segment's mean accepted step
             dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
         )
+        if result == diffrax.RESULTS.dt_min_reached and "dtmin" not in dict(self.common["controller_opts"]):
+            seg["reason"] = self._no_progress_reason(seg)
+        return seg
 
 
 def _result_name(result) -> str:
@@ -232,6 +280,12 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         "gradient_evaluations": None if None in evals else sum(
             seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
         "implicit_segments": sum(e is None for e in evals),
+        # why gradient_evaluations can be None: diffrax reports steps, not Newton–GMRES iterations
+        "gradient_evaluations_note": (
+            "not counted: implicit segments' Newton and GMRES iterations (each a Jacobian-vector product) are "
+            "not reported by diffrax; explicit segments alone used "
+            f"{sum(seg['stats']['num_steps'] * e + seg['start_evals'] for seg, e in zip(segments, evals, strict=True) if e is not None)}"
+        ) if None in evals else "",
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),

@@ -10,9 +10,16 @@ Two clocks parametrise the same path:
 
   For the exponential loss α = ln(1/L); for the logistic loss and cross-entropy α is a monotone
   function of L with ln(1/L) = −ln ℓ(α), so a target ln(n/L) = K maps to α* = ℓ⁻¹(n e^(−K)).
-  Physical time, which overflows long before ln(1/L) = 10⁴, is carried as u = t e^(−α):
+  Physical time, which overflows long before ln(1/L) = 10⁴, is carried as u = t e^(−σ(α)) with
+  σ(α) = ln(1 + e^α) (softplus: σ(α) = α to float64 precision for α ≥ 37, σ → 0 for α → −∞):
 
-      du/dα = e^(−α) dt/dα − u = e^(−α − ln|ℓ'(α)|) / ‖∇α‖² − u,   ln t = α + ln u.
+      du/dα = e^(−σ) dt/dα − σ'(α) u = e^(−σ(α) − ln|ℓ'(α)|) / ‖∇α‖² − sigmoid(α) u,   ln t = σ(α) + ln u.
+
+  Why σ(α) and not α (issue 14): from a start with L ≫ ℓ(0) the logistic loss has α ≈ −L
+  (ln L(W₀) = 5.5 gives α₀ = −251), so u = t e^(−α) grew at du/dα ≈ 6e103 from u = 0. Scaled by
+  atol, that made the first step 2e-105, far below the spacing of float64 numbers at α₀ (3e-14):
+  α + h rounded to α, every step was "accepted" with zero length, and the run spent max_steps at
+  its start. With σ(α), u ≈ t while α < 0 and u = t e^(−α) once α ≫ 0, as before.
 
 The path length ζ of W/‖W‖ is part of the ODE state (Lemma 3.4):
 dζ/dt = ‖∂_⊥L‖/‖W‖ = |ℓ'(α)| ‖∂_⊥α‖/‖W‖, i.e. dζ/dα = ‖∂_⊥α‖/(‖W‖ ‖∇α‖²).
@@ -53,6 +60,7 @@ from .solvers import (
     initial_step,
     is_implicit,
 )
+from .step_guard import StepGuard
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -76,7 +84,7 @@ def _accuracy_field(alpha, state, args):
     inv_sq = 1.0 / pt.grad_norm**2
     dparams = jax.tree_util.tree_map(lambda g: inv_sq * g, pt.grad_alpha)
     dzeta = pt.perp_norm * inv_sq / pt.norm
-    du = jnp.exp(-pt.alpha - pt.log_neg_dloss) * inv_sq - aux[1]
+    du = jnp.exp(-jax.nn.softplus(pt.alpha) - pt.log_neg_dloss) * inv_sq - jax.nn.sigmoid(pt.alpha) * aux[1]
     return dparams, jnp.stack([dzeta, du])
 
 
@@ -90,7 +98,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
         if clock == "time":
             out["log_t"] = jnp.log(s)
         else:
-            out["log_t"] = s + jnp.log(aux[1])
+            out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
         out["t"] = jnp.exp(out["log_t"])
         if save_params:
             out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
@@ -100,7 +108,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -137,7 +145,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
     elif event_kind == "log_t":
 
         def cond(s, state, args, **kwargs):
-            return s + jnp.log(state[1][1]) >= log_t_max
+            return jax.nn.softplus(s) + jnp.log(state[1][1]) >= log_t_max
 
         event = diffrax.Event(cond)
     else:
@@ -152,6 +160,15 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         controller = diffrax.PIDController(rtol=rtol, atol=atol, **{"norm": finite_rms_norm, **opts})
         if dt0 is None:
             dt0 = initial_step(term.vector_field, s0, y0, args, solver.error_order(term), rtol, atol, s1 - s0)
+        elif budget is not None:  # the driver passes dt0 = NaN for "choose it here": one trace either way
+            dt0 = jax.lax.cond(jnp.isnan(dt0), lambda: initial_step(term.vector_field, s0, y0, args, solver.error_order(term),
+                                                                     rtol, atol, s1 - s0).astype(dt0.dtype), lambda: dt0)
+    if budget is not None:
+        # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
+        # controller state is the inner controller's, without the guard's step count
+        controller = StepGuard(controller, budget, rtol, atol, finite_rms_norm)
+        if controller_state is not None:
+            controller_state = (controller_state, jnp.zeros((), jnp.int32))
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -173,7 +190,8 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
-    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state,
+    controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
+    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, controller_state_out,
             initial_diag)
 
 
