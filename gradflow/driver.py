@@ -128,7 +128,7 @@ class _Driver:
             if name == "successful":
                 return new_state, out, True
             if name == "max_steps_reached" and self.steps_left <= 0:
-                seg["reason"] = (f"max_steps = {self.max_steps} solver steps reached (over the whole run: "
+                seg["reason"] = (f"The maximum number of solver steps was reached: max_steps = {self.max_steps} over the whole run ("
                                  f"{sum(s['stats']['num_steps'] for s in out)} in this chunk's {len(out)} segment(s)) "
                                  f"at {self._where(seg)}. Increase max_steps, loosen rtol/atol, or try another solver.")
                 return new_state, out, False
@@ -167,7 +167,7 @@ class _Driver:
         else:
             hint = ("start with clock='time' (e.g. until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), "
                     "then continue from result.model in clock='accuracy'; or loosen atol, or rescale the initialisation")
-        return (f"no progress at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
+        return (f"The minimum step size was reached (no progress) at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
                 f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
 
     def _start_evaluations(self, state: _State) -> int:
