@@ -287,7 +287,8 @@ def simulate_flow(
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       dt0: initial step (None: chosen from the vector field at the start, Hairer–Nørsett–Wanner).
-      max_steps: the most solver steps before the run stops with status 'failed'.
+      max_steps: the most solver steps of the whole run (all ``solver='auto'`` segments, checkpoint
+        chunks and resumes together) before it stops with status 'failed'; ``stats['steps']`` is the total.
       save_at: increasing save points (times t, or ln(n/L) values in the accuracy clock). Default
         ``num_save`` points, geometric in t (or in ln(n/L) − ln(n/L₀)).
       jacobian: 'matrix_free' (Newton–GMRES on Hessian-vector products) or 'dense' for implicit
