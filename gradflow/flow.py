@@ -10,9 +10,16 @@ Two clocks parametrise the same path:
 
   For the exponential loss α = ln(1/L); for the logistic loss and cross-entropy α is a monotone
   function of L with ln(1/L) = −ln ℓ(α), so a target ln(n/L) = K maps to α* = ℓ⁻¹(n e^(−K)).
-  Physical time, which overflows long before ln(1/L) = 10⁴, is carried as u = t e^(−α):
+  Physical time, which overflows long before ln(1/L) = 10⁴, is carried as u = t e^(−σ(α)) with
+  σ(α) = ln(1 + e^α) (softplus: σ(α) = α to float64 precision for α ≥ 37, σ → 0 for α → −∞):
 
-      du/dα = e^(−α) dt/dα − u = e^(−α − ln|ℓ'(α)|) / ‖∇α‖² − u,   ln t = α + ln u.
+      du/dα = e^(−σ) dt/dα − σ'(α) u = e^(−σ(α) − ln|ℓ'(α)|) / ‖∇α‖² − sigmoid(α) u,   ln t = σ(α) + ln u.
+
+  Why σ(α) and not α (issue 14): from a start with L ≫ ℓ(0) the logistic loss has α ≈ −L
+  (ln L(W₀) = 5.5 gives α₀ = −251), so u = t e^(−α) grew at du/dα ≈ 6e103 from u = 0. Scaled by
+  atol, that made the first step 2e-105, far below the spacing of float64 numbers at α₀ (3e-14):
+  α + h rounded to α, every step was "accepted" with zero length, and the run spent max_steps at
+  its start. With σ(α), u ≈ t while α < 0 and u = t e^(−α) once α ≫ 0, as before.
 
 The path length ζ of W/‖W‖ is part of the ODE state (Lemma 3.4):
 dζ/dt = ‖∂_⊥L‖/‖W‖ = |ℓ'(α)| ‖∂_⊥α‖/‖W‖, i.e. dζ/dα = ‖∂_⊥α‖/(‖W‖ ‖∇α‖²).
@@ -25,9 +32,8 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 import warnings
-from typing import Any, NamedTuple
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -37,16 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .diagnostics import diagnostics, evaluate
-from .errors import InvalidTypeError, SolverFailure, bad_argument
+
+# The segment driver (gradflow/driver.py) reads _solve and _top_eigenvalue from this module when it
+# runs; _assemble and _result_name are re-exported for gradflow.ensemble.
+from .driver import _assemble, _chunks, _Driver, _fingerprint, _result_name, _State  # noqa: F401
+from .errors import InvalidTypeError, bad_argument
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem, resolve_devices
-from .result import FlowResult, params_to_dict
+from .result import FlowResult
 from .solvers import (
     IMPLICIT_CONTROLLER,
-    evaluations_at_start,
-    evaluations_per_step,
     finite_rms_norm,
     get_solver,
     initial_step,
@@ -54,6 +62,7 @@ from .solvers import (
     step_controller,
 )
 from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
+from .solvers.step_guard import StepGuard
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -77,7 +86,7 @@ def _accuracy_field(alpha, state, args):
     inv_sq = 1.0 / pt.grad_norm**2
     dparams = jax.tree_util.tree_map(lambda g: inv_sq * g, pt.grad_alpha)
     dzeta = pt.perp_norm * inv_sq / pt.norm
-    du = jnp.exp(-pt.alpha - pt.log_neg_dloss) * inv_sq - aux[1]
+    du = jnp.exp(-jax.nn.softplus(pt.alpha) - pt.log_neg_dloss) * inv_sq - jax.nn.sigmoid(pt.alpha) * aux[1]
     return dparams, jnp.stack([dzeta, du])
 
 
@@ -91,7 +100,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
         if clock == "time":
             out["log_t"] = jnp.log(s)
         else:
-            out["log_t"] = s + jnp.log(aux[1])
+            out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
         out["t"] = jnp.exp(out["log_t"])
         if save_params:
             out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
@@ -101,7 +110,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -138,7 +147,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
     elif event_kind == "log_t":
 
         def cond(s, state, args, **kwargs):
-            return s + jnp.log(state[1][1]) >= log_t_max
+            return jax.nn.softplus(s) + jnp.log(state[1][1]) >= log_t_max
 
         event = diffrax.Event(cond)
     else:
@@ -153,6 +162,15 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         controller = step_controller(rtol, atol, {"norm": finite_rms_norm, **opts})
         if dt0 is None:
             dt0 = initial_step(term.vector_field, s0, y0, args, solver.error_order(term), rtol, atol, s1 - s0)
+        elif budget is not None:  # the driver passes dt0 = NaN for "choose it here": one trace either way
+            dt0 = jax.lax.cond(jnp.isnan(dt0), lambda: initial_step(term.vector_field, s0, y0, args, solver.error_order(term),
+                                                                     rtol, atol, s1 - s0).astype(dt0.dtype), lambda: dt0)
+    if budget is not None:
+        # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
+        # controller state is the inner controller's, without the guard's step count
+        controller = StepGuard(controller, budget, rtol, atol, finite_rms_norm)
+        if controller_state is not None:
+            controller_state = (controller_state, jnp.zeros((), jnp.int32))
     sol = diffrax.diffeqsolve(
         term,
         solver,
@@ -174,7 +192,8 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
-    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state,
+    controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
+    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, controller_state_out,
             initial_diag)
 
 
@@ -273,7 +292,8 @@ def simulate_flow(
         'implicit_euler') or a diffrax solver instance.
       rtol, atol: tolerances of the PID step-size controller.
       dt0: initial step (None: chosen from the vector field at the start, Hairer–Nørsett–Wanner).
-      max_steps: the most solver steps before the run stops with status 'failed'.
+      max_steps: the most solver steps of the whole run (all ``solver='auto'`` segments, checkpoint
+        chunks and resumes together) before it stops with status 'failed'; ``stats['steps']`` is the total.
       save_at: increasing save points (times t, or ln(n/L) values in the accuracy clock). Default
         ``num_save`` points, geometric in t (or in ln(n/L) − ln(n/L₀)).
       jacobian: 'matrix_free' (Newton–GMRES on Hessian-vector products) or 'dense' for implicit
@@ -459,188 +479,6 @@ def _shard(devices, x, y, params, static):
     return x, y, params, static
 
 
-class _State(NamedTuple):
-    """Where a segment starts: W, [ζ, u], the clock value s, the solver, and what the step
-    controller carries over (its error history and the next step size)."""
-
-    params: Any
-    aux: Any
-    s: float
-    solver: Any
-    solver_state: Any
-    controller_state: Any
-    dt_next: float | None
-
-
-def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
-    """Save points split into consecutive chunks of ``every`` (one chunk when None)."""
-    if every is None or every >= len(points):
-        return [points]
-    return [points[i : i + every] for i in range(0, len(points), every)]
-
-
-def _fingerprint(x, y, params0, config, save_points) -> dict:
-    """What must match for a checkpoint to be resumed: the data, the model's parameter shapes,
-    the loss, clock, solver, tolerances and save points."""
-    import hashlib
-
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
-    h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
-    shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
-    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
-    return {
-        "data_sha256": h.hexdigest(),
-        "param_shapes": shapes,
-        "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
-        **{k: config[k] for k in keys},
-    }
-
-
-class _Driver:
-    """Runs the flow as a sequence of diffeqsolve segments.
-
-    Segments arise from checkpoint chunks (the save points split every ``checkpoint_every``) and
-    from ``solver='auto'`` (explicit segments of ``explicit_steps`` steps between stiffness
-    checks). Between segments the controller's state and the next step size are carried over, so a
-    chunked run and a run resumed from a checkpoint take exactly the same steps."""
-
-    def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian, state_size=None):
-        self.common, self.f, self.t_end, self.max_steps = common, f, t_end, max_steps
-        self.auto, self.explicit_steps = auto, explicit_steps
-        self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
-        self.switches: list[str] = []
-
-    def run(self, state: _State, chunks, *, store=None, progress=False):
-        segments: list[dict] = []
-        first = 0
-        if store is not None:
-            loaded = store.load(like_state=state, solvers=self._solver_by_name)
-            if loaded is not None:
-                state, segments, first, self.switches = loaded
-                if first >= len(chunks) or segments and segments[-1]["result_name"] != "successful":
-                    return segments, state, True
-        bar = _progress_bar(progress, self.common["clock"], self.t_end)
-        for i in range(first, len(chunks)):
-            end = self.t_end if i == len(chunks) - 1 else float(chunks[i][-1])
-            state, new, finished = self._run_chunk(state, chunks[i], end)
-            segments.extend(new)
-            if store is not None:
-                store.save(state, segments, i + 1, self.switches)
-            if bar is not None:
-                last = segments[-1]["final_diag"]
-                bar.update(float(last["t"] if self.common["clock"] == "time" else last["accuracy"]), segments)
-            if not finished:
-                break
-        if bar is not None:
-            bar.close()
-        return segments, state, True
-
-    def _solver_by_name(self, name: str):
-        return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian, state_size=self.state_size)
-
-    def _run_chunk(self, state: _State, points, end):
-        """Integrate to ``end`` saving at ``points``; returns (state, segments, finished_ok)."""
-        out = []
-        while True:
-            explicit_phase = self.auto and not is_implicit(state.solver)
-            budget = self.explicit_steps if explicit_phase else self.max_steps
-            seg = self._segment(state, points, end, budget)
-            out.append(seg)
-            params, aux = seg["final_state"]
-            # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
-            # start of the next segment, exactly as after a resume from a checkpoint.
-            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"])
-            name = seg["result_name"]
-            if name == "successful":
-                return new_state, out, True
-            if name != "max_steps_reached" or not explicit_phase:
-                return new_state, out, False
-            # auto: the explicit solver ran out of its segment budget; is it stability-limited?
-            lam = _top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common)
-            h = seg["dt_next"]
-            position = seg["final_diag"]["t"] if self.common["clock"] == "time" else seg["final_diag"]["accuracy"]
-            points = points[points > position]
-            if points.size == 0:
-                points = np.asarray([end])
-            if h * lam > 1.0:
-                implicit = self._solver_by_name("kvaerno5")
-                self.switches.append(f"Kvaerno5 from ln(n/L) = {seg['final_diag']['accuracy']:.6g} "
-                                     f"(step {h:.3g} × |λ_max| {lam:.3g} > 1)")
-                new_state = new_state._replace(solver=implicit, solver_state=None)
-            state = new_state
-
-    def _start_evaluations(self, state: _State) -> int:
-        """Field evaluations before a segment's first step (no step size carried: one is chosen)."""
-        constant = dict(self.common["controller_opts"]).get("constant", False)
-        return evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None,
-                                    choose_step=state.dt_next is None and not constant)
-
-    def _segment(self, state: _State, points, end, budget) -> dict:
-        f = self.f
-        start = time.perf_counter()
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _solve(
-            state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
-            save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
-            solver=state.solver, max_steps=budget, **self.common,
-        )
-        jax.block_until_ready(final_state)
-        wall = time.perf_counter() - start
-        saved = jax.tree_util.tree_map(np.asarray, saved)
-        final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1): length-1 axis
-        reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
-        if not reached.any():  # failed before the first save point: report at least the start
-            saved = jax.tree_util.tree_map(np.asarray, initial)
-            reached = np.isfinite(saved["log_loss"])
-        stats = {k: int(v) for k, v in stats.items() if k != "max_steps"}
-        s_final = float(np.asarray(s_final).reshape(-1)[0])
-        accepted = max(stats["num_accepted_steps"], 1)
-        return dict(
-            saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
-            result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
-            s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
-            evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
-            start_evals=self._start_evaluations(state),
-            # next step size for a following segment: the segment's mean accepted step
-            dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
-        )
-
-
-def _result_name(result) -> str:
-    for name in ("successful", "event_occurred", "max_steps_reached"):
-        if result == getattr(diffrax.RESULTS, name):
-            return name
-    return "failed"
-
-
-def _progress_bar(progress: bool, clock: str, t_end: float):
-    return _SegmentProgress(clock, t_end) if progress else None
-
-
-class _SegmentProgress:
-    """A tqdm bar over t (time clock, on a log scale) or ln(n/L), updated after each segment.
-
-    diffrax's own progress meters report (t − t0)/(t1 − t0), useless for t1 = 1e12 or for runs
-    that stop on an event; this one shows where the flow is in the units that matter."""
-
-    def __init__(self, clock: str, total: float):
-        from tqdm.auto import tqdm
-
-        self.clock = clock
-        self.scale = (lambda v: math.log10(1.0 + v)) if clock == "time" else (lambda v: v)
-        unit = "log10(1+t)" if clock == "time" else "ln(n/L)"
-        self.bar = tqdm(total=round(self.scale(total), 3), unit=unit, desc="gradflow", dynamic_ncols=True)
-
-    def update(self, position: float, segments) -> None:
-        self.bar.n = round(self.scale(position), 3)
-        steps = sum(seg["stats"]["num_steps"] for seg in segments)
-        self.bar.set_postfix(steps=steps, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def _top_eigenvalue(params, aux, s, common, iters: int = 30) -> float:
     """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
     products; in physical time these are Hessian-vector products of L)."""
@@ -665,66 +503,3 @@ def _power_iteration(field, params, aux, s, args, iters):
         return jax.tree_util.tree_map(lambda a: a / wn, w), lam
 
     return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]
-
-
-def _assemble(segments, static, degree, *, config, throw, event_kind):
-    """Concatenate the segments' save points (+ the final state if it is not a save point) into a
-    FlowResult with a status and reason."""
-    parts = [seg["saved"] for seg in segments]
-    diag = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    last, final_diag = segments[-1], segments[-1]["final_diag"]
-    last_log_t = diag["log_t"][-1] if len(diag["log_t"]) else -np.inf
-    if not np.isclose(final_diag["log_t"], last_log_t, rtol=1e-12, atol=0) and np.isfinite(final_diag["log_loss"]):
-        diag = {k: np.concatenate([diag[k], final_diag[k][None]]) for k in diag}
-    if degree is None:
-        for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
-            diag.pop(k, None)
-    if last["result_name"] == "successful":
-        status, reason = "completed", ""
-    elif last["result_name"] == "event_occurred":
-        status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
-    else:
-        status, reason = "failed", last["reason"]
-    params_final, _aux = last["final_state"]
-    if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
-        status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
-    evals = [seg["evals_per_step"] for seg in segments]
-    stats_out = {
-        "steps": sum(seg["stats"]["num_steps"] for seg in segments),
-        "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
-        "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
-        # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
-        "gradient_evaluations": None if None in evals else sum(
-            seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
-        "implicit_segments": sum(e is None for e in evals),
-        "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
-        "wall_time": sum(seg["wall"] for seg in segments),
-        "segments": len(segments),
-    }
-    res = FlowResult(
-        diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
-        params=params_to_dict(params_final), model=combine(params_final, static),
-    )
-    _warn_if_stalled(diag, config)
-    if status == "failed" and throw:
-        raise SolverFailure(f"simulate_flow failed: {reason}", res)
-    return res
-
-
-def _warn_if_stalled(diag: dict, config: dict) -> None:
-    """Warn when the loss stalls above ℓ(0) with misclassified points: data not separable by the model.
-
-    If some p_i ≤ 0 then L ≥ ℓ(p_i) ≥ ℓ(0), so a flow that keeps training error above zero can
-    never enter the regime of Assumption 2.3."""
-    log_loss = diag["log_loss"]
-    if len(log_loss) < 8 or diag["train_error"][-1] == 0:
-        return
-    quarter = len(log_loss) // 4
-    drop = log_loss[-quarter - 1] - log_loss[-1]
-    if drop < 1e-3 * max(1.0, abs(log_loss[-1])):
-        warnings.warn(
-            f"The loss stalls at ln L = {log_loss[-1]:.6g} with {diag['train_error'][-1]:.1%} of the examples "
-            "misclassified: the data do not look separable by this model, so L cannot go below ℓ(0) and the "
-            "paper's late-training regime is never reached. Use a more expressive model or separable data.",
-            stacklevel=3,
-        )

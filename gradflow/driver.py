@@ -1,0 +1,319 @@
+"""The segment driver of :func:`gradflow.simulate_flow`: runs the compiled solve ``flow._solve`` as a
+sequence of diffeqsolve segments (checkpoint chunks, ``solver='auto'`` explicit segments, resumed runs)
+and assembles their save points into a :class:`gradflow.FlowResult` with a status."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import diffrax
+import jax
+import numpy as np
+
+from . import flow as _flow
+from .errors import SolverFailure
+from .params import combine
+from .result import FlowResult, params_to_dict
+from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
+from .solvers.step_guard import STALL_ULPS, fresh_controller_state
+
+
+class _State(NamedTuple):
+    """Where a segment starts: W, [ζ, u], the clock value s, the solver, and what the step
+    controller carries over (its error history and the next step size)."""
+
+    params: Any
+    aux: Any
+    s: float
+    solver: Any
+    solver_state: Any
+    controller_state: Any
+    dt_next: float | None
+
+
+def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
+    """Save points split into consecutive chunks of ``every`` (one chunk when None)."""
+    if every is None or every >= len(points):
+        return [points]
+    return [points[i : i + every] for i in range(0, len(points), every)]
+
+
+def _fingerprint(x, y, params0, config, save_points) -> dict:
+    """What must match for a checkpoint to be resumed: the data, the model's parameter shapes,
+    the loss, clock, solver, tolerances and save points."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
+    shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
+    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
+    return {
+        "data_sha256": h.hexdigest(),
+        "param_shapes": shapes,
+        "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
+        **{k: config[k] for k in keys},
+    }
+
+
+class _Driver:
+    """Runs the flow as a sequence of diffeqsolve segments.
+
+    Segments arise from checkpoint chunks (the save points split every ``checkpoint_every``) and
+    from ``solver='auto'`` (explicit segments of ``explicit_steps`` steps between stiffness
+    checks). Between segments the controller's state and the next step size are carried over, so a
+    chunked run and a run resumed from a checkpoint take exactly the same steps.
+
+    Bounds (issue 14): ``max_steps`` is the budget of the whole run, shared by all segments, chunks
+    and resumes (``steps_left``); each solve gets what is left as a traced budget
+    (:class:`gradflow.step_guard.StepGuard`), and save points are padded to one length
+    (``pad``), so every segment reuses one compiled ``_solve``. A solve whose steps stop moving
+    the clock ends at once with a "no progress" failure (see :meth:`_no_progress_reason`)."""
+
+    def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian, state_size=None):
+        self.common, self.f, self.t_end, self.max_steps = common, f, t_end, max_steps
+        self.auto, self.explicit_steps = auto, explicit_steps
+        self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
+        self.switches: list[str] = []
+        self.steps_left = max_steps
+        self.pad = 1
+
+    def run(self, state: _State, chunks, *, store=None, progress=False):
+        segments: list[dict] = []
+        first = 0
+        if store is not None:
+            loaded = store.load(like_state=state, solvers=self._solver_by_name)
+            if loaded is not None:
+                state, segments, first, self.switches = loaded
+                self.steps_left = self.max_steps - sum(seg["stats"]["num_steps"] for seg in segments)
+                if first >= len(chunks) or segments and segments[-1]["result_name"] != "successful":
+                    return segments, state, True
+        self.pad = max(len(c) for c in chunks)
+        bar = _progress_bar(progress, self.common["clock"], self.t_end)
+        for i in range(first, len(chunks)):
+            end = self.t_end if i == len(chunks) - 1 else float(chunks[i][-1])
+            state, new, finished = self._run_chunk(state, chunks[i], end)
+            segments.extend(new)
+            if store is not None:
+                store.save(state, segments, i + 1, self.switches)
+            if bar is not None:
+                last = segments[-1]["final_diag"]
+                bar.update(float(last["t"] if self.common["clock"] == "time" else last["accuracy"]), segments)
+            if not finished:
+                break
+        if bar is not None:
+            bar.close()
+        return segments, state, True
+
+    def _solver_by_name(self, name: str):
+        return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian, state_size=self.state_size)
+
+    def _run_chunk(self, state: _State, points, end):
+        """Integrate to ``end`` saving at ``points``; returns (state, segments, finished_ok)."""
+        out = []
+        while True:
+            explicit_phase = self.auto and not is_implicit(state.solver)
+            budget = min(self.explicit_steps, self.steps_left) if explicit_phase else self.steps_left
+            seg = self._segment(state, points, end, budget)
+            out.append(seg)
+            self.steps_left -= seg["stats"]["num_steps"]
+            params, aux = seg["final_state"]
+            # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
+            # start of the next segment, exactly as after a resume from a checkpoint.
+            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"])
+            name = seg["result_name"]
+            if name == "successful":
+                return new_state, out, True
+            if name == "max_steps_reached" and self.steps_left <= 0:
+                seg["reason"] = (f"The maximum number of solver steps was reached: max_steps = {self.max_steps} over the whole run ("
+                                 f"{sum(s['stats']['num_steps'] for s in out)} in this chunk's {len(out)} segment(s)) "
+                                 f"at {self._where(seg)}. Increase max_steps, loosen rtol/atol, or try another solver.")
+                return new_state, out, False
+            if name != "max_steps_reached" or not explicit_phase:
+                return new_state, out, False
+            if seg["s_final"] <= state.s:  # no step moved the clock (StepGuard normally stops this first)
+                seg["result_name"], seg["reason"] = "failed", self._no_progress_reason(seg)
+                return new_state, out, False
+            # auto: the explicit solver ran out of its segment budget; is it stability-limited?
+            lam = _flow._top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common)
+            h = seg["dt_next"]
+            position = seg["final_diag"]["t"] if self.common["clock"] == "time" else seg["final_diag"]["accuracy"]
+            points = points[points > position]
+            if points.size == 0:
+                points = np.asarray([end])
+            if h * lam > 1.0:
+                implicit = self._solver_by_name("kvaerno5")
+                self.switches.append(f"Kvaerno5 from ln(n/L) = {seg['final_diag']['accuracy']:.6g} "
+                                     f"(step {h:.3g} × |λ_max| {lam:.3g} > 1)")
+                new_state = new_state._replace(solver=implicit, solver_state=None)
+            state = new_state
+
+    def _where(self, seg) -> str:
+        """Where a segment ended, in the clock's units and in ln(n/L)."""
+        acc = float(seg["final_diag"]["accuracy"])
+        if self.common["clock"] == "time":
+            return f"t = {seg['s_final']:.6g} (ln(n/L) = {acc:.6g})"
+        return f"α = {seg['s_final']:.6g} (ln(n/L) = {acc:.6g})"
+
+    def _no_progress_reason(self, seg) -> str:
+        eps = float(np.finfo(np.float64 if self.common["rtol"].dtype == np.float64 else np.float32).eps)
+        step = STALL_ULPS * eps * abs(seg["s_final"])
+        if self.common["clock"] == "time":
+            hint = ("t has grown so large that steps no longer change it; use clock='accuracy' "
+                    "(until_accuracy=K) for long runs, or a smaller t_max")
+        else:
+            hint = ("start with clock='time' (e.g. until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), "
+                    "then continue from result.model in clock='accuracy'; or loosen atol, or rescale the initialisation")
+        return (f"The minimum step size was reached (no progress) at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
+                f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
+
+    def _start_evaluations(self, state: _State) -> int:
+        """Field evaluations before a segment's first step (no step size carried: one is chosen)."""
+        constant = dict(self.common["controller_opts"]).get("constant", False)
+        return evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None,
+                                    choose_step=state.dt_next is None and not constant)
+
+    def _segment(self, state: _State, points, end, budget) -> dict:
+        f = self.f
+        start = time.perf_counter()
+        # one compiled solve for every segment: save points padded (repeating the last) to self.pad
+        # and masked below; the budget and a "choose dt0" NaN are traced values; max_steps is static.
+        padded = np.concatenate([points, np.full(max(self.pad - len(points), 0), points[-1])])
+        controller_state = state.controller_state
+        if controller_state is None:
+            controller_state = fresh_controller_state(self.common["controller_opts"], self.common["rtol"].dtype)
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _flow._solve(
+            state.params, state.aux, f(state.s), state.solver_state, controller_state,
+            save_points=f(padded), t_end=f(end), dt0=f(math.nan if state.dt_next is None else state.dt_next),
+            solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32), **self.common,
+        )
+        jax.block_until_ready(final_state)
+        wall = time.perf_counter() - start
+        saved = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(points)], saved)
+        final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], final_diag)  # SubSaveAt(t1): length-1 axis
+        reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
+        if not reached.any():  # failed before the first save point: report at least the start
+            saved = jax.tree_util.tree_map(np.asarray, initial)
+            reached = np.isfinite(saved["log_loss"])
+        stats = {k: int(v) for k, v in stats.items() if k != "max_steps"}
+        s_final = float(np.asarray(s_final).reshape(-1)[0])
+        accepted = max(stats["num_accepted_steps"], 1)
+        seg = dict(
+            saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
+            result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
+            s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
+            evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
+            start_evals=self._start_evaluations(state),
+            # next step size for a following segment: the segment's mean accepted step
+            dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
+        )
+        if result == diffrax.RESULTS.dt_min_reached and "dtmin" not in dict(self.common["controller_opts"]):
+            seg["reason"] = self._no_progress_reason(seg)
+        return seg
+
+
+def _result_name(result) -> str:
+    for name in ("successful", "event_occurred", "max_steps_reached"):
+        if result == getattr(diffrax.RESULTS, name):
+            return name
+    return "failed"
+
+
+def _progress_bar(progress: bool, clock: str, t_end: float):
+    return _SegmentProgress(clock, t_end) if progress else None
+
+
+class _SegmentProgress:
+    """A tqdm bar over t (time clock, on a log scale) or ln(n/L), updated after each segment.
+
+    diffrax's own progress meters report (t − t0)/(t1 − t0), useless for t1 = 1e12 or for runs
+    that stop on an event; this one shows where the flow is in the units that matter."""
+
+    def __init__(self, clock: str, total: float):
+        from tqdm.auto import tqdm
+
+        self.clock = clock
+        self.scale = (lambda v: math.log10(1.0 + v)) if clock == "time" else (lambda v: v)
+        unit = "log10(1+t)" if clock == "time" else "ln(n/L)"
+        self.bar = tqdm(total=round(self.scale(total), 3), unit=unit, desc="gradflow", dynamic_ncols=True)
+
+    def update(self, position: float, segments) -> None:
+        self.bar.n = round(self.scale(position), 3)
+        steps = sum(seg["stats"]["num_steps"] for seg in segments)
+        self.bar.set_postfix(steps=steps, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _assemble(segments, static, degree, *, config, throw, event_kind):
+    """Concatenate the segments' save points (+ the final state if it is not a save point) into a
+    FlowResult with a status and reason."""
+    parts = [seg["saved"] for seg in segments]
+    diag = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    last, final_diag = segments[-1], segments[-1]["final_diag"]
+    last_log_t = diag["log_t"][-1] if len(diag["log_t"]) else -np.inf
+    if not np.isclose(final_diag["log_t"], last_log_t, rtol=1e-12, atol=0) and np.isfinite(final_diag["log_loss"]):
+        diag = {k: np.concatenate([diag[k], final_diag[k][None]]) for k in diag}
+    if degree is None:
+        for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
+            diag.pop(k, None)
+    if last["result_name"] == "successful":
+        status, reason = "completed", ""
+    elif last["result_name"] == "event_occurred":
+        status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
+    else:
+        status, reason = "failed", last["reason"]
+    params_final, _aux = last["final_state"]
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
+        status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
+    evals = [seg["evals_per_step"] for seg in segments]
+    stats_out = {
+        "steps": sum(seg["stats"]["num_steps"] for seg in segments),
+        "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
+        "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
+        # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
+        "gradient_evaluations": None if None in evals else sum(
+            seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
+        "implicit_segments": sum(e is None for e in evals),
+        # why gradient_evaluations can be None: diffrax reports steps, not Newton–GMRES iterations
+        "gradient_evaluations_note": (
+            "not counted: implicit segments' Newton and GMRES iterations (each a Jacobian-vector product) are "
+            "not reported by diffrax; explicit segments alone used "
+            f"{sum(seg['stats']['num_steps'] * e + seg['start_evals'] for seg, e in zip(segments, evals, strict=True) if e is not None)}"
+        ) if None in evals else "",
+        "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        "wall_time": sum(seg["wall"] for seg in segments),
+        "segments": len(segments),
+    }
+    res = FlowResult(
+        diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
+        params=params_to_dict(params_final), model=combine(params_final, static),
+    )
+    _warn_if_stalled(diag, config)
+    if status == "failed" and throw:
+        raise SolverFailure(f"simulate_flow failed: {reason}", res)
+    return res
+
+
+def _warn_if_stalled(diag: dict, config: dict) -> None:
+    """Warn when the loss stalls above ℓ(0) with misclassified points: data not separable by the model.
+
+    If some p_i ≤ 0 then L ≥ ℓ(p_i) ≥ ℓ(0), so a flow that keeps training error above zero can
+    never enter the regime of Assumption 2.3."""
+    log_loss = diag["log_loss"]
+    if len(log_loss) < 8 or diag["train_error"][-1] == 0:
+        return
+    quarter = len(log_loss) // 4
+    drop = log_loss[-quarter - 1] - log_loss[-1]
+    if drop < 1e-3 * max(1.0, abs(log_loss[-1])):
+        warnings.warn(
+            f"The loss stalls at ln L = {log_loss[-1]:.6g} with {diag['train_error'][-1]:.1%} of the examples "
+            "misclassified: the data do not look separable by this model, so L cannot go below ℓ(0) and the "
+            "paper's late-training regime is never reached. Use a more expressive model or separable data.",
+            stacklevel=3,
+        )
