@@ -21,8 +21,8 @@ new default's.
 Cases: (1) ``hcnn`` (gradflow.figures.make_margin_model, 1,252 parameters) on 100 digits,
 cross-entropy, T = 0.01; (2) the same on 400 digits, T = 0.0025 (the sum loss makes the sharpness
 grow ~n, so the time scale shrinks ~1/n); (3) ``ReLUMLP`` (30, 32, 32, 1) on breast cancer
-(569 × 31 standardized features with a bias unit), logistic loss; (4) ``TwoLayerSquaredReLU``
-(width 1,000, Figure 1's net) on Appendix A's synthetic data, exponential loss.
+(569 × 31 standardized features with a bias unit), logistic loss, T = 0.2; (4) ``TwoLayerSquaredReLU``
+(width 1,000, Figure 1's net) on Appendix A's synthetic data, exponential loss, T = 10 (C¹ field: only its Jacobian jumps).
 
     python benchmarks/nonsmooth.py            # all cases (~30 min on 2 cores)
     python benchmarks/nonsmooth.py --only hcnn100

@@ -100,14 +100,19 @@ def test_fixed_pattern_same_accuracy_as_pid():
 
 
 def test_relu_random_start_default_matches_tight_reference():
-    model, data = _relu_problem(positive=False)
-    T = 1.0
-    kw = dict(loss="logistic", save_at=np.array([0.0, T]), save_params=True)
-    ref = _final_w(gf.simulate_flow(model, data, T, solver="tsit5", rtol=1e-10, atol=1e-13, step_control="pid", **kw))
-    rtol = 1e-5
-    r = gf.simulate_flow(model, data, T, rtol=rtol, atol=1e-3 * rtol, **kw)
+    # kink-dense: 60 examples × 32 ReLU units from a random start (Tsit5 + PID rejects ~1/3 of its steps)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(60, 3))
+    y = np.where(x[:, 0] + 0.3 * x[:, 1] > 0, 1.0, -1.0)
+    model = gf.ReLUMLP((3, 32, 1), key=jax.random.PRNGKey(1))
+    T = 0.5
+    kw = dict(loss="logistic", save_at=np.array([0.0, T]), save_params=True, max_steps=1_000_000)
+    # measured: within 3.3e-6 of Dopri5 at rtol 1e-8 for the rtol-1e-8 Tsit5 run; 1e-7 is within ~1e-5
+    ref = _final_w(gf.simulate_flow(model, (x, y), T, solver="tsit5", rtol=1e-7, atol=1e-10, step_control="pid", **kw))
+    rtol = 1e-4
+    r = gf.simulate_flow(model, (x, y), T, rtol=rtol, atol=1e-3 * rtol, **kw)
     assert r.config["solver"] == "bosh3" and r.config["step_control"] == "kink"
     assert r.config["nonsmooth_primitives"] == ["max"]
     err = np.linalg.norm(_final_w(r) - ref) / np.linalg.norm(ref)
-    assert err < 10 * rtol, err
+    assert err < 5 * rtol, err  # measured 1.8e-4
     assert r.stats["rejected_steps"] <= 0.15 * r.stats["steps"]
