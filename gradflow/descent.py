@@ -64,12 +64,13 @@ from jax.flatten_util import ravel_pytree
 
 from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
+from .interop import final_model_and_params
 from .losses import Loss
 from .params import combine, global_norm
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem
-from .result import FlowResult, params_to_dict
+from .result import FlowResult
 
 __all__ = ["simulate_descent", "normalized_gd", "NormalizedGD", "DESCENT_METHODS"]
 
@@ -431,6 +432,7 @@ def simulate_descent(
             method="descent", optimizer=opt_name, learning_rate=("schedule" if schedule is not None else eta_const),
             max_update_norm=None if not math.isfinite(clip) else clip, loss=prob.loss.name, steps=steps,
             batch_size=batch_size, seed=int(seed), until_accuracy=until_accuracy, degree=prob.degree, n=n, dtype=dtype,
+            model_interface=prob.interface,
         )
         return _assemble_descent(
             saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
@@ -470,7 +472,7 @@ def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, fail
     }
     res = FlowResult(
         diagnostics=diag, status=status, reason=reason, stats=stats, config=config,
-        params=params_to_dict(params_final), model=combine(params_final, prob.static),
+        **final_model_and_params(params_final, prob.static),
     )
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_descent failed: {reason}", res)

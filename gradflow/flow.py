@@ -38,6 +38,7 @@ import numpy as np
 
 from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
+from .interop import final_model_and_params
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
@@ -394,6 +395,7 @@ def simulate_flow(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, versions=_versions(),
+            model_interface=prob.interface,
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
@@ -677,7 +679,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
     }
     res = FlowResult(
         diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
-        params=params_to_dict(params_final), model=combine(params_final, static),
+        **final_model_and_params(params_final, static),
     )
     _warn_if_stalled(diag, config)
     if status == "failed" and throw:
