@@ -349,7 +349,8 @@ def simulate_descent(
     update rules U_k, mini-batches and the time t = Σ_k Δt_k.
 
     Args:
-      model: a gradflow model (an equinox Module with ``degree``); its trainable float arrays are W.
+      model: a gradflow model, an Equinox or Flax NNX module, or ``gradflow.as_model(apply, params)``
+        (see :mod:`gradflow.interop`); its trainable float arrays are W.
       data: a :class:`gradflow.Dataset` or ``(x, y)``.
       optimizer: ``"gd"``/``"sgd"`` (plain (S)GD with ``learning_rate``), ``"normalized"``
         (normalized GD with η = ``learning_rate``, default 1, and ``max_update_norm``), a

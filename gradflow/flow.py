@@ -254,7 +254,8 @@ def simulate_flow(
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
     Args:
-      model: a gradflow model (an equinox Module with ``degree``); its trainable float arrays are W.
+      model: a gradflow model, an Equinox or Flax NNX module, or ``gradflow.as_model(apply, params)``
+        (see :mod:`gradflow.interop`); its trainable float arrays are W.
       data: a :class:`gradflow.Dataset` or an ``(x, y)`` tuple. Binary losses need y ∈ {−1, +1};
         ``loss='cross_entropy'`` needs integer classes and (n, C) outputs.
       t_max: final physical time (``clock='time'``; may be as large as float64 allows). With

@@ -47,7 +47,6 @@ from .params import Frozen, combine, partition
 
 __all__ = ["ExternalModel", "as_model", "unwrap", "adapt", "as_gradflow_model"]
 
-_KINDS = ("equinox", "function", "nnx")
 _AGREE_RTOL = 1e-12  # batched and vmapped outputs closer than this are the same function
 _DEGREE_EXAMPLES = 16  # examples used to measure an undeclared degree
 
@@ -199,6 +198,9 @@ def as_model(apply: Any, params: Any = _UNSET, *, degree: int | None | Any = _UN
     if degree is not _UNSET:
         _check_degree_arg(degree)
     if params is _UNSET:
+        if isinstance(apply, Model) and not isinstance(apply, ExternalModel):  # a gradflow model: batched
+            declared = apply.degree if degree is _UNSET else degree
+            return ExternalModel(apply, "equinox", None, True if batched is None else batched, declared, True)
         return _wrap(apply, degree=degree, batched=batched)  # type: ignore[return-value]
     if not callable(apply):
         raise InvalidTypeError(f"apply: expected a function apply(params, x), got {type(apply).__name__}. "
@@ -220,11 +222,28 @@ def unwrap(model: Any) -> Any:
     return nnx.merge(model.fn, param_state, rest.value)
 
 
+def user_partition(model: Any) -> tuple[PyTree, Any]:
+    """(W, rebuild): the trainable parameters keyed as in the user's own model (the keys of
+    ``result.params``), and ``rebuild(W')``, the user's model (:func:`unwrap`) with W' instead."""
+    wrapped = _wrap(model)
+    if not isinstance(wrapped, ExternalModel):
+        params, static = partition(wrapped)
+        return params, lambda p: combine(p, static)
+    own = wrapped.inner[0] if wrapped.kind == "nnx" else wrapped.inner
+    params, static = partition(own)
+
+    def rebuild(p):
+        inner = combine(p, static)
+        inner = (inner, wrapped.inner[1]) if wrapped.kind == "nnx" else inner
+        return unwrap(ExternalModel(inner, wrapped.kind, wrapped.fn, wrapped.batched, wrapped.declared_degree,
+                                    wrapped.degree_declared))
+
+    return params, rebuild
+
+
 def _user_params(model: Any) -> PyTree:
     """The trainable parameters keyed as in the user's own model (for ``result.params``)."""
-    if isinstance(model, ExternalModel):
-        return partition(model.inner[0] if model.kind == "nnx" else model.inner)[0]
-    return partition(model)[0]
+    return user_partition(model)[0]
 
 
 def final_model_and_params(params: PyTree, static: PyTree) -> dict:
@@ -312,14 +331,14 @@ def _measure_degree(model: ExternalModel, x: Array) -> tuple[int | None, str]:
             f"model {name} declares no degree; measured L = {report.degree} (max relative error "
             f"{report.max_relative_error:.1e} <= {report.rtol:.0e} at c in {report.scales}). Declare it with "
             f"gradflow.as_model(model, degree={report.degree}) to skip the measurement.",
-            stacklevel=4,
+            stacklevel=5,
         )
         return report.degree, f"measured: homogeneous of degree {report.degree} ({report.max_relative_error:.1e} <= {report.rtol:.0e})"
     warnings.warn(
         f"model {name} declares no degree and is not measurably homogeneous ({report}); it is treated as "
         "non-homogeneous: smoothed_margin, beta, margin, margins and potential are left out of the result. "
         "Declare the degree with gradflow.as_model(model, degree=L) if it is homogeneous.",
-        stacklevel=4,
+        stacklevel=5,
     )
     return None, "measured: not homogeneous"
 

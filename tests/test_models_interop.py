@@ -217,7 +217,8 @@ def test_descent_with_equinox_module_matches_gradflow_model(separable_2d):
 def test_ensemble_of_equinox_modules(flows, separable_2d):
     ref = flows["deep_linear", "gradflow"][0]
     base = _equinox("deep_linear")
-    other = eqx.tree_at(lambda m: m.layers[0].weight, base, 0.5 * base.layers[0].weight)
+    with gf.x64():
+        other = eqx.tree_at(lambda m: m.layers[0].weight, base, 0.5 * base.layers[0].weight)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ens = gf.simulate_ensemble([base, other], separable_2d, T_MAX, num_save=NUM_SAVE)
@@ -337,3 +338,30 @@ def test_gradflow_does_not_import_flax():
             "assert w.batched is False and w(np.ones((5, 3))).shape == (5,)\n"
             "assert not any(k == 'flax' or k.startswith('flax.') for k in sys.modules), 'flax imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+@pytest.mark.parametrize("way", ["equinox", "function", "nnx"])
+def test_save_and_load_into_the_users_model(flows, tmp_path, way):
+    if way == "nnx":
+        _need_flax()
+    from gradflow.result import params_to_dict
+
+    res = flows["relu_mlp", way][0]
+    like = BUILDERS[way]("relu_mlp")
+    back = gf.load_result(res.save(tmp_path / "run.npz"), like=like)
+    assert type(back.model) is type(like)
+    stored = params_to_dict(gf.interop.user_partition(back.model)[0])
+    assert stored.keys() == res.params.keys()
+    for k, v in res.params.items():
+        np.testing.assert_array_equal(stored[k], v)
+    assert back.config["model_interface"] == res.config["model_interface"]
+
+
+def test_as_model_on_a_gradflow_model_declares_its_degree(separable_2d):
+    lin = gf.Linear(3, key=jax.random.PRNGKey(0))
+    wrapped = gf.as_model(lin, degree=None)  # treat it as non-homogeneous
+    assert wrapped.batched is True and wrapped.degree is None
+    assert gf.interop.unwrap(wrapped) is lin
+    with gf.x64():
+        np.testing.assert_array_equal(np.asarray(wrapped(jnp.asarray(separable_2d[0]))),
+                                      np.asarray(lin(jnp.asarray(separable_2d[0]))))
