@@ -6,13 +6,14 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import datasets, figures, losses, maxmargin, models, progress, theory
+from . import datasets, figures, interop, losses, maxmargin, models, progress, theory
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
 from .ensemble import EnsembleResult, simulate_ensemble
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError, SolverFailure
 from .flow import simulate_flow
+from .interop import ExternalModel, as_model
 from .losses import CrossEntropy, Exponential, Logistic, get_loss
 from .models import (
     DeepLinear,
@@ -39,6 +40,7 @@ __all__ = [
     "CrossEntropy",
     "Dataset",
     "EnsembleResult",
+    "ExternalModel",
     "DeepLinear",
     "Exponential",
     "FlowResult",
@@ -58,12 +60,14 @@ __all__ = [
     "SmallResNet",
     "SolverFailure",
     "TwoLayerSquaredReLU",
+    "as_model",
     "check_homogeneity",
     "compare",
     "datasets",
     "enable_x64",
     "figures",
     "get_loss",
+    "interop",
     "linearize",
     "load_result",
     "losses",

@@ -64,12 +64,13 @@ from jax.flatten_util import ravel_pytree
 
 from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
+from .interop import final_model_and_params
 from .losses import Loss
 from .params import combine, global_norm
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem
-from .result import FlowResult, params_to_dict
+from .result import FlowResult
 
 __all__ = ["simulate_descent", "normalized_gd", "NormalizedGD", "DESCENT_METHODS"]
 
@@ -348,7 +349,8 @@ def simulate_descent(
     update rules U_k, mini-batches and the time t = Σ_k Δt_k.
 
     Args:
-      model: a gradflow model (an equinox Module with ``degree``); its trainable float arrays are W.
+      model: a gradflow model, an Equinox or Flax NNX module, or ``gradflow.as_model(apply, params)``
+        (see :mod:`gradflow.interop`); its trainable float arrays are W.
       data: a :class:`gradflow.Dataset` or ``(x, y)``.
       optimizer: ``"gd"``/``"sgd"`` (plain (S)GD with ``learning_rate``), ``"normalized"``
         (normalized GD with η = ``learning_rate``, default 1, and ``max_update_norm``), a
@@ -431,6 +433,7 @@ def simulate_descent(
             method="descent", optimizer=opt_name, learning_rate=("schedule" if schedule is not None else eta_const),
             max_update_norm=None if not math.isfinite(clip) else clip, loss=prob.loss.name, steps=steps,
             batch_size=batch_size, seed=int(seed), until_accuracy=until_accuracy, degree=prob.degree, n=n, dtype=dtype,
+            model_interface=prob.interface,
         )
         return _assemble_descent(
             saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
@@ -470,7 +473,7 @@ def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, fail
     }
     res = FlowResult(
         diagnostics=diag, status=status, reason=reason, stats=stats, config=config,
-        params=params_to_dict(params_final), model=combine(params_final, prob.static),
+        **final_model_and_params(params_final, prob.static),
     )
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_descent failed: {reason}", res)

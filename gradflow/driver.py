@@ -15,7 +15,7 @@ import numpy as np
 
 from . import flow as _flow
 from .errors import SolverFailure
-from .params import combine
+from .interop import final_model_and_params
 from .result import FlowResult, params_to_dict
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 from .solvers.step_guard import STALL_ULPS, fresh_controller_state
@@ -292,7 +292,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
     }
     res = FlowResult(
         diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
-        params=params_to_dict(params_final), model=combine(params_final, static),
+        **final_model_and_params(params_final, static),
     )
     _warn_if_stalled(diag, config)
     if status == "failed" and throw:

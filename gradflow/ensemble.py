@@ -292,7 +292,7 @@ def simulate_ensemble(
         config = dict(loss=loss_fn.name, clock=clock, solver=type(solver_obj).__name__, rtol=rtol, atol=atol,
                       t_max=t_max, until_accuracy=until_accuracy, degree=first.degree, n=n, max_steps=int(max_steps),
                       jacobian=jacobian, dtype="float64", ensemble_size=members_n, steps=steps,
-                      ensemble_devices=1 if mesh is None else mesh.size)
+                      ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
         # one device-to-host copy of everything, then numpy slicing per member (indexing the
         # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
         saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
@@ -329,7 +329,7 @@ def _prepare_members(models, first):
     treedef = jax.tree_util.tree_structure(first.params0)
     plist = [first.params0]
     for i, m in enumerate(models[1:], start=1):
-        p, static = partition(m)
+        p, static = partition(first.wrap(m))
         if jax.tree_util.tree_structure(p) != treedef or not eqx.tree_equal(static, first.static):
             raise bad_argument("models", f"member {i} has another architecture or other fixed parts than member 0",
                                "Pass models that differ only in their trainable parameters.")

@@ -275,7 +275,8 @@ def simulate_flow(
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
     Args:
-      model: a gradflow model (an equinox Module with ``degree``); its trainable float arrays are W.
+      model: a gradflow model, an Equinox or Flax NNX module, or ``gradflow.as_model(apply, params)``
+        (see :mod:`gradflow.interop`); its trainable float arrays are W.
       data: a :class:`gradflow.Dataset` or an ``(x, y)`` tuple. Binary losses need y ∈ {−1, +1};
         ``loss='cross_entropy'`` needs integer classes and (n, C) outputs.
       t_max: final physical time (``clock='time'``; may be as large as float64 allows). With
@@ -439,7 +440,7 @@ def simulate_flow(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, step_control=step_control,
-            nonsmooth_primitives=kinks, versions=_versions(),
+            nonsmooth_primitives=kinks, model_interface=prob.interface, versions=_versions(),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,

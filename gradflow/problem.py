@@ -4,7 +4,8 @@ and the loss checked against each other before anything compiles."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -75,6 +76,10 @@ class Problem:
     y: jax.Array
     n: int
     log_loss0: float
+    # how the model was read (gradflow.interop): kind, batch convention, where the degree came from
+    interface: dict = field(default_factory=dict)
+    # wraps another model (an ensemble member) exactly as this one was wrapped
+    wrap: Callable = lambda m: m
 
 
 def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str) -> Problem:
@@ -87,25 +92,30 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
     if dtype == "float32":
         warn_if_float32(jnp.float32, who)
-    degree = getattr(model, "degree", "missing")
-    if degree == "missing":
-        raise InvalidTypeError(
-            f"model: {type(model).__name__} has no 'degree' attribute. Use a gradflow model or give your "
-            "equinox Module a `degree` property (an int, or None if not homogeneous)."
-        )
+    from . import interop
+
+    wrapped = interop._wrap(model)  # any model type accepted here (gradflow.interop); else a clear error
     fdtype = jnp.float64 if dtype == "float64" else jnp.float32
-    params0, static = partition(model)
+    params0, static = partition(wrapped)
     if not jax.tree_util.tree_leaves(params0):
-        raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
+        raise bad_argument("model", f"{type(model).__name__} has no trainable floating-point parameters",
+                           "Pass a model with float arrays (integer arrays and gradflow.Frozen parts are never trained).")
     params0 = jax.tree_util.tree_map(lambda a: jnp.asarray(a, fdtype), params0)
     if not all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(params0)):
         raise bad_argument("model", "initial parameters contain NaN or inf", "Initialise the model with finite values.")
     x = jnp.asarray(data.x, fdtype)
-    model_cast = combine(params0, static)
+    model_cast, interface = interop.resolve_convention(combine(params0, static), x)
+    params0, static = partition(model_cast)
     try:
         outputs = jax.eval_shape(model_cast, x[:1])
     except Exception as e:
         raise bad_argument("model", f"cannot be applied to data.x of shape {data.x.shape} ({type(e).__name__}: {e})", "Make the model's input size match the data.") from e
+    if len(outputs.shape) not in (1, 2) or outputs.shape[0] != 1:
+        raise bad_argument(
+            "model", f"maps a batch of one example to outputs of shape {outputs.shape}, neither (1,) nor (1, C)",
+            "Return one score per example, shape (n,), for a binary loss, or (n, C) class scores for "
+            "loss='cross_entropy' (for a model of one example, pass gradflow.as_model(model, batched=False)).",
+        )
     if loss_fn.multiclass:
         if len(outputs.shape) != 2 or outputs.shape[1] < 2:
             raise bad_argument("loss", f"'{loss_fn.name}' needs (n, classes) outputs; the model gives shape {outputs.shape}", "Use a binary loss ('exponential'/'logistic') with ±1 labels, or a multiclass model.")
@@ -121,9 +131,13 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
             "outputs Φ(x; W_0) on data.x are not finite (NaN/inf in a non-trainable array, or overflow)",
             "Check frozen weights and rescale data.x.",
         )
-    if check_degree:
+    model_cast, interface["degree_source"] = interop.resolve_degree(model_cast, data.x[: min(data.n, 16)])
+    params0, static = partition(model_cast)
+    degree = model_cast.degree
+    if check_degree and interface["degree_source"] == "declared":
         check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
     log_loss0 = float(loss_fn.log_loss(out0, y))
-    return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0)
+    return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0, interface,
+                   lambda m: interop.same_wrapping(m, model_cast))
 
 

@@ -147,14 +147,14 @@ def params_to_dict(params) -> dict[str, np.ndarray]:
 def model_from_params(like, params: dict[str, np.ndarray]):
     """``like`` with its trainable leaves replaced by ``params`` (as written by ``params_to_dict``)."""
     from .errors import bad_argument
-    from .params import combine, partition
+    from .interop import user_partition
     from .precision import x64
 
     with x64():
-        p, static = partition(like)
+        p, rebuild = user_partition(like)  # any model type gradflow accepts (gradflow.interop)
         flat, treedef = jax.tree_util.tree_flatten_with_path(p)
         keys = [jax.tree_util.keystr(k) for k, _ in flat]
         if sorted(keys) != sorted(params):
             raise bad_argument("like", "its parameters do not match the stored ones", "Pass a model of the same architecture.")
         leaves = [jax.numpy.asarray(params[k]) for k in keys]
-        return combine(jax.tree_util.tree_unflatten(treedef, leaves), static)
+        return rebuild(jax.tree_util.tree_unflatten(treedef, leaves))

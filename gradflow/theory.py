@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InvalidTypeError, bad_argument
+from .interop import _wrap, as_gradflow_model, unwrap
 from .maxmargin import global_margin_estimate, local_margin_guarantee, sphere_directions, svm_direction
 from .params import combine, partition
 from .precision import x64
@@ -74,7 +75,7 @@ def _params_flat(result: Any) -> FloatArray:
 
 def _leaf_shapes(like_model: Any) -> list[tuple[int, ...]]:
     with x64():
-        params, _ = partition(like_model)
+        params, _ = partition(_wrap(like_model))
         return [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)]
 
 
@@ -101,12 +102,13 @@ def leaves_at(result: Any, like_model: Any) -> list[FloatArray]:
 
 
 def model_at(result: Any, like_model: Any, index: int) -> Any:
-    """``like_model`` with its trainable parameters replaced by W at save point ``index``."""
+    """``like_model`` with its trainable parameters replaced by W at save point ``index`` (any
+    model type gradflow accepts; returned as the same type)."""
     flat = _params_flat(result)
     with x64():
-        params, static = partition(like_model)
+        params, static = partition(_wrap(like_model))
         _, unravel = jax.flatten_util.ravel_pytree(params)
-        return combine(unravel(jnp.asarray(flat[index], dtype=jnp.float64)), static)
+        return unwrap(combine(unravel(jnp.asarray(flat[index], dtype=jnp.float64)), static))
 
 
 def _unit(v: FloatArray, axis: int = -1) -> FloatArray:
@@ -467,9 +469,9 @@ def saliency(model: Any, x_examples: npt.ArrayLike, output_index: int | None = N
     ``output_index`` picks one output of a multiclass model.
     """
     with x64():
-        params, static = partition(model)
-        flat, unravel = jax.flatten_util.ravel_pytree(params)
         xs = jnp.asarray(np.asarray(x_examples, dtype=np.float64))
+        params, static = partition(as_gradflow_model(model, xs))
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
         return np.asarray(_saliency_fn(static, unravel, output_index)(flat, xs))
 
 
@@ -491,9 +493,9 @@ def saliency_drift(
     """
     flat = _params_flat(result)
     with x64():
-        params, static = partition(like_model)
-        _, unravel = jax.flatten_util.ravel_pytree(params)
         xs = jnp.asarray(np.asarray(x_examples, dtype=np.float64))
+        params, static = partition(as_gradflow_model(like_model, xs))
+        _, unravel = jax.flatten_util.ravel_pytree(params)
         one = _saliency_fn(static, unravel, output_index)
         maps = np.asarray(jax.jit(jax.vmap(one, in_axes=(0, None)))(jnp.asarray(flat), xs))
     t, n = maps.shape[0], maps.shape[1]

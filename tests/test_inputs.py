@@ -82,13 +82,6 @@ def _frozen_nan_w():
         return eqx.tree_at(lambda mm: mm.w.value, m, jnp.asarray(W_NAN))
 
 
-class _NoDegree(eqx.Module):
-    w: jax.Array
-
-    def __call__(self, x):
-        return x @ self.w
-
-
 class _WrongDegree(gf.Model):
     w: jax.Array
 
@@ -158,9 +151,9 @@ CASES = [
     ("squared ReLU input size", dict(model=Lazy(lambda: gf.TwoLayerSquaredReLU(3, 4, key=K))), gf.InvalidArgumentError, ["model", "input size"]),
     ("CNN given flat vectors", dict(model=CNN), gf.InvalidArgumentError, ["model", "(n, C, H, W)"]),
     ("CNN given the wrong image size", dict(model=CNN, data=(np.ones((3, 1, 8, 8)), Y)), gf.InvalidArgumentError, ["model", "(n, 1, 4, 4)"]),
-    ("model without degree", dict(model=Lazy(lambda: _NoDegree(np.ones(2)))), gf.InvalidTypeError, ["model", "degree"]),
-    ("plain function as model", dict(model=Lazy(lambda: (lambda x: x[:, 0]))), gf.InvalidTypeError, ["model", "degree"]),
-    ("model None", dict(model=None), gf.InvalidTypeError, ["model", "degree"]),
+    # (a module without `degree` is accepted: its degree is measured, see tests/test_models_interop.py)
+    ("plain function as model", dict(model=Lazy(lambda: (lambda x: x[:, 0]))), gf.InvalidTypeError, ["model", "as_model"]),
+    ("model None", dict(model=None), gf.InvalidTypeError, ["model", "as_model"]),
     ("model without float parameters", dict(model=Lazy(lambda: _WrongDegree(jnp.array([1, 2])))), gf.InvalidArgumentError, ["model", "float arrays"]),
     # ---- losses vs model outputs and labels
     ("multiclass loss, binary model", dict(loss="cross_entropy"), gf.InvalidArgumentError, ["loss", "classes"]),
@@ -306,7 +299,7 @@ DESCENT_CASES = [
     ("empty data", dict(data=(np.zeros((0, 2)), np.zeros(0))), gf.InvalidArgumentError, ["data.x", "empty"]),
     ("input size mismatch", dict(data=(np.ones((3, 5)), Y)), gf.InvalidArgumentError, ["model", "input size"]),
     ("NaN in parameters", dict(model=_with_params(lambda: gf.Linear(2, key=K), np.nan)), gf.InvalidArgumentError, ["model", "NaN"]),
-    ("model without degree", dict(model=Lazy(lambda: (lambda x: x[:, 0]))), gf.InvalidTypeError, ["model", "degree"]),
+    ("plain function as model", dict(model=Lazy(lambda: (lambda x: x[:, 0]))), gf.InvalidTypeError, ["model", "as_model"]),
     ("binary loss, (n, C) model", dict(model=MLP3, data=(X, np.array([0, 2, 1]))), gf.InvalidArgumentError, ["loss", "cross_entropy"]),
     ("multiclass loss, binary model", dict(loss="cross_entropy", data=(X, np.array([0, 1, 1]))), gf.InvalidArgumentError, ["loss", "multiclass model"]),
     ("cross-entropy with ±1 labels", dict(model=MLP3, loss="cross_entropy"), gf.InvalidArgumentError, ["data.y", "0..2"]),

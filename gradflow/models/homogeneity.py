@@ -100,7 +100,9 @@ def check_homogeneity(
     nearest integer L and reports the max relative error of c^L Φ(x; W) against Φ(x; cW).
 
     Args:
-        model: a callable PyTree (e.g. a :class:`gradflow.models.Model`) with ``model(x)``.
+        model: a gradflow model (``model(x)`` on a batch), or any model :func:`gradflow.simulate_flow`
+            accepts (an Equinox or Flax NNX module, :func:`gradflow.as_model`): its batch convention
+            is detected on ``x`` (see :mod:`gradflow.interop`).
         x: a batch of inputs, e.g. shape (n, d); non-empty, no NaN.
         scales: the factors c > 0 (at least one ≠ 1).
         rtol: tolerance on the relative error for ``homogeneous``.
@@ -126,6 +128,10 @@ def check_homogeneity(
         x_arr = x_arr.astype(jnp.float64)
         if bool(jnp.any(jnp.isnan(x_arr))):
             raise bad_argument("x", "contains NaN", "Drop or impute the NaN inputs.")
+        from gradflow.interop import as_gradflow_model
+
+        # any model gradflow accepts (Equinox, Flax NNX, as_model): batch convention detected on x
+        model = as_gradflow_model(model, x_arr)
         params, static = partition(model)
         if not jax.tree_util.tree_leaves(params):
             raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
