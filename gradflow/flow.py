@@ -36,6 +36,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from . import activations
 from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
 from .params import combine
@@ -99,7 +100,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, patterns=False, pattern_prev=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -121,6 +122,8 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
+            # activation patterns (gradflow.activations): W at the save points, counted after the loop
+            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if patterns else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -167,13 +170,20 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         solver_state=solver_state,
         controller_state=controller_state,
     )
-    saved, final_diag, final_state, initial_diag = sol.ys
+    saved, final_diag, final_state, initial_diag, *saved_params = sol.ys
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
+    pattern_carry = None
+    if patterns:
+        rows, first, last, pattern_carry = activations.segment_counts(
+            saved_params[0], jnp.isfinite(saved["log_loss"]), params0, final_state[0], pattern_prev, static, x)
+        saved = {**saved, **rows}
+        initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
+        final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
     return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state,
-            initial_diag)
+            initial_diag, pattern_carry)
 
 
 def _versions() -> dict:
@@ -249,6 +259,8 @@ def simulate_flow(
     checkpoint_every: int = 10,
     progress: bool = False,
     devices: Any = None,
+    activation_patterns: bool = True,
+    error_check: bool = False,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -296,12 +308,28 @@ def simulate_flow(
       progress: show a progress bar (t or ln(n/L), steps) updated after each segment.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
+      activation_patterns: for models with ``activation_pattern`` (ReLUMLP, HomogeneousCNN,
+        SmallDenseNet, SmallResNet), count at every save point the ReLU sign flips
+        (``activation_flips``) and max-pool argmax switches (``pool_switches``) since the previous
+        save point, and the share of pre-activations near zero (``near_zero_share``); see
+        :mod:`gradflow.activations`. False switches them off.
+      error_check: integrate a second time at rtol/10, atol/10 and report the differences at
+        every save point (``error_direction``, ``error_margins``, ``error_smoothed_margin``; see
+        :mod:`gradflow.error_check`). About doubles the cost, or more.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics at every save point reached, the final
       model, solver statistics and a status ('completed', 'stopped at target', 'failed').
     """
     # ---- validation: everything below runs before any compile ----
+    arguments = dict(locals())  # for error_check's two runs
+    for name, value in (("activation_patterns", activation_patterns), ("error_check", error_check)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidTypeError(f"{name}: expected True or False, got {type(value).__name__}. Pass {name}=True.")
+    if error_check:
+        from .error_check import simulate_with_error_check
+
+        return simulate_with_error_check(simulate_flow, arguments)
     if clock not in CLOCKS:
         raise bad_argument("clock", f"unknown clock {clock!r}", f"Use one of {CLOCKS}.")
     if clock == "time":
@@ -384,16 +412,20 @@ def simulate_flow(
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
+        patterns = bool(activation_patterns) and activations.has_activation_pattern(model)
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
+            patterns=patterns,
         )
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, versions=_versions(),
+            activation_patterns=patterns,
+            **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
@@ -484,6 +516,7 @@ class _Driver:
         self.auto, self.explicit_steps = auto, explicit_steps
         self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
         self.switches: list[str] = []
+        self.pattern = None  # activation pattern at the last save point (gradflow.activations)
 
     def run(self, state: _State, chunks, *, store=None, progress=False):
         segments: list[dict] = []
@@ -553,10 +586,12 @@ class _Driver:
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _solve(
+        if self.common["patterns"] and self.pattern is None:  # first segment, or resumed from a checkpoint
+            self.pattern = activations.state_at(state.params, self.common["static"], self.common["x"])
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern = _solve(
             state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
             save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
-            solver=state.solver, max_steps=budget, **self.common,
+            solver=state.solver, max_steps=budget, pattern_prev=self.pattern, **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start
