@@ -6,7 +6,7 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import datasets, figures, losses, maxmargin, models, progress, theory
+from . import activations, datasets, error_check, figures, losses, maxmargin, models, progress, theory
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
@@ -58,10 +58,12 @@ __all__ = [
     "SmallResNet",
     "SolverFailure",
     "TwoLayerSquaredReLU",
+    "activations",
     "check_homogeneity",
     "compare",
     "datasets",
     "enable_x64",
+    "error_check",
     "figures",
     "get_loss",
     "linearize",

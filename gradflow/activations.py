@@ -22,9 +22,12 @@ between W₀ and it):
   argmax is taken over the pre-activation z; ties go to the first index. A window whose
   maximum is negative (output 0) is counted too, although there a switch does not change Φ.
 * ``near_zero_share``: at each save point, the share of all (example, unit) pre-activations with
-  |z| < ε · RMS_l, where RMS_l = sqrt(mean(z²)) over all examples and units of z's layer l and
+  0 < |z| < ε · RMS_l, where RMS_l = sqrt(mean(z²)) over all examples and units of z's layer l and
   ε = :data:`NEAR_ZERO_EPS` = 1e-3. The layer's RMS makes it invariant to the scale of that
-  layer (‖W‖ grows without bound along the flow).
+  layer (‖W‖ grows without bound along the flow). Exact zeros are left out: a convolution over an
+  all-zero input patch (the blank borders of the digits) gives z = 0 for every W, which never
+  crosses the kink; measured on the hcnn with 100 digits at initialization they are 7.8 % of all
+  pre-activations, against 0.05 % with 0 < |z| < 1e-3·RMS.
 
 Memory: only the signs and argmax indices of the previous save point are carried (n × units
 booleans and small integers), never a pattern per save point.
@@ -110,11 +113,11 @@ def pool_switches(prev: PatternState, cur: PatternState) -> Array:
 
 
 def near_zero_share(pattern: ActivationPattern, eps: float = NEAR_ZERO_EPS) -> Array:
-    """Share of all pre-activations with |z| < eps · RMS of their layer (over examples and units)."""
+    """Share of all pre-activations with 0 < |z| < eps · RMS of their layer (over examples and units)."""
     near, total = 0, 0
     for z in pattern.pre_activations:
         rms = jnp.sqrt(jnp.mean(z**2))
-        near = near + jnp.sum(jnp.abs(z) < eps * rms)
+        near = near + jnp.sum((jnp.abs(z) < eps * rms) & (z != 0))
         total += z.size
     return near / total
 

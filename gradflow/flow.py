@@ -500,6 +500,8 @@ def _fingerprint(x, y, params0, config, save_points) -> dict:
         "param_shapes": shapes,
         "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
         **{k: config[k] for k in keys},
+        # a run with activation-pattern diagnostics has more columns (absent: resumable as before)
+        **({"activation_patterns": True} if config.get("activation_patterns") else {}),
     }
 
 

@@ -27,7 +27,7 @@ def _numpy_counts(patterns):
     share = []
     for p in patterns:
         zs = [np.asarray(z) for z in p.pre_activations]
-        near = sum(int(np.sum(np.abs(z) < NEAR_ZERO_EPS * np.sqrt(np.mean(z**2)))) for z in zs)
+        near = sum(int(np.sum((np.abs(z) > 0) & (np.abs(z) < NEAR_ZERO_EPS * np.sqrt(np.mean(z**2))))) for z in zs)
         share.append(near / sum(z.size for z in zs))
     return flips, np.array(share)
 
@@ -43,19 +43,50 @@ def _numpy_window_argmax(z):
     return out
 
 
+MLP_OPTS = dict(t_max=50.0, until_accuracy=6.0, save_params=True, num_save=40, rtol=1e-6, atol=1e-9, solver="auto",
+                auto_explicit_steps=15, checkpoint_every=7)
+
+
+def _mlp_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3))
+    return x, np.sign(x[:, 0] + 0.3)
+
+
 @pytest.fixture(scope="module")
 def mlp_case(tmp_path_factory):
     """A tiny ReLUMLP from a random start, saved densely, run in many segments: solver='auto'
     with short explicit segments (segment ends between save points) and checkpoint chunks."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(12, 3))
-    y = np.sign(x[:, 0] + 0.3)
+    x, y = _mlp_data()
     model = gf.ReLUMLP((3, 8, 8, 1), key=jax.random.PRNGKey(0), init_scale=2.0)
     path = tmp_path_factory.mktemp("act") / "mlp.npz"
-    res = gf.simulate_flow(model, (x, y), t_max=50.0, until_accuracy=6.0, save_params=True, num_save=40,
-                           rtol=1e-6, atol=1e-9, solver="auto", auto_explicit_steps=15, checkpoint=str(path),
-                           checkpoint_every=7)
+    res = gf.simulate_flow(model, (x, y), checkpoint=str(path), **MLP_OPTS)
     return model, x, res
+
+
+def test_counts_survive_an_interrupted_run(mlp_case, tmp_path, monkeypatch):
+    """Interrupted after two checkpointed chunks and resumed in a new call: the same counts
+    (the resumed driver rebuilds the carried pattern from the checkpointed state)."""
+    from gradflow.checkpoint import CheckpointStore
+
+    model, x, res = mlp_case
+    y = np.sign(x[:, 0] + 0.3)
+    save, calls = CheckpointStore.save, []
+
+    def save_then_stop(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(CheckpointStore, "save", save_then_stop)
+    path = str(tmp_path / "resume.npz")
+    with pytest.raises(KeyboardInterrupt):
+        gf.simulate_flow(model, (x, y), checkpoint=path, **MLP_OPTS)
+    monkeypatch.setattr(CheckpointStore, "save", save)
+    resumed = gf.simulate_flow(model, (x, y), checkpoint=path, **MLP_OPTS)
+    np.testing.assert_array_equal(resumed.activation_flips, res.activation_flips)
+    np.testing.assert_array_equal(resumed.near_zero_share, res.near_zero_share)
 
 
 def test_flip_count_equals_brute_force(mlp_case):
@@ -135,3 +166,19 @@ def test_nonhomogeneous_patterns_rebuild_the_output():
         pre = res.activation_pattern(x).pre_activations
         assert len(pre) == 1 + 2 * len(res.convs)
         np.testing.assert_allclose(jax.vmap(res.head)(jnp.mean(jax.nn.relu(pre[-1]), axis=(2, 3))), res(x), rtol=1e-12, atol=1e-14)
+
+
+def test_plot_flow_activation_panel(mlp_case, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    _, _, res = mlp_case
+    fig = gf.plot_flow(res)
+    panel = next(ax for ax in fig.axes if ax.get_title() == "activation pattern")
+    line = panel.get_lines()[0]
+    acc, flips = res.accuracy, res.activation_flips.astype(float)
+    gain = np.diff(acc)
+    rate = flips[1:][gain > 0] / gain[gain > 0]
+    np.testing.assert_allclose(line.get_ydata(), np.where(rate > 0, rate, np.nan), rtol=1e-12)
+    gf.plot_flow(res, tmp_path / "flow.png")
+    assert (tmp_path / "flow.png").stat().st_size > 0

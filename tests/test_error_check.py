@@ -50,3 +50,15 @@ def test_second_run_recorded(runs):
 def test_bad_flag(separable_2d):
     with pytest.raises(gf.InvalidTypeError, match="error_check"):
         gf.simulate_flow(gf.Linear(3, key=jax.random.PRNGKey(0)), separable_2d, t_max=1.0, error_check=1)
+
+
+def test_plot_flow_error_panel(runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    res = runs[0][1e-6]
+    fig = gf.plot_flow(res)
+    panel = next(ax for ax in fig.axes if ax.get_title().startswith("error_check"))
+    direction = panel.get_lines()[0].get_ydata()
+    np.testing.assert_array_equal(direction, np.where(res.error_direction > 0, res.error_direction, np.nan))
+    assert sum(ax.get_visible() for ax in fig.axes) == 7  # six panels + the error panel
