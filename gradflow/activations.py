@@ -3,8 +3,12 @@ along the flow, and how many pre-activations sit next to a kink.
 
 The flow dW/dt = −∇L(W) of a ReLU / max-pool network is smooth only between *kinks*: the W at
 which a pre-activation z of some σ(z) = max(z, 0) crosses 0, or the largest entry of a max-pool
-window changes. Directional convergence (the paper's Theorem 3.1) says W/‖W‖ settles; these
-counts show whether and when the activation pattern does too (see also
+window changes. Directional convergence (the paper's Theorem 3.1) says W̃ = W/‖W‖ converges; in a
+bias-free homogeneous network every z is positively homogeneous in W, so sign z(W) = sign z(W̃)
+and the argmax of a window is that of W̃: the pattern of every unit whose limit z is nonzero (and
+of every window with a unique limit maximum) eventually stops changing (the networks with
+biases, SmallDenseNet and SmallResNet, have no such guarantee). These counts show whether and
+when it does (see also
 ``/work/shared/notes/relu-kinks.md``: kinks, not stiffness, set the step size from a random start).
 
 A model takes part by having a method ``activation_pattern(x) -> ActivationPattern`` (the
@@ -29,8 +33,15 @@ between W₀ and it):
   crosses the kink; measured on the hcnn with 100 digits at initialization they are 7.8 % of all
   pre-activations, against 0.05 % with 0 < |z| < 1e-3·RMS.
 
-Memory: only the signs and argmax indices of the previous save point are carried (n × units
-booleans and small integers), never a pattern per save point.
+How it runs: the compiled solve (``gradflow.flow._solve``) saves W at the segment's save points
+with the other diagnostics (T_segment · k floats, as ``save_params`` does; dropped afterwards
+unless asked for) and, after the diffrax loop, a ``lax.scan`` over them recomputes each pattern
+and counts it against the carry. Only the signs and argmax indices of the last save point are
+carried (n × units booleans and int8), to the next segment too, never a pattern per save point.
+Measured on the hcnn with 100 digits to t = 0.01 (590 steps, 3,543 gradient evaluations, 30 save
+points; benchmarks/activation_patterns.py, minimum of 3 alternating runs): 11.30 s with the
+counts, 11.45 s without (ratio 0.99). The 30 pattern evaluations themselves take ≈ 0.04 s. A first
+version that saved W through a separate ``SubSaveAt`` measured 1.16 in the same setup.
 """
 
 from __future__ import annotations

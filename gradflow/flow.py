@@ -112,7 +112,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         # save points and target are given in ln(n/L); map them to α = ℓ⁻¹(n e^(−K)).
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
-    save_fn = _make_save_fn(clock, degree, save_params)
+    save_fn = _make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
     # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
     # them after the loop (still inside this compiled function). Under vmap the save branch of
     # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
@@ -122,8 +122,6 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
-            # activation patterns (gradflow.activations): W at the save points, counted after the loop
-            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if patterns else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -170,15 +168,20 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         solver_state=solver_state,
         controller_state=controller_state,
     )
-    saved, final_diag, final_state, initial_diag, *saved_params = sol.ys
+    saved, final_diag, final_state, initial_diag = sol.ys
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
     pattern_carry = None
-    if patterns:
+    if patterns:  # gradflow.activations: counted after the loop from W at the save points
+        unravel = jax.flatten_util.ravel_pytree(params0)[1]
         rows, first, last, pattern_carry = activations.segment_counts(
-            saved_params[0], jnp.isfinite(saved["log_loss"]), params0, final_state[0], pattern_prev, static, x)
+            jax.vmap(unravel)(saved["params_flat"]), jnp.isfinite(saved["log_loss"]), params0, final_state[0],
+            pattern_prev, static, x)
+        if not save_params:
+            saved, initial_diag, final_diag = ({k: v for k, v in d.items() if k != "params_flat"}
+                                               for d in (saved, initial_diag, final_diag))
         saved = {**saved, **rows}
         initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
         final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
