@@ -6,7 +6,7 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import datasets, figures, interop, losses, maxmargin, models, progress, theory
+from . import activations, datasets, error_check, figures, interop, losses, maxmargin, models, progress, theory
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
@@ -60,11 +60,13 @@ __all__ = [
     "SmallResNet",
     "SolverFailure",
     "TwoLayerSquaredReLU",
+    "activations",
     "as_model",
     "check_homogeneity",
     "compare",
     "datasets",
     "enable_x64",
+    "error_check",
     "figures",
     "get_loss",
     "interop",

@@ -13,6 +13,7 @@ import diffrax
 import jax
 import numpy as np
 
+from . import activations
 from . import flow as _flow
 from .errors import SolverFailure
 from .interop import final_model_and_params
@@ -56,6 +57,8 @@ def _fingerprint(x, y, params0, config, save_points) -> dict:
         "param_shapes": shapes,
         "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
         **{k: config[k] for k in keys},
+        # a run with activation-pattern diagnostics has more columns (absent: resumable as before)
+        **({"activation_patterns": True} if config.get("activation_patterns") else {}),
     }
 
 
@@ -78,6 +81,7 @@ class _Driver:
         self.auto, self.explicit_steps = auto, explicit_steps
         self.rtol, self.atol, self.jacobian, self.state_size = rtol, atol, jacobian, state_size
         self.switches: list[str] = []
+        self.pattern = None  # activation pattern at the last save point (gradflow.activations)
         self.steps_left = max_steps
         self.pad = 1
 
@@ -185,10 +189,13 @@ class _Driver:
         controller_state = state.controller_state
         if controller_state is None:
             controller_state = fresh_controller_state(self.common["controller_opts"], self.common["rtol"].dtype)
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _flow._solve(
+        if self.common["patterns"] and self.pattern is None:  # first segment, or resumed from a checkpoint
+            self.pattern = activations.state_at(state.params, self.common["static"], self.common["x"])
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern = _flow._solve(
             state.params, state.aux, f(state.s), state.solver_state, controller_state,
             save_points=f(padded), t_end=f(end), dt0=f(math.nan if state.dt_next is None else state.dt_next),
-            solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32), **self.common,
+            solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32),
+            pattern_prev=self.pattern, **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start

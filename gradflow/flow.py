@@ -42,6 +42,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from . import activations
 from .diagnostics import diagnostics, evaluate
 
 # The segment driver (gradflow/driver.py) reads _solve and _top_eigenvalue from this module when it
@@ -110,7 +111,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None, patterns=False, pattern_prev=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -122,7 +123,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         # save points and target are given in ln(n/L); map them to α = ℓ⁻¹(n e^(−K)).
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
-    save_fn = _make_save_fn(clock, degree, save_params)
+    save_fn = _make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
     # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
     # them after the loop (still inside this compiled function). Under vmap the save branch of
     # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
@@ -193,8 +194,20 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
     controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
+    pattern_carry = None
+    if patterns:  # gradflow.activations: counted after the loop from W at the save points
+        unravel = jax.flatten_util.ravel_pytree(params0)[1]
+        rows, first, last, pattern_carry = activations.segment_counts(
+            jax.vmap(unravel)(saved["params_flat"]), jnp.isfinite(saved["log_loss"]), params0, final_state[0],
+            pattern_prev, static, x)
+        if not save_params:
+            saved, initial_diag, final_diag = ({k: v for k, v in d.items() if k != "params_flat"}
+                                               for d in (saved, initial_diag, final_diag))
+        saved = {**saved, **rows}
+        initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
+        final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
     return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, controller_state_out,
-            initial_diag)
+            initial_diag, pattern_carry)
 
 
 def _versions() -> dict:
@@ -271,6 +284,8 @@ def simulate_flow(
     progress: bool = False,
     devices: Any = None,
     step_control: str | None = None,
+    activation_patterns: bool = True,
+    error_check: bool = False,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -328,12 +343,28 @@ def simulate_flow(
       progress: show a progress bar (t or ln(n/L), steps) updated after each segment.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
+      activation_patterns: for models with ``activation_pattern`` (ReLUMLP, HomogeneousCNN,
+        SmallDenseNet, SmallResNet), count at every save point the ReLU sign flips
+        (``activation_flips``) and max-pool argmax switches (``pool_switches``) since the previous
+        save point, and the share of pre-activations near zero (``near_zero_share``); see
+        :mod:`gradflow.activations`. False switches them off.
+      error_check: integrate a second time at rtol/10, atol/10 and report the differences at
+        every save point (``error_direction``, ``error_margins``, ``error_smoothed_margin``; see
+        :mod:`gradflow.error_check`). About doubles the cost, or more.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics at every save point reached, the final
       model, solver statistics and a status ('completed', 'stopped at target', 'failed').
     """
     # ---- validation: everything below runs before any compile ----
+    arguments = dict(locals())  # for error_check's two runs
+    for name, value in (("activation_patterns", activation_patterns), ("error_check", error_check)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidTypeError(f"{name}: expected True or False, got {type(value).__name__}. Pass {name}=True.")
+    if error_check:
+        from .error_check import simulate_with_error_check
+
+        return simulate_with_error_check(simulate_flow, arguments)
     if clock not in CLOCKS:
         raise bad_argument("clock", f"unknown clock {clock!r}", f"Use one of {CLOCKS}.")
     if clock == "time":
@@ -430,10 +461,12 @@ def simulate_flow(
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
+        patterns = bool(activation_patterns) and activations.has_activation_pattern(model)
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
+            patterns=patterns,
         )
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
@@ -441,6 +474,8 @@ def simulate_flow(
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, step_control=step_control,
             nonsmooth_primitives=kinks, model_interface=prob.interface, versions=_versions(),
+            activation_patterns=patterns,
+            **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,

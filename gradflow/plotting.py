@@ -11,7 +11,10 @@ __all__ = ["plot_flow"]
 
 def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | None = None):
     """Six panels against ln(n/L): α̃ and the normalized margin, ‖W‖, θ_t, ζ_t, β − α (Lemma C.5),
-    and the per-example normalized margins (sorted by final value, as in Appendix A).
+    and the per-example normalized margins (sorted by final value, as in Appendix A); then a row
+    of optional panels for the diagnostics the result has (``_EXTRA_PANELS``): activation flips
+    and near-zero share (:mod:`gradflow.activations`), the error_check differences
+    (:mod:`gradflow.error_check`).
 
     Returns the matplotlib Figure; writes it to ``path`` (PNG/PDF by extension) when given."""
     import matplotlib
@@ -22,7 +25,13 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
 
     d = result.diagnostics
     acc = d["accuracy"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    extra = [panel for panel in _EXTRA_PANELS if panel(None, d)]
+    rows = 2 + -(-len(extra) // 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.5 * rows), constrained_layout=True)
+    for panel, ax in zip(extra, axes.flat[6:], strict=False):
+        panel(ax, d)
+    for ax in axes.flat[6 + len(extra):]:
+        ax.set_visible(False)
     ax = axes[0, 0]
     if "smoothed_margin" in d:
         ax.plot(acc, d["smoothed_margin"], label="α̃ = α/‖W‖^L")
@@ -54,3 +63,50 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
         fig.savefig(os.fspath(path), dpi=110)
         plt.close(fig)
     return fig
+
+
+def _per_unit_accuracy(acc: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """counts[i] (since save point i − 1) divided by the ln(n/L) gained, at the interval midpoints."""
+    gain = np.diff(acc)
+    keep = gain > 0
+    return (0.5 * (acc[1:] + acc[:-1]))[keep], np.asarray(counts[1:], float)[keep] / gain[keep]
+
+
+def _activation_panel(ax, d) -> bool:
+    """ReLU sign flips (and max-pool switches) per unit ln(n/L); near-zero share on a second axis."""
+    if "activation_flips" not in d:
+        return False
+    if ax is None:
+        return True
+    acc = d["accuracy"]
+    for name, label in (("activation_flips", "ReLU flips"), ("pool_switches", "max-pool switches")):
+        if name in d and len(acc) > 1:
+            xs, rate = _per_unit_accuracy(acc, d[name])
+            ax.semilogy(xs, np.where(rate > 0, rate, np.nan), ".-", ms=3, label=f"{label} per unit ln(n/L)")
+    ax.legend(loc="upper right", fontsize=8)
+    twin = ax.twinx()
+    twin.plot(acc, d["near_zero_share"], color="gray", lw=0.8)
+    twin.set_ylabel("share 0 < |z| < 1e-3·RMS", color="gray")
+    ax.set_title("activation pattern")
+    return True
+
+
+def _error_panel(ax, d) -> bool:
+    """error_check: the differences between the run and its 10× tighter twin."""
+    if "error_direction" not in d:
+        return False
+    if ax is None:
+        return True
+    acc = d["accuracy"]
+    for name, label in (("error_direction", "‖ΔW/‖W‖‖"), ("error_margins", "max_i |Δ p_i/‖W‖^L|"),
+                        ("error_smoothed_margin_rel", "|Δα̃|/α̃")):
+        if name in d:
+            ax.semilogy(acc, np.where(d[name] > 0, d[name], np.nan), label=label)
+    ax.legend(fontsize=8)
+    ax.set_title("error_check: run − run at rtol/10")
+    return True
+
+
+# Optional panels: each ``panel(ax, d)`` returns whether ``d`` has its data (called with ax=None
+# to ask) and draws on ``ax``.
+_EXTRA_PANELS = (_activation_panel, _error_panel)

@@ -32,6 +32,10 @@ class FlowResult:
         (Lemma 3.4). potential: J = ‖∇α‖²/‖W‖^(2L−2). grad_norm: ‖∇α‖.
         log_grad_loss_norm: ln ‖∇L‖. train_error: fraction of p_i ≤ 0.
       Normalized quantities are NaN when ``degree`` is None (non-homogeneous model).
+      activation_flips, pool_switches, near_zero_share: the activation pattern's changes since
+        the previous save point (models with ``activation_pattern``; :mod:`gradflow.activations`).
+      error_direction, error_margins, error_smoothed_margin(_rel): differences from a run at
+        10× tighter tolerances (``error_check=True``; :mod:`gradflow.error_check`).
     model: the model at the final state. params: its trainable leaves as numpy arrays.
     status: "completed", "stopped at target" or "failed"; reason: why (empty when completed).
     stats: steps, accepted/rejected steps, gradient evaluations, wall time (s), ...

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from gradflow.activations import ActivationPattern, maxpool_argmax
 from gradflow.errors import bad_argument
 from gradflow.models._base import Model
 from gradflow.models.linear import _check_init_scale, _check_key, _check_positive_int, _draw
@@ -135,7 +136,24 @@ class HomogeneousCNN(Model):
         h = jax.nn.relu(self.fc2(h))
         return self.fc3(h)
 
-    def __call__(self, x: Float[Array, "n C H W"]) -> Float[Array, " n"] | Float[Array, "n k"]:
+    def _pattern_single(self, x: Float[Array, "C H W"]):
+        # the forward pass of _single, keeping the ReLU inputs and each max-pool's window argmax
+        z1 = self.conv1(x)
+        z2 = self.conv2(self.pool(jax.nn.relu(z1)))
+        z3 = self.fc1(jnp.ravel(self.pool(jax.nn.relu(z2))))
+        z4 = self.fc2(jax.nn.relu(z3))
+        return (z1, z2, z3, z4), (maxpool_argmax(z1), maxpool_argmax(z2))
+
+    def activation_pattern(self, x: Float[Array, "n C H W"]) -> ActivationPattern:
+        """Pre-activations of the 4 ReLU layers, (n, c1, H, W), (n, c2, H/2, W/2), (n, h1), (n, h2),
+        and the argmax of the two 2×2 max-pools over z, (n, c1, H/2, W/2) and (n, c2, H/4, W/4)
+        (pool(relu(z)) = relu(pool(z)); see :mod:`gradflow.activations`)."""
+        net, x = self._prepared(x)
+        pre, pools = jax.vmap(net._pattern_single)(x)
+        return ActivationPattern(pre, pools)
+
+    def _prepared(self, x):
+        """The network and x in one float dtype, after checking x's shape."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise bad_argument(
                 "x",
@@ -148,5 +166,9 @@ class HomogeneousCNN(Model):
         net = self
         if self.conv1.weight.dtype != dtype:
             net = jax.tree_util.tree_map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, self)
-        out = jax.vmap(net._single)(x.astype(dtype))
+        return net, x.astype(dtype)
+
+    def __call__(self, x: Float[Array, "n C H W"]) -> Float[Array, " n"] | Float[Array, "n k"]:
+        net, x = self._prepared(x)
+        out = jax.vmap(net._single)(x)
         return out[:, 0] if self.num_classes == 1 else out

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from gradflow.activations import ActivationPattern
 from gradflow.errors import bad_argument
 from gradflow.models._base import Model
 from gradflow.models.linear import (
@@ -63,3 +64,13 @@ class ReLUMLP(Model):
             h = jax.nn.relu(h @ a.T)
         h = h @ self.layers[-1].T
         return h[:, 0] if h.shape[1] == 1 else h
+
+    def activation_pattern(self, x: Float[Array, "n d"]) -> ActivationPattern:
+        """The pre-activations z_k = h_{k-1} A_kᵀ, shape (n, h_k), of the L − 1 ReLU layers
+        (see :mod:`gradflow.activations`)."""
+        _check_input(x, 2, (self.layers[0].shape[1],), "ReLUMLP")
+        h, zs = x, []
+        for a in self.layers[:-1]:
+            zs.append(h @ a.T)
+            h = jax.nn.relu(zs[-1])
+        return ActivationPattern(tuple(zs))

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from gradflow.activations import ActivationPattern
 from gradflow.errors import bad_argument
 from gradflow.models._base import Model
 from gradflow.models.linear import _check_init_scale, _check_positive_int
@@ -145,6 +146,27 @@ class SmallDenseNet(Model):
                 h = self.pool(self.transitions[b](jax.nn.relu(h)))
         return self.head(jnp.mean(jax.nn.relu(h), axis=(1, 2)))
 
+    def _pattern_single(self, x: Float[Array, "C H W"]) -> tuple[Array, ...]:
+        # every ReLU of block b reads a prefix (in channels) of the block's final state, and the
+        # transition / final ReLU reads all of it: that state is the block's pattern
+        h, out = self.stem(x), []
+        for b, block in enumerate(self.blocks):
+            for conv in block:
+                h = jnp.concatenate([h, conv(jax.nn.relu(h))], axis=0)
+            out.append(h)
+            if b < len(self.transitions):
+                h = self.pool(self.transitions[b](jax.nn.relu(h)))
+        return tuple(out)
+
+    def activation_pattern(self, x: Float[Array, "n C H W"]) -> ActivationPattern:
+        """One array per dense block, (n, channels, H_b, W_b): the block's final concatenated state,
+        whose every entry passes through the block's ReLUs (each ReLU reads a channel prefix) and
+        the following transition / final ReLU. No max-pools (see :mod:`gradflow.activations`)."""
+        _check_x(x, self.input_shape, "SmallDenseNet")
+        dtype = _float_dtype(x, self.stem.weight)
+        net = self if self.stem.weight.dtype == dtype else _cast(self, dtype)
+        return ActivationPattern(jax.vmap(net._pattern_single)(x.astype(dtype)))
+
     def __call__(self, x: Float[Array, "n C H W"]) -> Float[Array, "n k"]:
         _check_x(x, self.input_shape, "SmallDenseNet")
         dtype = _float_dtype(x, self.stem.weight)
@@ -222,6 +244,25 @@ class SmallResNet(Model):
             skip = h if proj is None else proj(h)
             h = jax.nn.relu(skip + conv2(jax.nn.relu(conv1(h))))
         return self.head(jnp.mean(h, axis=(1, 2)))
+
+    def _pattern_single(self, x: Float[Array, "C H W"]) -> tuple[Array, ...]:
+        z = self.stem(x)
+        out, h = [z], jax.nn.relu(z)
+        for (conv1, conv2), proj in zip(self.convs, self.projections, strict=True):
+            skip = h if proj is None else proj(h)
+            inner = conv1(h)
+            z = skip + conv2(jax.nn.relu(inner))
+            out += [inner, z]
+            h = jax.nn.relu(z)
+        return tuple(out)
+
+    def activation_pattern(self, x: Float[Array, "n C H W"]) -> ActivationPattern:
+        """The ReLU inputs, (n, channels, H_s, W_s) each: the stem's, then per basic block the
+        inner conv₁(h) and the block's skip + conv₂(·) (see :mod:`gradflow.activations`)."""
+        _check_x(x, self.input_shape, "SmallResNet")
+        dtype = _float_dtype(x, self.stem.weight)
+        net = self if self.stem.weight.dtype == dtype else _cast(self, dtype)
+        return ActivationPattern(jax.vmap(net._pattern_single)(x.astype(dtype)))
 
     def __call__(self, x: Float[Array, "n C H W"]) -> Float[Array, "n k"]:
         _check_x(x, self.input_shape, "SmallResNet")
