@@ -43,6 +43,8 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem, resolve_devices
 from .result import FlowResult, params_to_dict
+from .sharpness import initial_vector
+from .sharpness import sharpness as _sharpness
 from .solvers import (
     IMPLICIT_CONTROLLER,
     evaluations_at_start,
@@ -56,6 +58,9 @@ from .solvers import (
 __all__ = ["simulate_flow", "CLOCKS"]
 
 CLOCKS = ("time", "accuracy")
+
+# simulate_flow(sharpness=None) records the sharpness for models with at most this many parameters.
+SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
 
 
 def _time_field(t, state, args):
@@ -99,7 +104,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, sharpness_opts=None, eigvec=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -121,6 +126,8 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
+            # sharpness: the bare W at the save points, for the warm-started scan after the loop
+            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -167,13 +174,53 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         solver_state=solver_state,
         controller_state=controller_state,
     )
-    saved, final_diag, final_state, initial_diag = sol.ys
+    saved, final_diag, final_state, initial_diag = sol.ys[:4]
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
     final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
+    if sharpness_opts is not None:
+        saved, final_diag, initial_diag, eigvec = _sharpness_along(
+            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
     return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, sol.controller_state,
-            initial_diag)
+            initial_diag, eigvec)
+
+
+def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
+    """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
+    iteration from the previous point's eigenvector), at the segment's start (reported when no save
+    point was reached) and at its final state, in that (chronological) order; the save points the
+    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
+    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
+    tol, max_iters, negative = opts
+
+    def at(params, vecs):
+        v, v_min = vecs
+        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
+        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps}
+        if negative:
+            out["min_eigenvalue"] = sh.min_eigenvalue
+        return out, (sh.vector, sh.min_vector if negative else v_min)
+
+    def skipped(vecs):
+        nan = jnp.full((), jnp.nan, vecs[0].dtype)
+        out = {"sharpness": nan, "log_sharpness": nan, "sharpness_hvps": jnp.zeros((), jnp.int32)}
+        if negative:
+            out["min_eigenvalue"] = nan
+        return out, vecs
+
+    def step(vecs, params):
+        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
+        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
+        return new, out
+
+    vecs, first = step(eigvec, initial_params)
+    vecs, rows = jax.lax.scan(step, vecs, saved_params)
+    vecs, last = step(vecs, final_params)
+    saved = {**saved, **rows}
+    final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
+    initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
+    return saved, final_diag, initial_diag, vecs
 
 
 def _versions() -> dict:
@@ -249,6 +296,10 @@ def simulate_flow(
     checkpoint_every: int = 10,
     progress: bool = False,
     devices: Any = None,
+    sharpness: bool | None = None,
+    min_eigenvalue: bool = False,
+    sharpness_tol: float = 1e-3,
+    sharpness_max_iters: int = 100,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -296,6 +347,21 @@ def simulate_flow(
       progress: show a progress bar (t or ln(n/L), steps) updated after each segment.
       save_params: also store W at every save point, flattened, as ``diagnostics["params_flat"]``
         with shape (T, k) (memory T·k).
+      sharpness: record ``diagnostics["sharpness"]`` = λ_max(∇²L) of the loss as defined (the sum,
+        physical units), ``log_sharpness`` = ln λ_max (finite at any ln L, NaN if λ_max < 0) and
+        ``sharpness_hvps`` at every save point and the final state (see :mod:`gradflow.sharpness`).
+        Computed inside the compiled solve after the integration loop: the states at the save
+        points are kept (memory T·k per segment) and a ``lax.scan`` runs a power iteration at each,
+        warm-started from the previous point's eigenvector (carried across segments too). Cost per
+        save point: ``sharpness_hvps`` Hessian-vector products (≈ 2–3 gradient evaluations each),
+        1–3 once warm when the top eigenvector moves slowly, at most ``sharpness_max_iters`` (twice
+        that when the dominant eigenvalue is negative); the total is ``stats["sharpness_hvps"]``.
+        None (default): on when the model has at most ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000
+        parameters (then the scan's memory and its HVPs are small beside the solve), off above.
+      min_eigenvalue: also record λ_min(∇²L) as ``diagnostics["min_eigenvalue"]`` (off by
+        default: it converges more slowly, ≤ ``sharpness_max_iters`` more HVPs per save point).
+      sharpness_tol, sharpness_max_iters: the power iteration stops when ‖Hv − ρv‖ ≤ tol·|ρ| (ρ then
+        within ~tol²·λ²/gap of the eigenvalue), or after max_iters HVPs.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics at every save point reached, the final
@@ -329,6 +395,12 @@ def simulate_flow(
         raise bad_argument("max_steps", f"must be a positive integer, got {max_steps!r}", "Pass e.g. max_steps=100_000.")
     if dtype not in ("float64", "float32"):
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
+    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
+        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
+                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
+    sharpness_tol = _check_positive_finite("sharpness_tol", sharpness_tol)
+    if isinstance(sharpness_max_iters, bool) or not isinstance(sharpness_max_iters, (int, np.integer)) or sharpness_max_iters < 1:
+        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {sharpness_max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
     if solver is None:
         solver = "tsit5" if clock == "time" else "auto"
     auto = isinstance(solver, str) and solver.lower() == "auto"
@@ -384,22 +456,31 @@ def simulate_flow(
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
+        k_params = state_size - 2
+        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
+        sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue)) if with_sharpness else None
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
+            sharpness_opts=sharpness_opts,
         )
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, versions=_versions(),
+            sharpness=bool(with_sharpness),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
             explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size,
         )
-        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0)
+        eigvec0 = None
+        if with_sharpness:
+            v0 = initial_vector(k_params, fdtype)
+            eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
+        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0, eigvec0)
         chunks = _chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
         store = None
         if checkpoint is not None:
@@ -444,6 +525,7 @@ class _State(NamedTuple):
     solver_state: Any
     controller_state: Any
     dt_next: float | None
+    eigvec: Any = None  # (top, bottom) Hessian eigenvectors for the sharpness warm start, or None
 
 
 def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
@@ -462,7 +544,7 @@ def _fingerprint(x, y, params0, config, save_points) -> dict:
     h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
     shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
-    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
+    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian", "sharpness")
     return {
         "data_sha256": h.hexdigest(),
         "param_shapes": shapes,
@@ -524,7 +606,8 @@ class _Driver:
             params, aux = seg["final_state"]
             # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
             # start of the next segment, exactly as after a resume from a checkpoint.
-            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"])
+            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"],
+                               seg["eigvec"])
             name = seg["result_name"]
             if name == "successful":
                 return new_state, out, True
@@ -553,10 +636,10 @@ class _Driver:
     def _segment(self, state: _State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial = _solve(
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, eigvec = _solve(
             state.params, state.aux, f(state.s), state.solver_state, state.controller_state,
             save_points=f(points), t_end=f(end), dt0=None if state.dt_next is None else f(state.dt_next),
-            solver=state.solver, max_steps=budget, **self.common,
+            solver=state.solver, max_steps=budget, eigvec=state.eigvec, **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start
@@ -574,7 +657,7 @@ class _Driver:
             result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
             evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
-            start_evals=self._start_evaluations(state),
+            start_evals=self._start_evaluations(state), eigvec=eigvec,
             # next step size for a following segment: the segment's mean accepted step
             dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
         )
@@ -672,6 +755,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
             seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
         "implicit_segments": sum(e is None for e in evals),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),
     }
