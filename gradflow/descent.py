@@ -231,14 +231,14 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
         if edge is not None and sharpness_opts[3]:
             # one warm power step per iteration: the Rayleigh quotient ρ = vᵀ(∇²L/L)v is a lower
             # bound of λ_max(∇²L)/L, so L·ρ > 2/η_k proves the step is past the edge of stability.
-            v, edge_k, v_min = edge
+            v, edge_k, v_min, edge_log_t = edge
             hvp, log_l = _loss_hvp(params, static, x, y, loss)
             w = hvp(v)
             rho = jnp.vdot(v, w)
             past = accept & (log_l + jnp.log(rho) > jnp.log(2.0) - log_dt) & (edge_k < 0)
             wn = jnp.linalg.norm(w)
             v = jnp.where(accept & (wn > 0), w / jnp.where(wn > 0, wn, 1.0), v)
-            edge = (v, jnp.where(past, k, edge_k), v_min)
+            edge = (v, jnp.where(past, k, edge_k), v_min, jnp.where(past, log_t, edge_log_t))
 
         def pick(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
@@ -294,12 +294,12 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
         sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
         log_two_over_eta = jnp.log(2.0) - log_step(pt, k, opt_state)
         past = (sh.log_sharpness > log_two_over_eta) & (edge_k < 0) & ~carry[5] & ~carry[6] & (k < steps_total)
-        edge_k = jnp.where(past, k, edge_k)
+        edge_k, edge_log_t = jnp.where(past, k, edge_k), jnp.where(past, carry[3], carry[8][3])
         out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps,
                "two_over_eta": jnp.exp(log_two_over_eta), "log_two_over_eta": log_two_over_eta}
         if negative:
             out["min_eigenvalue"] = sh.min_eigenvalue
-        edge = (sh.vector, edge_k, sh.min_vector if negative else v_min)
+        edge = (sh.vector, edge_k, sh.min_vector if negative else v_min, edge_log_t)
         return carry[:8] + (edge,), out
 
     steps_total = save_iters[-1]
@@ -312,11 +312,11 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
         jnp.zeros((), bool),
         jnp.zeros((), bool),
         jnp.arange(n, dtype=jnp.int32),
-        None if sharpness_opts is None else (eigvec0[0], jnp.asarray(-1, jnp.int64), eigvec0[1]),
+        None if sharpness_opts is None else (eigvec0[0], jnp.asarray(-1, jnp.int64), eigvec0[1], jnp.asarray(jnp.nan, fdtype)),
     )
     final, saved = lax.scan(chunk, carry0, save_iters)
     params, _, k, _, _, hit_target, failed, _, edge = final
-    return saved, params, k, hit_target, failed, (None if edge is None else edge[1])
+    return saved, params, k, hit_target, failed, (None if edge is None else (edge[1], edge[3]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,7 +515,9 @@ def simulate_descent(
         )
         edge = None
         if with_sharpness:
-            edge = (None if int(edge_step) < 0 else int(edge_step), "every iteration" if batch_size is None else "save iterations")
+            k_edge = int(edge_step[0])
+            edge = (None if k_edge < 0 else k_edge, "every iteration" if batch_size is None else "save iterations",
+                    None if k_edge < 0 else float(np.exp(float(edge_step[1]))))
         return _assemble_descent(
             saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
             config=config, until_accuracy=until_accuracy, throw=throw, edge=edge,
@@ -554,7 +556,7 @@ def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, fail
         "wall_time": wall,
     }
     if edge is not None:
-        stats["edge_step"], stats["edge_resolution"] = edge
+        stats["edge_step"], stats["edge_resolution"], stats["edge_t"] = edge
         per_step = k_final if edge[1] == "every iteration" else 0
         stats["sharpness_hvps"] = int(np.sum(saved["sharpness_hvps"])) + per_step
     res = FlowResult(

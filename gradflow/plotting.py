@@ -13,6 +13,9 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
     """Six panels against ln(n/L): α̃ and the normalized margin, ‖W‖, θ_t, ζ_t, β − α (Lemma C.5),
     and the per-example normalized margins (sorted by final value, as in Appendix A).
 
+    With sharpness recorded (``diagnostics["log_sharpness"]``) a fourth column shows λ_max(∇²L)
+    (and 2/η for a descent run) against ln(n/L) and against t.
+
     Returns the matplotlib Figure; writes it to ``path`` (PNG/PDF by extension) when given."""
     import matplotlib
 
@@ -22,7 +25,8 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
 
     d = result.diagnostics
     acc = d["accuracy"]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
+    with_sharpness = "log_sharpness" in d
+    fig, axes = plt.subplots(2, 3 + with_sharpness, figsize=(13 + 4 * with_sharpness, 7), constrained_layout=True)
     ax = axes[0, 0]
     if "smoothed_margin" in d:
         ax.plot(acc, d["smoothed_margin"], label="α̃ = α/‖W‖^L")
@@ -48,9 +52,24 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
     ax.set_title("per-example normalized margins")
     for a in axes.flat:
         a.set_xlabel("ln(n/L)")
+    if with_sharpness:
+        _sharpness_panels(axes[0, 3], axes[1, 3], d)
     if title:
         fig.suptitle(title)
     if path is not None:
         fig.savefig(os.fspath(path), dpi=110)
         plt.close(fig)
     return fig
+
+
+def _sharpness_panels(ax_acc, ax_t, d) -> None:
+    """λ_max(∇²L) against ln(n/L) and t (from ``log_sharpness``, finite where λ_max underflows),
+    with the stability bound 2/η of a descent run."""
+    lam = np.exp(d["log_sharpness"])
+    for ax, xs, label in ((ax_acc, d["accuracy"], "ln(n/L)"), (ax_t, d["t"], "t")):
+        ax.semilogy(xs, lam, label="λ_max(∇²L)")
+        if "log_two_over_eta" in d:
+            ax.semilogy(xs, np.exp(d["log_two_over_eta"]), "k--", label="2/η")
+        ax.set_title("sharpness")
+        ax.set_xlabel(label)
+        ax.legend()

@@ -194,3 +194,40 @@ def test_edge_flag_per_iteration_with_a_growing_step(lam0):
     assert sparse.stats["edge_resolution"] == "every iteration"
     assert sparse.edge_step == int(crossed[0])
     np.testing.assert_array_equal(sparse.params[".w"], dense.params[".w"])  # tracking does not change the iterates
+
+
+def test_compare_reports_distance_at_the_edge_and_at_the_end(lam0):
+    """b: GD with a growing step that crosses the edge; a: GD with a small constant step saved at every
+    iteration. compare's ``edge`` row = ‖W_a(t_e) − W_b(t_e)‖ at b's edge time t_e (a interpolated
+    linearly, b saved exactly there); ``end`` the same at the last common time."""
+    base = 0.5 * 2.0 / lam0
+
+    def schedule(k):
+        return base * 1.04**k
+
+    first = gf.simulate_descent(_linear(), (_X, _Y), "gd", 40, learning_rate=schedule, save_at=[0, 40])
+    k_e = first.edge_step
+    b = gf.simulate_descent(_linear(), (_X, _Y), "gd", 40, learning_rate=schedule, save_at=[0, k_e, 40], save_params=True)
+    eta_a = base / 8
+    a = gf.simulate_descent(_linear(), (_X, _Y), "gd", int(b.t[-1] / eta_a) + 2, learning_rate=eta_a, save_every=1,
+                            save_params=True, sharpness=False)
+    out = gf.compare(a, b)
+    t_e = b.stats["edge_t"]
+    np.testing.assert_allclose(t_e, base * (1.04**k_e - 1) / 0.04, rtol=1e-12)  # Σ_{j<k_e} η_j
+    for row, t, wb in ((out["edge"], t_e, b.params_flat[1]), (out["end"], b.t[-1], b.params_flat[2])):
+        wa = np.array([np.interp(t, a.t, a.params_flat[:, j]) for j in range(2)])
+        np.testing.assert_allclose(row["t"], t, rtol=1e-12)
+        np.testing.assert_allclose(row["param_distance"], np.linalg.norm(wa - wb), rtol=1e-9)
+        cos = wa @ wb / np.linalg.norm(wa) / np.linalg.norm(wb)
+        np.testing.assert_allclose(row["angle"], np.arccos(min(cos, 1.0)), rtol=1e-6, atol=1e-9)
+    assert out["edge"]["param_distance"] > 0
+
+
+def test_plot_flow_draws_sharpness_and_two_over_eta(lam0, tmp_path):
+    r = gf.simulate_descent(_linear(), (_X, _Y), "gd", 20, learning_rate=1.01 * 2.0 / lam0, save_every=2)
+    fig = gf.plot_flow(r, tmp_path / "gd.png")
+    ax = fig.axes[3]  # first row, fourth column: against ln(n/L)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["λ_max(∇²L)"].get_ydata(), r.sharpness, rtol=1e-12)
+    np.testing.assert_allclose(lines["2/η"].get_ydata(), r.two_over_eta, rtol=1e-12)
+    assert (tmp_path / "gd.png").stat().st_size > 0
