@@ -6,7 +6,19 @@ scoped context (see :mod:`gradflow.precision`); call :func:`gradflow.enable_x64`
 own code too.
 """
 
-from . import activations, datasets, error_check, figures, interop, losses, maxmargin, models, progress, theory
+from . import (
+    activations,
+    datasets,
+    error_check,
+    figures,
+    interop,
+    losses,
+    maxmargin,
+    models,
+    progress,
+    sharpness,
+    theory,
+)
 from .compare import compare
 from .data import Dataset
 from .descent import NormalizedGD, normalized_gd, simulate_descent
@@ -79,6 +91,7 @@ __all__ = [
     "num_params",
     "plot_flow",
     "progress",
+    "sharpness",
     "simulate_descent",
     "simulate_ensemble",
     "simulate_flow",

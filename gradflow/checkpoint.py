@@ -3,7 +3,8 @@
 A checkpoint is an ``.npz`` file (no pickle) holding
   * ``fingerprint``: JSON of what must match to resume (data hash, parameter shapes, loss, clock,
     solver, tolerances, save points);
-  * ``state/params/<i>``, ``state/aux``, ``state/controller/<i>`` and JSON ``state/meta`` (clock
+  * ``state/params/<i>``, ``state/aux``, ``state/controller/<i>``, ``state/eigvec/<i>`` (the
+    sharpness warm start) and JSON ``state/meta`` (clock
     value s, next step size, solver name, next chunk, solver switches, stats so far);
   * ``diag/<name>``: every diagnostic saved so far, and ``final/<name>`` the last state's.
 It is written to a temporary file in the same directory and renamed over the old one, so a
@@ -40,6 +41,9 @@ class CheckpointStore:
         for i, leaf in enumerate(jax.tree_util.tree_leaves(state.params)):
             arrays[f"state/params/{i}"] = np.asarray(leaf)
         arrays["state/aux"] = np.asarray(state.aux)
+        for i, vec in enumerate(getattr(state, "eigvec", None) or ()):
+            if vec is not None:  # the sharpness warm start (top, bottom eigenvector)
+                arrays[f"state/eigvec/{i}"] = np.asarray(vec)
         for i, leaf in enumerate(jax.tree_util.tree_leaves(state.controller_state)):
             arrays[f"state/controller/{i}"] = np.asarray(leaf)
         saved = [seg["saved"] for seg in segments]
@@ -114,6 +118,10 @@ class CheckpointStore:
             controller_state=controller,
             dt_next=meta["dt_next"],
         )
+        if getattr(like_state, "eigvec", None) is not None:
+            state = state._replace(eigvec=tuple(
+                jnp.asarray(files[f"state/eigvec/{i}"], dtype) if f"state/eigvec/{i}" in files else v
+                for i, v in enumerate(like_state.eigvec)))
         evals = meta["evals_per_step"]
         segment = {
             "saved": {k[5:]: v for k, v in files.items() if k.startswith("diag/")},

@@ -114,7 +114,12 @@ def compare(
         ``accuracies``, ``angle`` (radians, NaN outside a range or without ``params_flat``),
         ``max_angle``;
         ``margin_max_abs_diff`` (max |sorted differences|), ``margin_wasserstein`` (W₁) per level,
-        and their maxima ``max_margin_max_abs_diff``, ``max_margin_wasserstein``.
+        and their maxima ``max_margin_max_abs_diff``, ``max_margin_wasserstein``;
+        ``edge``: at the time t of the edge of stability of the descent run (its
+        ``stats["edge_t"]``, the first iteration with λ_max(∇²L) > 2/η), a dict with ``t``,
+        ``param_distance``, ``relative_param_distance`` and ``angle`` (between W_a(t) and W_b(t)),
+        or None when neither run reached the edge; ``end``: the same at the last time both runs
+        reached.
     """
     a = _as_result(a, "a")
     b = _as_result(b, "b")
@@ -180,4 +185,28 @@ def compare(
     out["margin_wasserstein"] = w1
     out["max_margin_max_abs_diff"] = float(np.nanmax(sup)) if np.any(np.isfinite(sup)) else float("nan")
     out["max_margin_wasserstein"] = float(np.nanmax(w1)) if np.any(np.isfinite(w1)) else float("nan")
+
+    # (4) at the edge of stability of a descent run and at the end of the common time range
+    edge_t = next((r.stats.get("edge_t") for r in (b, a) if r.stats.get("edge_t") is not None), None)
+    common_end = min(float(np.max(ta[np.isfinite(ta)])), float(np.max(tb[np.isfinite(tb)])))
+    out["edge"] = _at_time(da, db, edge_t) if edge_t is not None else None
+    out["end"] = _at_time(da, db, common_end)
     return out
+
+
+def _at_time(da: dict, db: dict, t: float) -> dict[str, Any]:
+    """‖W_a(t) − W_b(t)‖, its ratio to ‖W_b(t)‖ and the angle between them (each run linearly
+    interpolated in t; NaN without ``params_flat``)."""
+    row: dict[str, Any] = {"t": float(t), "param_distance": float("nan"), "relative_param_distance": float("nan"),
+                           "angle": float("nan")}
+    if "params_flat" not in da or "params_flat" not in db:
+        return row
+    w = []
+    for d in (da, db):
+        ts = np.asarray(d["t"], float)
+        idx = _increasing(ts)
+        w.append(_interp_rows(np.clip([t], ts[idx][0], ts[idx][-1]), ts[idx], np.asarray(d["params_flat"], float)[idx])[0])
+    dist = float(np.linalg.norm(w[0] - w[1]))
+    row.update(param_distance=dist, relative_param_distance=dist / float(np.linalg.norm(w[1])),
+               angle=float(_direction_angle(w[0][None], w[1][None])[0]))
+    return row

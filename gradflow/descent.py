@@ -71,6 +71,9 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem
 from .result import FlowResult
+from .sharpness import initial_vector
+from .sharpness import loss_hvp as _loss_hvp
+from .sharpness import sharpness as _sharpness
 
 __all__ = ["simulate_descent", "normalized_gd", "NormalizedGD", "DESCENT_METHODS"]
 
@@ -170,7 +173,8 @@ def _find_lr(state) -> jax.Array:
 
 @eqx.filter_jit
 def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, target_log_loss, key, *,
-         loss, degree, method, optimizer, schedule, batch_size, check_full_loss, save_params, read_lr):
+         loss, degree, method, optimizer, schedule, batch_size, check_full_loss, save_params, read_lr,
+         sharpness_opts=None, eigvec0=None):
     n = x.shape[0]
     fdtype = x.dtype
 
@@ -178,7 +182,7 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
         return jnp.asarray(schedule(k) if schedule is not None else eta, fdtype)
 
     def step(carry):
-        params, opt_state, k, log_t, zeta, hit_target, failed, perm = carry
+        params, opt_state, k, log_t, zeta, hit_target, failed, perm, edge = carry
         if batch_size is None:
             xb, yb = x, y
             log_scale = jnp.zeros((), fdtype)
@@ -225,6 +229,17 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
             log_dt = jnp.log(_find_lr(new_opt_state) if read_lr else rate(k))
         finite = _all_finite(new_params)
         accept = finite & ~reached
+        if edge is not None and sharpness_opts[3]:
+            # one warm power step per iteration: the Rayleigh quotient ρ = vᵀ(∇²L/L)v is a lower
+            # bound of λ_max(∇²L)/L, so L·ρ > 2/η_k proves the step is past the edge of stability.
+            v, edge_k, v_min, edge_log_t = edge
+            hvp, log_l = _loss_hvp(params, static, x, y, loss)
+            w = hvp(v)
+            rho = jnp.vdot(v, w)
+            past = accept & (log_l + jnp.log(rho) > jnp.log(2.0) - log_dt) & (edge_k < 0)
+            wn = jnp.linalg.norm(w)
+            v = jnp.where(accept & (wn > 0), w / jnp.where(wn > 0, wn, 1.0), v)
+            edge = (v, jnp.where(past, k, edge_k), v_min, jnp.where(past, log_t, edge_log_t))
 
         def pick(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(accept, a, b), new, old)
@@ -240,6 +255,7 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
             hit_target | reached,
             failed | (~finite & ~reached),
             perm,
+            edge,
         )
 
     def chunk(carry, k_save):
@@ -247,9 +263,12 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
             return (c[2] < k_save) & ~c[5] & ~c[6]
 
         carry = lax.while_loop(cond, step, carry)
-        params, _, k, log_t, zeta, *_ = carry
+        params, opt_state, k, log_t, zeta, *_ = carry
         pt = evaluate(params, static, x, y, loss)
         out = diagnostics(pt, params, y, loss, degree)
+        if sharpness_opts is not None:
+            carry, extra = _save_sharpness(carry, params, opt_state, pt, k)
+            out.update(extra)
         out["path_length"] = zeta
         out["log_t"] = log_t
         out["t"] = jnp.exp(log_t)
@@ -258,6 +277,33 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
             out["params_flat"] = ravel_pytree(params)[0]
         return carry, out
 
+    def log_step(pt, k, opt_state):
+        """ln Δt_k of the next step from W_k, on the full batch: ln η_k (gd, optax), or
+        ln(c_k η_k / L) for normalized GD."""
+        if method == "gd":
+            return jnp.log(rate(k))
+        if method == "normalized":
+            log_coef = jnp.log(rate(k)) + pt.log_neg_dloss - pt.log_loss
+            log_clip = jnp.minimum(0.0, log_max_update - log_coef - jnp.log(pt.grad_norm))
+            return jnp.log(rate(k)) + log_clip - pt.log_loss
+        return jnp.log(_find_lr(opt_state) if read_lr else rate(k))
+
+    def _save_sharpness(carry, params, opt_state, pt, k):
+        tol, max_iters, negative, _every = sharpness_opts
+        v, edge_k = carry[8][0], carry[8][1]
+        v_min = carry[8][2]
+        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
+        log_two_over_eta = jnp.log(2.0) - log_step(pt, k, opt_state)
+        past = (sh.log_sharpness > log_two_over_eta) & (edge_k < 0) & ~carry[5] & ~carry[6] & (k < steps_total)
+        edge_k, edge_log_t = jnp.where(past, k, edge_k), jnp.where(past, carry[3], carry[8][3])
+        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps,
+               "two_over_eta": jnp.exp(log_two_over_eta), "log_two_over_eta": log_two_over_eta}
+        if negative:
+            out["min_eigenvalue"] = sh.min_eigenvalue
+        edge = (sh.vector, edge_k, sh.min_vector if negative else v_min, edge_log_t)
+        return carry[:8] + (edge,), out
+
+    steps_total = save_iters[-1]
     carry0 = (
         params0,
         opt_state0,
@@ -267,10 +313,11 @@ def _run(params0, opt_state0, static, x, y, save_iters, eta, log_max_update, tar
         jnp.zeros((), bool),
         jnp.zeros((), bool),
         jnp.arange(n, dtype=jnp.int32),
+        None if sharpness_opts is None else (eigvec0[0], jnp.asarray(-1, jnp.int64), eigvec0[1], jnp.asarray(jnp.nan, fdtype)),
     )
     final, saved = lax.scan(chunk, carry0, save_iters)
-    params, _, k, _, _, hit_target, failed, _ = final
-    return saved, params, k, hit_target, failed
+    params, _, k, _, _, hit_target, failed, _, edge = final
+    return saved, params, k, hit_target, failed, (None if edge is None else (edge[1], edge[3]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,6 +388,10 @@ def simulate_descent(
     dtype: str = "float64",
     check_degree: bool = True,
     throw: bool = False,
+    sharpness: bool | None = None,
+    min_eigenvalue: bool = False,
+    sharpness_tol: float = 1e-3,
+    sharpness_max_iters: int = 100,
 ) -> FlowResult:
     r"""Run a discrete optimizer on L(W) = Σ_i ℓ(p_i(W)) and record the flow's diagnostics.
 
@@ -374,6 +425,20 @@ def simulate_descent(
       dtype: 'float64' (default) or 'float32' (warns).
       check_degree: refuse a model whose declared homogeneity degree disagrees with a measurement.
       throw: raise :class:`gradflow.SolverFailure` (holding the partial result) on failure.
+      sharpness: record λ_max(∇²L) (``sharpness``, ``log_sharpness``, ``sharpness_hvps``) and
+        the stability bound 2/Δt_k (``two_over_eta``, ``log_two_over_eta``; Δt_k = η_k for GD and
+        optax (nominal for adaptive ones), c_k η_k/L for normalized GD) at every save iteration, as
+        :func:`gradflow.simulate_flow` does (same power iteration, warm-started from save point to
+        save point), and the edge of stability ``result.edge_step``: the first iteration k whose
+        step is past it, λ_max(∇²L(W_k)) > 2/Δt_k, or None. With full batches it is checked at
+        *every* iteration: one warm power step per iteration (1 HVP ≈ 2–3 gradient evaluations,
+        so the run costs ≈ 3–4× plain GD) gives the Rayleigh quotient ρ_k ≤ λ_max(W_k), and
+        ρ_k > 2/Δt_k proves the edge was crossed (never a false alarm; it may fire a few
+        iterations late while the vector turns); the converged value at the save iterations is
+        checked too. With mini-batches it is checked at the save iterations only
+        (``stats["edge_resolution"]`` says which). None (default): on for models with at most
+        ``gradflow.flow.SHARPNESS_DEFAULT_MAX_PARAMS`` parameters. ``min_eigenvalue``,
+        ``sharpness_tol``, ``sharpness_max_iters``: as in simulate_flow.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics of :func:`~gradflow.simulate_flow`
@@ -394,6 +459,12 @@ def simulate_descent(
     if not -(2**63) <= int(seed) < 2**63:
         raise bad_argument("seed", f"must fit in 64 bits, got {seed}", "Pass e.g. seed=0.")
     save_iters = _save_iterations(steps, save_every, save_at, num_save)
+    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
+        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
+                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
+    sharpness_tol = _check_positive_finite("sharpness_tol", sharpness_tol)
+    if isinstance(sharpness_max_iters, bool) or not isinstance(sharpness_max_iters, (int, np.integer)) or sharpness_max_iters < 1:
+        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {sharpness_max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
 
     with x64():
         prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")
@@ -418,14 +489,23 @@ def simulate_descent(
                 ) from None
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
+        from .flow import SHARPNESS_DEFAULT_MAX_PARAMS
+
+        k_params = int(ravel_pytree(prob.params0)[0].size)
+        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
+        sharpness_opts = eigvec0 = None
+        if with_sharpness:
+            sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue), batch_size is None)
+            v0 = initial_vector(k_params, fdtype)
+            eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
         start = time.perf_counter()
-        saved, params_final, k_final, hit_target, failed = _run(
+        saved, params_final, k_final, hit_target, failed, edge_step = _run(
             prob.params0, opt_state0, prob.static, prob.x, prob.y, jnp.asarray(save_iters, jnp.int64),
             f(1.0 if eta_const is None else eta_const), f(math.log(clip) if math.isfinite(clip) else math.inf),
             f(target), jax.random.key(int(seed)),
             loss=prob.loss, degree=prob.degree, method=method, optimizer=opt, schedule=schedule,
             batch_size=batch_size, check_full_loss=batch_size is not None and until_accuracy is not None,
-            save_params=bool(save_params), read_lr=read_lr,
+            save_params=bool(save_params), read_lr=read_lr, sharpness_opts=sharpness_opts, eigvec0=eigvec0,
         )
         jax.block_until_ready(saved)
         wall = time.perf_counter() - start
@@ -434,14 +514,21 @@ def simulate_descent(
             max_update_norm=None if not math.isfinite(clip) else clip, loss=prob.loss.name, steps=steps,
             batch_size=batch_size, seed=int(seed), until_accuracy=until_accuracy, degree=prob.degree, n=n, dtype=dtype,
             model_interface=prob.interface,
+            sharpness=bool(with_sharpness),
         )
+        edge = None
+        if with_sharpness:
+            k_edge = int(edge_step[0])
+            edge = (None if k_edge < 0 else k_edge, "every iteration" if batch_size is None else "save iterations",
+                    None if k_edge < 0 else float(np.exp(float(edge_step[1]))))
         return _assemble_descent(
             saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
-            config=config, until_accuracy=until_accuracy, throw=throw,
+            config=config, until_accuracy=until_accuracy, throw=throw, edge=edge,
         )
 
 
-def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, failed, prob, wall, *, config, until_accuracy, throw) -> FlowResult:
+def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, failed, prob, wall, *, config, until_accuracy, throw,
+                      edge=None) -> FlowResult:
     saved = jax.tree_util.tree_map(np.asarray, saved)
     reached = saved["iteration"] == save_iters
     # rows after a stop repeat the final iterate: keep the save points reached, then the final
@@ -471,6 +558,10 @@ def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, fail
         "diagnostic_evaluations": int(len(save_iters)),
         "wall_time": wall,
     }
+    if edge is not None:
+        stats["edge_step"], stats["edge_resolution"], stats["edge_t"] = edge
+        per_step = k_final if edge[1] == "every iteration" else 0
+        stats["sharpness_hvps"] = int(np.sum(saved["sharpness_hvps"])) + per_step
     res = FlowResult(
         diagnostics=diag, status=status, reason=reason, stats=stats, config=config,
         **final_model_and_params(params_final, prob.static),

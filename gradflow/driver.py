@@ -33,6 +33,7 @@ class _State(NamedTuple):
     solver_state: Any
     controller_state: Any
     dt_next: float | None
+    eigvec: Any = None  # (top, bottom) Hessian eigenvectors for the sharpness warm start, or None
 
 
 def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
@@ -51,7 +52,7 @@ def _fingerprint(x, y, params0, config, save_points) -> dict:
     h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
     shapes = {k: list(v.shape) for k, v in params_to_dict(params0).items()}
-    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian")
+    keys = ("loss", "clock", "solver", "rtol", "atol", "t_max", "until_accuracy", "dtype", "jacobian", "sharpness")
     return {
         "data_sha256": h.hexdigest(),
         "param_shapes": shapes,
@@ -127,7 +128,8 @@ class _Driver:
             params, aux = seg["final_state"]
             # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
             # start of the next segment, exactly as after a resume from a checkpoint.
-            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"])
+            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"],
+                               seg["eigvec"])
             name = seg["result_name"]
             if name == "successful":
                 return new_state, out, True
@@ -191,11 +193,11 @@ class _Driver:
             controller_state = fresh_controller_state(self.common["controller_opts"], self.common["rtol"].dtype)
         if self.common["patterns"] and self.pattern is None:  # first segment, or resumed from a checkpoint
             self.pattern = activations.state_at(state.params, self.common["static"], self.common["x"])
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern = _flow._solve(
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern, eigvec = _flow._solve(
             state.params, state.aux, f(state.s), state.solver_state, controller_state,
             save_points=f(padded), t_end=f(end), dt0=f(math.nan if state.dt_next is None else state.dt_next),
             solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32),
-            pattern_prev=self.pattern, **self.common,
+            pattern_prev=self.pattern, eigvec=state.eigvec, **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start
@@ -213,7 +215,7 @@ class _Driver:
             result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
             evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
-            start_evals=self._start_evaluations(state),
+            start_evals=self._start_evaluations(state), eigvec=eigvec,
             # next step size for a following segment: the segment's mean accepted step
             dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
         )
@@ -294,6 +296,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
             f"{sum(seg['stats']['num_steps'] * e + seg['start_evals'] for seg, e in zip(segments, evals, strict=True) if e is not None)}"
         ) if None in evals else "",
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),
     }

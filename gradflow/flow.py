@@ -54,6 +54,8 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import prepare_problem, resolve_devices
 from .result import FlowResult
+from .sharpness import initial_vector
+from .sharpness import sharpness as _sharpness
 from .solvers import (
     IMPLICIT_CONTROLLER,
     finite_rms_norm,
@@ -68,6 +70,9 @@ from .solvers.step_guard import StepGuard
 __all__ = ["simulate_flow", "CLOCKS"]
 
 CLOCKS = ("time", "accuracy")
+
+# simulate_flow(sharpness=None) records the sharpness for models with at most this many parameters.
+SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
 
 
 def _time_field(t, state, args):
@@ -111,7 +116,7 @@ def _make_save_fn(clock: str, degree, save_params: bool):
 
 
 @eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None, patterns=False, pattern_prev=None):
+def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None, patterns=False, pattern_prev=None, sharpness_opts=None, eigvec=None):
     args = (static, x, y, loss)
     n = x.shape[0]
     if clock == "time":
@@ -133,6 +138,8 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
             diffrax.SubSaveAt(t1=True, fn=save_fn),
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
+            # sharpness: the bare W at the save points, for the warm-started scan after the loop
+            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -188,7 +195,7 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         solver_state=solver_state,
         controller_state=controller_state,
     )
-    saved, final_diag, final_state, initial_diag = sol.ys
+    saved, final_diag, final_state, initial_diag = sol.ys[:4]
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
@@ -206,8 +213,48 @@ def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save
         saved = {**saved, **rows}
         initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
         final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
+    if sharpness_opts is not None:
+        saved, final_diag, initial_diag, eigvec = _sharpness_along(
+            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
     return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, controller_state_out,
-            initial_diag, pattern_carry)
+            initial_diag, pattern_carry, eigvec)
+
+
+def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
+    """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
+    iteration from the previous point's eigenvector), at the segment's start (reported when no save
+    point was reached) and at its final state, in that (chronological) order; the save points the
+    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
+    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
+    tol, max_iters, negative = opts
+
+    def at(params, vecs):
+        v, v_min = vecs
+        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
+        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps}
+        if negative:
+            out["min_eigenvalue"] = sh.min_eigenvalue
+        return out, (sh.vector, sh.min_vector if negative else v_min)
+
+    def skipped(vecs):
+        nan = jnp.full((), jnp.nan, vecs[0].dtype)
+        out = {"sharpness": nan, "log_sharpness": nan, "sharpness_hvps": jnp.zeros((), jnp.int32)}
+        if negative:
+            out["min_eigenvalue"] = nan
+        return out, vecs
+
+    def step(vecs, params):
+        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
+        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
+        return new, out
+
+    vecs, first = step(eigvec, initial_params)
+    vecs, rows = jax.lax.scan(step, vecs, saved_params)
+    vecs, last = step(vecs, final_params)
+    saved = {**saved, **rows}
+    final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
+    initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
+    return saved, final_diag, initial_diag, vecs
 
 
 def _versions() -> dict:
@@ -286,6 +333,10 @@ def simulate_flow(
     step_control: str | None = None,
     activation_patterns: bool = True,
     error_check: bool = False,
+    sharpness: bool | None = None,
+    min_eigenvalue: bool = False,
+    sharpness_tol: float = 1e-3,
+    sharpness_max_iters: int = 100,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -351,6 +402,21 @@ def simulate_flow(
       error_check: integrate a second time at rtol/10, atol/10 and report the differences at
         every save point (``error_direction``, ``error_margins``, ``error_smoothed_margin``; see
         :mod:`gradflow.error_check`). About doubles the cost, or more.
+      sharpness: record ``diagnostics["sharpness"]`` = λ_max(∇²L) of the loss as defined (the sum,
+        physical units), ``log_sharpness`` = ln λ_max (finite at any ln L, NaN if λ_max < 0) and
+        ``sharpness_hvps`` at every save point and the final state (see :mod:`gradflow.sharpness`).
+        Computed inside the compiled solve after the integration loop: the states at the save
+        points are kept (memory T·k per segment) and a ``lax.scan`` runs a power iteration at each,
+        warm-started from the previous point's eigenvector (carried across segments too). Cost per
+        save point: ``sharpness_hvps`` Hessian-vector products (≈ 2–3 gradient evaluations each),
+        1–3 once warm when the top eigenvector moves slowly, at most ``sharpness_max_iters`` (twice
+        that when the dominant eigenvalue is negative); the total is ``stats["sharpness_hvps"]``.
+        None (default): on when the model has at most ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000
+        parameters (then the scan's memory and its HVPs are small beside the solve), off above.
+      min_eigenvalue: also record λ_min(∇²L) as ``diagnostics["min_eigenvalue"]`` (off by
+        default: it converges more slowly, ≤ ``sharpness_max_iters`` more HVPs per save point).
+      sharpness_tol, sharpness_max_iters: the power iteration stops when ‖Hv − ρv‖ ≤ tol·|ρ| (ρ then
+        within ~tol²·λ²/gap of the eigenvalue), or after max_iters HVPs.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics at every save point reached, the final
@@ -397,6 +463,12 @@ def simulate_flow(
     if step_control == "kink" and opts.get("constant", False):
         raise bad_argument("step_control", "'kink' needs adaptive steps", "Drop controller_options={'constant': True} or step_control.")
     default_solver = solver is None
+    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
+        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
+                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
+    sharpness_tol = _check_positive_finite("sharpness_tol", sharpness_tol)
+    if isinstance(sharpness_max_iters, bool) or not isinstance(sharpness_max_iters, (int, np.integer)) or sharpness_max_iters < 1:
+        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {sharpness_max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
     auto = isinstance(solver, str) and solver.lower() == "auto"
     solver_obj = get_solver("tsit5" if auto or default_solver else solver, rtol=rtol, atol=atol, jacobian=jacobian)
 
@@ -462,11 +534,15 @@ def simulate_flow(
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
         patterns = bool(activation_patterns) and activations.has_activation_pattern(model)
+        k_params = state_size - 2
+        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
+        sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue)) if with_sharpness else None
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
             event_kind=event_kind, controller_opts=tuple(sorted(opts.items())), save_params=bool(save_params),
             patterns=patterns,
+            sharpness_opts=sharpness_opts,
         )
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
@@ -476,12 +552,17 @@ def simulate_flow(
             nonsmooth_primitives=kinks, model_interface=prob.interface, versions=_versions(),
             activation_patterns=patterns,
             **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
+            sharpness=bool(with_sharpness),
         )
         driver = _Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
             explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size,
         )
-        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0)
+        eigvec0 = None
+        if with_sharpness:
+            v0 = initial_vector(k_params, fdtype)
+            eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
+        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0, eigvec0)
         chunks = _chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
         store = None
         if checkpoint is not None:

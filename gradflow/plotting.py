@@ -16,6 +16,9 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
     and near-zero share (:mod:`gradflow.activations`), the error_check differences
     (:mod:`gradflow.error_check`).
 
+    With sharpness recorded (``diagnostics["log_sharpness"]``) a fourth column shows λ_max(∇²L)
+    (and 2/η for a descent run) against ln(n/L) and against t.
+
     Returns the matplotlib Figure; writes it to ``path`` (PNG/PDF by extension) when given."""
     import matplotlib
 
@@ -25,12 +28,15 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
 
     d = result.diagnostics
     acc = d["accuracy"]
+    with_sharpness = "log_sharpness" in d
+    cols = 3 + with_sharpness
     extra = [panel for panel in _EXTRA_PANELS if panel(None, d)]
-    rows = 2 + -(-len(extra) // 3)
-    fig, axes = plt.subplots(rows, 3, figsize=(13, 3.5 * rows), constrained_layout=True)
-    for panel, ax in zip(extra, axes.flat[6:], strict=False):
+    rows = 2 + -(-len(extra) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(13 + 4 * with_sharpness, 3.5 * rows), constrained_layout=True)
+    below = axes[2:].flat
+    for panel, ax in zip(extra, below, strict=False):
         panel(ax, d)
-    for ax in axes.flat[6 + len(extra):]:
+    for ax in list(axes[2:].flat)[len(extra):]:
         ax.set_visible(False)
     ax = axes[0, 0]
     if "smoothed_margin" in d:
@@ -57,6 +63,8 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
     ax.set_title("per-example normalized margins")
     for a in axes.flat:
         a.set_xlabel("ln(n/L)")
+    if with_sharpness:
+        _sharpness_panels(axes[0, 3], axes[1, 3], d)
     if title:
         fig.suptitle(title)
     if path is not None:
@@ -110,3 +118,16 @@ def _error_panel(ax, d) -> bool:
 # Optional panels: each ``panel(ax, d)`` returns whether ``d`` has its data (called with ax=None
 # to ask) and draws on ``ax``.
 _EXTRA_PANELS = (_activation_panel, _error_panel)
+
+
+def _sharpness_panels(ax_acc, ax_t, d) -> None:
+    """λ_max(∇²L) against ln(n/L) and t (from ``log_sharpness``, finite where λ_max underflows),
+    with the stability bound 2/η of a descent run."""
+    lam = np.exp(d["log_sharpness"])
+    for ax, xs, label in ((ax_acc, d["accuracy"], "ln(n/L)"), (ax_t, d["t"], "t")):
+        ax.semilogy(xs, lam, label="λ_max(∇²L)")
+        if "log_two_over_eta" in d:
+            ax.semilogy(xs, np.exp(d["log_two_over_eta"]), "k--", label="2/η")
+        ax.set_title("sharpness")
+        ax.set_xlabel(label)
+        ax.legend()

@@ -31,6 +31,10 @@ class FlowResult:
       angle: θ_t between W and −∇L (radians). path_length: ζ_t, length of W_t/‖W_t‖'s path
         (Lemma 3.4). potential: J = ‖∇α‖²/‖W‖^(2L−2). grad_norm: ‖∇α‖.
         log_grad_loss_norm: ln ‖∇L‖. train_error: fraction of p_i ≤ 0.
+      sharpness: λ_max(∇²L) of the sum loss (physical units; 0 where it underflows float64).
+        log_sharpness: ln λ_max (finite at any ln L; NaN when λ_max < 0). sharpness_hvps: HVPs
+        spent at each point. min_eigenvalue: λ_min(∇²L) (when asked for). two_over_eta,
+        log_two_over_eta (descent runs): the stability bound 2/η_k. See :mod:`gradflow.sharpness`.
       Normalized quantities are NaN when ``degree`` is None (non-homogeneous model).
       activation_flips, pool_switches, near_zero_share: the activation pattern's changes since
         the previous save point (models with ``activation_pattern``; :mod:`gradflow.activations`).
@@ -63,6 +67,12 @@ class FlowResult:
     @property
     def homogeneous(self) -> bool:
         return self.degree is not None
+
+    @property
+    def edge_step(self) -> int | None:
+        """Descent runs with sharpness: the first iteration k with λ_max(∇²L(W_k)) > 2/η_k (the
+        edge of stability), or None if never (or not measured)."""
+        return self.stats.get("edge_step")
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,211 @@
+r"""Sharpness λ_max(∇²L): the top eigenvalue of the Hessian of the loss, by power iteration on
+Hessian-vector products.
+
+The loss is the paper's sum L(W) = Σ_i ℓ(p_i(W)) (Section 2), in its physical units: gradient
+descent W ← W − η∇L is linearly stable at W only while λ_max(∇²L(W)) < 2/η (the "edge of
+stability" of Cohen et al., 2021, is where GD hovers at λ_max ≈ 2/η).
+
+**Log space.** Late in training L is far below the smallest float64 (ln L = −10⁴), and so is
+∇²L ≈ L·(...): a Hessian of L formed directly underflows to 0 and its eigenvalues are meaningless.
+We never form it. With c = ln L(W) (held fixed), the function
+
+    g(V) = exp(ln L(V) − c) = L(V)/L(W)
+
+has g(W) = 1 and ∇²g(W) = ∇²L(W)/L(W) (c is a constant), whose entries stay O(1) at any ln L. Its
+eigenvalues μ give those of ∇²L as λ = L·μ, so
+
+    ln λ_max = ln L + ln μ_max        (finite whenever λ_max > 0, at any ln L),
+    λ_max    = sign(μ) exp(ln L + ln|μ|)   (exact to rounding where it is representable, 0 below).
+
+μ_max = λ_max(∇²L)/L is also the sharpness normalized GD sees (its step on L is η/L).
+
+**Hessian-vector products** (HVPs): Hv = d/dε ∇g(W + εv) at ε = 0, forward-over-reverse
+(``jax.jvp`` of ``jax.grad``), about 2–3 gradient evaluations each (2.3 measured on the hcnn CNN,
+/work/shared/notes/relu-kinks.md).
+
+**Power iteration with a residual test.** From v₀, v ← Hv/‖Hv‖; at each v the Rayleigh quotient
+ρ = vᵀHv and the residual r = ‖Hv − ρv‖ are formed (one HVP per iteration) and the loop stops once
+r ≤ tol·|ρ| or after ``max_iters`` HVPs. For a symmetric H a residual r certifies that an eigenvalue
+lies within r of ρ, and within r²/gap when the gap to the rest of the spectrum exceeds r: the
+default tol = 1e-3 gives ρ to ~1e-6·λ/gap relative. Power iteration converges to the eigenvalue of
+largest *magnitude*; when that one is negative (|λ_min| > λ_max) a second, shifted iteration on
+H − ρI (eigenvalues λ − ρ ≥ 0, largest λ_max − ρ) recovers λ_max, so λ_max ≤ 0 is reported as it
+is, not as |λ|. The smallest eigenvalue λ_min (the most negative curvature, why nearby flows part)
+is the dominant one of H − λ_max I (eigenvalues in [λ_min − λ_max, 0]).
+
+**Warm starts.** Along a trajectory the top eigenvector moves slowly, so each evaluation starts
+from the previous one's vector; a converged warm start stops after one or two HVPs. To keep a
+residual test from stopping at a formerly-top eigenvector while another has overtaken it, a small
+fixed probe vector (relative weight ``_PROBE_WEIGHT`` = 1e-2) is mixed into every warm start: a
+direction with a larger eigenvalue then has at least that component, the residual is ≥ ~1e-2·gap,
+and the iteration goes on until it dominates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, PyTree
+
+from .losses import Loss
+from .params import combine
+
+__all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector"]
+
+_PROBE_WEIGHT = 1e-2
+
+
+class Eigenpair(NamedTuple):
+    """An approximate eigenpair (ρ, v) of a symmetric operator: ρ = vᵀHv, ‖v‖ = 1, the residual
+    r = ‖Hv − ρv‖ and the number of HVPs spent."""
+
+    value: Array
+    vector: Array
+    residual: Array
+    hvps: Array
+
+
+class Sharpness(NamedTuple):
+    """Curvature of L at W. ``sharpness`` = λ_max(∇²L); ``log_sharpness`` = ln λ_max (NaN when
+    λ_max < 0, −inf when 0); ``scaled`` = λ_max(∇²L)/L; ``vector`` the top eigenvector (flat, for
+    the next warm start); ``hvps`` HVPs spent; ``residual`` = ‖Hv − ρv‖/|ρ|. ``min_eigenvalue``
+    = λ_min(∇²L) and ``min_vector`` when asked for (else None)."""
+
+    sharpness: Array
+    log_sharpness: Array
+    scaled: Array
+    vector: Array
+    hvps: Array
+    residual: Array
+    min_eigenvalue: Array | None = None
+    min_vector: Array | None = None
+
+
+def initial_vector(size: int, dtype=jnp.float64) -> Array:
+    """A fixed, deterministic unit start vector of length ``size`` (dense: no structural zeros)."""
+    v = jnp.cos(jnp.arange(size, dtype=dtype) * 1.3) + 0.5
+    return v / jnp.linalg.norm(v)
+
+
+def loss_hvp(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> tuple[Callable[[Array], Array], Array]:
+    """``(hvp, ln L(W))`` with hvp(v) = ∇²g(W) v = ∇²L(W) v / L(W) on flat vectors v (the order of
+    ``jax.flatten_util.ravel_pytree(params)``), forward-over-reverse."""
+    flat, unravel = ravel_pytree(params)
+
+    def log_loss(f):
+        return loss.log_loss(combine(unravel(f), static)(x), y)
+
+    c = lax.stop_gradient(log_loss(flat))
+
+    def g(f):
+        return jnp.exp(log_loss(f) - c)
+
+    grad = jax.grad(g)
+
+    def hvp(v):
+        return jax.jvp(grad, (flat,), (v.astype(flat.dtype),))[1]
+
+    return hvp, c
+
+
+def _power(matvec: Callable[[Array], Array], v0: Array, tol, max_iters: int) -> Eigenpair:
+    """Power iteration with the residual stop r ≤ tol·|ρ| (at least one HVP)."""
+    v0 = v0 / jnp.linalg.norm(v0)
+    big = jnp.asarray(jnp.inf, v0.dtype)
+
+    def cond(c):
+        _v, _next, rho, res, i = c
+        return (i == 0) | ((i < max_iters) & (res > tol * jnp.abs(rho)))
+
+    def body(c):
+        _v, v, _rho, _res, i = c
+        w = matvec(v)
+        rho = jnp.vdot(v, w)
+        res = jnp.linalg.norm(w - rho * v)
+        wn = jnp.linalg.norm(w)
+        nxt = jnp.where(wn > 0, w / jnp.where(wn > 0, wn, 1.0), v)
+        return v, nxt, rho, res, i + 1
+
+    v, _nxt, rho, res, i = lax.while_loop(cond, body, (v0, v0, jnp.zeros((), v0.dtype), big, jnp.zeros((), jnp.int32)))
+    return Eigenpair(rho, v, res, i)
+
+
+def top_eigenpair(matvec: Callable[[Array], Array], v0: Array, *, tol=1e-3, max_iters: int = 100) -> Eigenpair:
+    """The largest eigenvalue λ_max of a symmetric operator (not the largest in magnitude): power
+    iteration from v0; if the dominant eigenvalue ρ found is negative, a second power iteration on
+    H − ρI gives λ_max = ρ + λ_max(H − ρI). Cost: ≤ max_iters HVPs, ≤ 2·max_iters if ρ < 0."""
+    first = _power(matvec, v0, tol, max_iters)
+
+    def shifted():
+        e = _power(lambda v: matvec(v) - first.value * v, v0, tol, max_iters)
+        return Eigenpair(e.value + first.value, e.vector, e.residual, e.hvps + first.hvps)
+
+    return lax.cond(first.value < 0, shifted, lambda: first)
+
+
+def bottom_eigenpair(matvec: Callable[[Array], Array], v0: Array, lam_max, *, tol=1e-3, max_iters: int = 100) -> Eigenpair:
+    """The smallest eigenvalue λ_min (most negative curvature), as λ_max + the dominant eigenvalue
+    of H − λ_max I (all ≤ 0). Converges at the rate (λ_max − λ₂')/(λ_max − λ_min), λ₂' the second
+    smallest: slower than the top; the residual says how far it got. Cost: ≤ max_iters HVPs."""
+    e = _power(lambda v: matvec(v) - lam_max * v, v0, tol, max_iters)
+    return Eigenpair(e.value + lam_max, e.vector, e.residual, e.hvps)
+
+
+def _warm(v_prev: Array) -> Array:
+    probe = initial_vector(v_prev.size, v_prev.dtype)
+    v = v_prev / jnp.linalg.norm(v_prev)
+    return v + _PROBE_WEIGHT * probe
+
+
+def sharpness(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss, v0: Array | None = None, *,
+              tol=1e-3, max_iters: int = 100, negative: bool = False, v0_min: Array | None = None,
+              warm: bool = True) -> Sharpness:
+    r"""λ_max(∇²L(W)) of L = Σ_i ℓ(p_i) at W = ``params`` (see the module docstring for the method).
+
+    Args:
+      params, static: the model split by :func:`gradflow.params.partition`; x, y, loss: the data
+        and the :class:`~gradflow.losses.Loss`.
+      v0: start vector (flat, length k) or None (a fixed one). ``warm``: mix the fixed probe into
+        v0 (see the module docstring); False starts from v0 exactly.
+      tol: relative residual ‖Hv − ρv‖ ≤ tol·|ρ| at which the iteration stops; max_iters: HVPs at
+        most (per power iteration).
+      negative: also compute λ_min(∇²L) (another ≤ max_iters HVPs), warm-started from ``v0_min``.
+
+    Returns:
+      A :class:`Sharpness`. Cost: ``hvps`` HVPs (≤ max_iters, ≤ 2·max_iters when the dominant
+      eigenvalue is negative, + ≤ max_iters with ``negative``), each ≈ 2–3 gradient evaluations.
+    """
+    hvp, log_loss = loss_hvp(params, static, x, y, loss)
+    k = ravel_pytree(params)[0].size
+    dtype = ravel_pytree(params)[0].dtype
+    start = initial_vector(k, dtype) if v0 is None else (_warm(v0) if warm else v0)
+    top = top_eigenpair(hvp, start, tol=tol, max_iters=max_iters)
+    out = _physical(top, log_loss)
+    if negative:
+        start_min = initial_vector(k, dtype)[::-1] if v0_min is None else (_warm(v0_min) if warm else v0_min)
+        low = bottom_eigenpair(hvp, start_min, top.value, tol=tol, max_iters=max_iters)
+        out = out._replace(min_eigenvalue=_to_physical(low.value, log_loss), min_vector=low.vector,
+                           hvps=out.hvps + low.hvps)
+    return out
+
+
+def _to_physical(mu: Array, log_loss: Array) -> Array:
+    """λ = L·μ as sign(μ)·exp(ln L + ln|μ|): no underflowing L is formed first."""
+    return jnp.sign(mu) * jnp.exp(log_loss + jnp.log(jnp.abs(mu)))
+
+
+def _physical(top: Eigenpair, log_loss: Array) -> Sharpness:
+    mu = top.value
+    return Sharpness(
+        sharpness=_to_physical(mu, log_loss),
+        log_sharpness=log_loss + jnp.log(mu),
+        scaled=mu,
+        vector=top.vector,
+        hvps=top.hvps,
+        residual=top.residual / jnp.abs(mu),
+    )

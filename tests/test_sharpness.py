@@ -1,0 +1,236 @@
+"""Sharpness λ_max(∇²L): power iteration against closed forms and dense Hessians, along flows and GD."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import gradflow as gf
+from gradflow.params import combine, partition
+from gradflow.sharpness import bottom_eigenpair, sharpness, top_eigenpair
+
+
+def _sym(eigs, seed=0):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))))
+    return q @ np.diag(eigs) @ q.T
+
+
+@pytest.mark.parametrize("eigs", [[3.0, 1.0, 0.5, -1.0, 2.0, 0.1], [3.0, -5.0, 1.0, 0.5, -1.0, 2.0], [-1.0, -2.0, -4.0, -0.5]])
+def test_quadratic_top_and_bottom(eigs):
+    """½wᵀAw has Hessian A: λ_max (the largest, not the largest in magnitude) and λ_min of A."""
+    with gf.x64():
+        a = jnp.asarray(_sym(eigs))
+        hvp = jax.jit(lambda v: jax.jvp(jax.grad(lambda w: 0.5 * w @ a @ w), (jnp.zeros(len(eigs)),), (v,))[1])
+        top = top_eigenpair(hvp, jnp.ones(len(eigs)), tol=1e-10, max_iters=5000)
+        low = bottom_eigenpair(hvp, jnp.ones(len(eigs)), top.value, tol=1e-10, max_iters=5000)
+        np.testing.assert_allclose(float(top.value), max(eigs), rtol=1e-9)
+        np.testing.assert_allclose(float(low.value), min(eigs), rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def iris_mlp():
+    x, y = gf.datasets.iris_binary()
+    return gf.ReLUMLP((x.shape[1], 6, 1), key=jax.random.PRNGKey(3)), x, y
+
+
+def _dense_eigs(model, x, y, loss_name):
+    """Eigenvalues of jax.hessian of L = Σ_i ℓ(q_i), formed directly (no log-space trick)."""
+    loss = gf.get_loss(loss_name)
+    with gf.x64():
+        p, static = partition(model)
+        flat, unravel = ravel_pytree(p)
+
+        def total(f):
+            return jnp.sum(jnp.exp(loss.log_ell(loss.soft_margins(combine(unravel(f), static)(jnp.asarray(x)), jnp.asarray(y)))))
+
+        return np.linalg.eigvalsh(np.asarray(jax.hessian(total)(flat)))
+
+
+@pytest.mark.parametrize("loss_name", ["exponential", "logistic"])
+def test_small_net_matches_dense_hessian(iris_mlp, loss_name):
+    model, x, y = iris_mlp
+    eigs = _dense_eigs(model, x, y, loss_name)
+    with gf.x64():
+        p, static = partition(model)
+        sh = sharpness(p, static, jnp.asarray(x), jnp.asarray(y), gf.get_loss(loss_name), tol=1e-8, max_iters=5000,
+                       negative=True)
+    np.testing.assert_allclose(float(sh.sharpness), eigs[-1], rtol=1e-6)
+    # λ_min converges slowly (ratio (λ_max − λ₂')/(λ_max − λ_min) near 1): a Rayleigh quotient, never below it
+    assert eigs[0] - 1e-9 * eigs[-1] <= float(sh.min_eigenvalue) <= eigs[0] + 1e-3 * abs(eigs[0])
+    np.testing.assert_allclose(float(sh.log_sharpness), np.log(eigs[-1]), atol=1e-6)
+
+
+def test_log_sharpness_where_the_loss_underflows():
+    """Linear model, exponential loss, scaled so that ln L ≈ −2000: ∇²L = Σ e^(−p_i) x_i x_iᵀ underflows,
+    ln λ_max stays finite and equals ln L + ln λ_max(∇²L/L) computed in closed form."""
+    x = np.array([[1.0, 0.3], [0.8, -0.2], [1.2, 0.5]])
+    y = np.ones(3)
+    w = np.array([1.0, 0.2])
+    with gf.x64():
+        model = gf.Linear(2, key=jax.random.PRNGKey(0))
+        import equinox as eqx
+
+        for scale, underflows in ((1.0, False), (2000.0, True)):
+            m = eqx.tree_at(lambda m: m.w, model, jnp.asarray(scale * w))
+            p, static = partition(m)
+            sh = sharpness(p, static, jnp.asarray(x), jnp.asarray(y), gf.get_loss("exponential"), tol=1e-10, max_iters=2000)
+            logs = -(x @ (scale * w))  # ln e^(−p_i)
+            log_l = np.logaddexp.reduce(logs)
+            weights = np.exp(logs - log_l)  # Hessian / L = Σ (e^(−p_i)/L) x_i x_iᵀ
+            mu = np.linalg.eigvalsh((x * weights[:, None]).T @ x)[-1]
+            np.testing.assert_allclose(float(sh.log_sharpness), log_l + np.log(mu), rtol=1e-10)
+            if underflows:
+                assert float(sh.sharpness) == 0.0 and log_l < -1000
+            else:
+                np.testing.assert_allclose(float(sh.sharpness), np.exp(log_l) * mu, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def iris_flows(iris_mlp, tmp_path_factory):
+    model, x, y = iris_mlp
+    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True, checkpoint_every=3)
+    where = tmp_path_factory.mktemp("sharpness")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        on = gf.simulate_flow(model, (x, y), 2.0, sharpness=True, min_eigenvalue=True, checkpoint=str(where / "on"), **kw)
+        off = gf.simulate_flow(model, (x, y), 2.0, sharpness=False, checkpoint=str(where / "off"), **kw)
+    return on, off
+
+
+def test_flow_sharpness_matches_dense_hessian_at_save_points(iris_mlp, iris_flows):
+    """The in-solve, warm-started value at every save point = top eigenvalue of the dense Hessian there
+    (tol 1e-3 on the residual gives the eigenvalue to ~1e-6 relative on this spectrum)."""
+    model, x, y = iris_mlp
+    on, _ = iris_flows
+    assert on.config["sharpness"] and on.stats["segments"] >= 3  # warm start carried across segments
+    for i in range(len(on)):
+        with gf.x64():
+            p, static = partition(model)
+            m = combine(ravel_pytree(p)[1](jnp.asarray(on.params_flat[i])), static)
+        eigs = _dense_eigs(m, x, y, "exponential")
+        np.testing.assert_allclose(on.sharpness[i], eigs[-1], rtol=1e-5, err_msg=f"save point {i}")
+        assert on.min_eigenvalue[i] >= eigs[0] - 1e-6 * eigs[-1]  # a Rayleigh quotient: never below λ_min
+    assert on.stats["sharpness_hvps"] == int(on.sharpness_hvps.sum()) > 0
+
+
+def test_turning_sharpness_off_changes_nothing_else(iris_flows):
+    on, off = iris_flows
+    extra = {"sharpness", "log_sharpness", "sharpness_hvps", "min_eigenvalue"}
+    assert set(on.diagnostics) - set(off.diagnostics) == extra
+    for k, v in off.diagnostics.items():
+        np.testing.assert_array_equal(on.diagnostics[k], v, err_msg=k)
+    assert {k: on.stats[k] for k in off.stats if k != "wall_time"} == {k: v for k, v in off.stats.items() if k != "wall_time"}
+
+
+def test_cnn_flow_from_random_start():
+    x, y = gf.datasets.digits(n=20, seed=0)
+    model = gf.figures.make_margin_model("hcnn", x.shape[1:], seed=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = gf.simulate_flow(model, (x, y), 2e-3, loss="cross_entropy", solver="bosh3", rtol=1e-4, atol=1e-7, num_save=6)
+    assert r.ok and r.config["sharpness"]  # on by default: 1,252 parameters ≤ 20,000
+    assert np.all(np.isfinite(r.sharpness)) and np.all(r.sharpness > 0)
+    np.testing.assert_allclose(np.log(r.sharpness), r.log_sharpness, rtol=1e-12)
+
+
+# ---- gradient descent: the edge of stability ----
+
+# Not separable: L = 2cosh(w₁) + 2cosh(2w₂), minimum at 0 where ∇²L = diag(2, 8): GD converges, its
+# sharpness falls towards 8, and a growing step crosses 2/η at a predictable iteration.
+_X = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 2.0]])
+_Y = np.array([1.0, -1.0, 1.0, -1.0])
+
+
+def _linear():
+    import equinox as eqx
+
+    with gf.x64():
+        return eqx.tree_at(lambda m: m.w, gf.Linear(2, key=jax.random.PRNGKey(0)), jnp.asarray([0.2, 0.1]))
+
+
+def _dense_sharpness(w):
+    """λ_max of ∇²L = Σ e^(−y_i⟨x_i,w⟩) x_i x_iᵀ (exponential loss) at each row of w, closed form."""
+    return np.array([np.linalg.eigvalsh((_X * np.exp(-_Y * (_X @ wi))[:, None]).T @ _X)[-1] for wi in w])
+
+
+@pytest.fixture(scope="module")
+def lam0():
+    return float(_dense_sharpness(np.array([[0.2, 0.1]]))[0])
+
+
+@pytest.mark.parametrize("factor, expected", [(1.01, 0), (0.99, None)])
+def test_edge_flag_constant_step(lam0, factor, expected):
+    """η just above 2/λ_max(W_0): past the edge at iteration 0; just below: never (the sharpness falls
+    towards its value 8 at the minimum, checked on the iterates)."""
+    eta = factor * 2.0 / lam0
+    r = gf.simulate_descent(_linear(), (_X, _Y), "gd", 60, learning_rate=eta, save_every=1, save_params=True,
+                            sharpness_tol=1e-7)
+    lam = _dense_sharpness(r.params_flat)
+    np.testing.assert_allclose(r.sharpness, lam, rtol=1e-6)
+    np.testing.assert_allclose(r.two_over_eta, 2.0 / eta, rtol=1e-12)
+    assert r.edge_step == expected
+    if expected is None:
+        assert np.all(lam[:-1] < 2.0 / eta)
+
+
+def test_edge_flag_per_iteration_with_a_growing_step(lam0):
+    """η_k = 0.1·(2/λ_0)·1.1^k: the first k with λ_max(W_k) > 2/η_k, computed from the dense Hessian at
+    every iterate, is found by the per-iteration check although only 3 iterations are saved."""
+    base = 0.1 * 2.0 / lam0
+
+    def schedule(k):
+        return base * 1.1**k
+
+    steps = 32
+    dense = gf.simulate_descent(_linear(), (_X, _Y), "gd", steps, learning_rate=schedule, save_every=1, save_params=True,
+                                sharpness=False)
+    lam = _dense_sharpness(dense.params_flat)
+    eta = base * 1.1 ** np.arange(steps + 1)
+    crossed = np.flatnonzero(lam[:-1] > 2.0 / eta[:-1])
+    assert 0 < crossed[0] < steps - 1
+    sparse = gf.simulate_descent(_linear(), (_X, _Y), "gd", steps, learning_rate=schedule, save_at=[0, steps // 2, steps])
+    assert sparse.stats["edge_resolution"] == "every iteration"
+    assert sparse.edge_step == int(crossed[0])
+    np.testing.assert_array_equal(sparse.params[".w"], dense.params[".w"])  # tracking does not change the iterates
+
+
+def test_compare_reports_distance_at_the_edge_and_at_the_end(lam0):
+    """b: GD with a growing step that crosses the edge; a: GD with a small constant step saved at every
+    iteration. compare's ``edge`` row = ‖W_a(t_e) − W_b(t_e)‖ at b's edge time t_e (a interpolated
+    linearly, b saved exactly there); ``end`` the same at the last common time."""
+    base = 0.1 * 2.0 / lam0
+
+    def schedule(k):
+        return base * 1.1**k
+
+    first = gf.simulate_descent(_linear(), (_X, _Y), "gd", 32, learning_rate=schedule, save_at=[0, 32])
+    k_e = first.edge_step
+    b = gf.simulate_descent(_linear(), (_X, _Y), "gd", 32, learning_rate=schedule, save_at=[0, k_e, 32], save_params=True)
+    eta_a = base / 8
+    a = gf.simulate_descent(_linear(), (_X, _Y), "gd", int(b.t[-1] / eta_a) + 2, learning_rate=eta_a, save_every=1,
+                            save_params=True, sharpness=False)
+    out = gf.compare(a, b)
+    t_e = b.stats["edge_t"]
+    np.testing.assert_allclose(t_e, base * (1.1**k_e - 1) / 0.1, rtol=1e-12)  # Σ_{j<k_e} η_j
+    for row, t, wb in ((out["edge"], t_e, b.params_flat[1]), (out["end"], b.t[-1], b.params_flat[2])):
+        wa = np.array([np.interp(t, a.t, a.params_flat[:, j]) for j in range(2)])
+        np.testing.assert_allclose(row["t"], t, rtol=1e-12)
+        np.testing.assert_allclose(row["param_distance"], np.linalg.norm(wa - wb), rtol=1e-9)
+        cos = wa @ wb / np.linalg.norm(wa) / np.linalg.norm(wb)
+        np.testing.assert_allclose(row["angle"], np.arccos(min(cos, 1.0)), rtol=1e-6, atol=1e-9)
+    assert out["edge"]["param_distance"] > 0
+
+
+def test_plot_flow_draws_sharpness_and_two_over_eta(lam0, tmp_path):
+    r = gf.simulate_descent(_linear(), (_X, _Y), "gd", 20, learning_rate=1.01 * 2.0 / lam0, save_every=2)
+    fig = gf.plot_flow(r, tmp_path / "gd.png")
+    ax = fig.axes[3]  # first row, fourth column: against ln(n/L)
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["λ_max(∇²L)"].get_ydata(), r.sharpness, rtol=1e-12)
+    np.testing.assert_allclose(lines["2/η"].get_ydata(), r.two_over_eta, rtol=1e-12)
+    assert (tmp_path / "gd.png").stat().st_size > 0
