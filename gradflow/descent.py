@@ -69,7 +69,7 @@ from .losses import Loss
 from .params import combine, global_norm
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
-from .problem import prepare_problem
+from .problem import check_sharpness_options, prepare_problem
 from .result import FlowResult
 from .sharpness import initial_vector
 from .sharpness import loss_hvp as _loss_hvp
@@ -459,12 +459,7 @@ def simulate_descent(
     if not -(2**63) <= int(seed) < 2**63:
         raise bad_argument("seed", f"must fit in 64 bits, got {seed}", "Pass e.g. seed=0.")
     save_iters = _save_iterations(steps, save_every, save_at, num_save)
-    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
-        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
-                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
-    sharpness_tol = _check_positive_finite("sharpness_tol", sharpness_tol)
-    if isinstance(sharpness_max_iters, bool) or not isinstance(sharpness_max_iters, (int, np.integer)) or sharpness_max_iters < 1:
-        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {sharpness_max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
+    sharpness_tol = check_sharpness_options(sharpness, min_eigenvalue, sharpness_tol, sharpness_max_iters)
 
     with x64():
         prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")

@@ -52,7 +52,7 @@ from .errors import InvalidTypeError, bad_argument
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
-from .problem import prepare_problem, resolve_devices
+from .problem import check_sharpness_options, prepare_problem, resolve_devices
 from .result import FlowResult
 from .sharpness import initial_vector
 from .sharpness import sharpness as _sharpness
@@ -463,12 +463,7 @@ def simulate_flow(
     if step_control == "kink" and opts.get("constant", False):
         raise bad_argument("step_control", "'kink' needs adaptive steps", "Drop controller_options={'constant': True} or step_control.")
     default_solver = solver is None
-    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
-        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
-                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
-    sharpness_tol = _check_positive_finite("sharpness_tol", sharpness_tol)
-    if isinstance(sharpness_max_iters, bool) or not isinstance(sharpness_max_iters, (int, np.integer)) or sharpness_max_iters < 1:
-        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {sharpness_max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
+    sharpness_tol = check_sharpness_options(sharpness, min_eigenvalue, sharpness_tol, sharpness_max_iters)
     auto = isinstance(solver, str) and solver.lower() == "auto"
     solver_obj = get_solver("tsit5" if auto or default_solver else solver, rtol=rtol, atol=atol, jacobian=jacobian)
 

@@ -18,7 +18,7 @@ from .losses import Loss, get_loss
 from .params import combine, partition
 from .precision import warn_if_float32
 
-__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree", "resolve_devices"]
+__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree", "resolve_devices", "check_sharpness_options"]
 
 
 def check_positive_finite(name: str, value, *, allow_none: bool = False):
@@ -31,6 +31,17 @@ def check_positive_finite(name: str, value, *, allow_none: bool = False):
     if not math.isfinite(value) or value <= 0:
         raise bad_argument(name, f"must be positive and finite, got {value}", f"Pass a positive finite {name}.")
     return value
+
+
+def check_sharpness_options(sharpness, min_eigenvalue, tol, max_iters) -> float:
+    """The sharpness options of simulate_flow and simulate_descent; returns ``tol`` as a float."""
+    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
+        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
+                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
+    tol = check_positive_finite("sharpness_tol", tol)
+    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
+        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
+    return tol
 
 
 def resolve_devices(devices) -> list:

@@ -36,3 +36,12 @@ def squared_relu_model(separable_2d):
     with gf.x64():
         w = model.w.at[0].set(-c * jnp.asarray(u)).at[1].set(c * jnp.asarray(u))
         return eqx.tree_at(lambda m: m.w, model, w)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Empty JAX's compilation caches after each test module. One process compiling every module's
+    solves in turn died in XLA:CPU's backend compile (segfault; issue 14 saw "LLVM ERROR: Unable to
+    allocate section memory" the same way); compiled solves stay shared within a module."""
+    yield
+    jax.clear_caches()

@@ -61,4 +61,5 @@ def test_plot_flow_error_panel(runs):
     panel = next(ax for ax in fig.axes if ax.get_title().startswith("error_check"))
     direction = panel.get_lines()[0].get_ydata()
     np.testing.assert_array_equal(direction, np.where(res.error_direction > 0, res.error_direction, np.nan))
-    assert sum(ax.get_visible() for ax in fig.axes) == 7  # six panels + the error panel
+    # six panels, two sharpness panels when it was recorded, and the error panel
+    assert sum(ax.get_visible() for ax in fig.axes) == 6 + 2 * ("log_sharpness" in res.diagnostics) + 1

@@ -70,7 +70,8 @@ def _relu_problem(positive: bool):
     y = np.where(x[:, 0] + 0.3 * x[:, 1] > (1.0 if positive else 0.0), 1.0, -1.0)
     model = gf.ReLUMLP((3, 6, 1), key=jax.random.PRNGKey(1))
     if positive:  # every pre-activation stays far above zero over the run: a fixed pattern
-        model = jax.tree_util.tree_map(lambda a: jnp.abs(a) + 1.0 if eqx_is_array(a) else a, model)
+        with gf.x64():
+            model = jax.tree_util.tree_map(lambda a: jnp.abs(a) + 1.0 if eqx_is_array(a) else a, model)
     return model, (x, y)
 
 

@@ -171,7 +171,11 @@ def test_cross_entropy_matches_mpmath(num_classes, q, others, labels):
             # ∂ℓ_i/∂Φ_j = softmax_j − [j = y]: e^(Φ_j − Φ_y)/(1 + s) for j ≠ y, −s/(1 + s) for j = y
             d_ell = -s[i] / (1 + s[i]) if j == y[i] else ratios[i][j] / (1 + s[i])
             want = d_ell / big_l
-            _close(got_grad[i, j], want, rtol=1e-12, atol=1e-14 * scale, what=f"∂ ln L/∂Φ[{i},{j}]")
+            # the soft margin Φ_y − logsumexp_{j≠y} Φ_j is rounded to ulp(|Φ|), and ∂ℓ/∂Φ depends
+            # on it through e^(−q): a relative error of ~eps·|Φ| is the conditioning, not a bug
+            # (hypothesis found q = 32,433: 1.6e-12 relative)
+            cond = 4 * np.finfo(np.float64).eps * float(np.max(np.abs(phi)))
+            _close(got_grad[i, j], want, rtol=1e-12 + cond, atol=1e-14 * scale, what=f"∂ ln L/∂Φ[{i},{j}]")
 
 
 # --------------------------------------------------------------------------------------------------
