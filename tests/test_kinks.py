@@ -2,6 +2,7 @@
 against tight references on a fixed activation pattern and on a ReLU net from a random start."""
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,14 +72,8 @@ def _relu_problem(positive: bool):
     model = gf.ReLUMLP((3, 6, 1), key=jax.random.PRNGKey(1))
     if positive:  # every pre-activation stays far above zero over the run: a fixed pattern
         with gf.x64():
-            model = jax.tree_util.tree_map(lambda a: jnp.abs(a) + 1.0 if eqx_is_array(a) else a, model)
+            model = jax.tree_util.tree_map(lambda a: jnp.abs(a) + 1.0 if eqx.is_inexact_array(a) else a, model)
     return model, (x, y)
-
-
-def eqx_is_array(a):
-    import equinox as eqx
-
-    return eqx.is_inexact_array(a)
 
 
 def _final_w(result):
