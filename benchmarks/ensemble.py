@@ -32,13 +32,14 @@ import gradflow as gf  # noqa: E402
 
 def field_profile(models, x, y, reps: int = 1000) -> dict:
     """Microseconds per vector-field evaluation: one member, and all members vmapped."""
-    from gradflow.flow import _time_field
+    from gradflow.fields import FieldArgs
+    from gradflow.fields import time_field as _time_field
     from gradflow.problem import prepare_problem
 
     with gf.x64():
         probs = [prepare_problem(m, (x, y), "exponential", "float64", False, "benchmark") for m in models]
         p0 = probs[0]
-        args = (p0.static, p0.x, p0.y, p0.loss)
+        args = FieldArgs(p0.static, p0.x, p0.y, p0.loss)
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[p.params0 for p in probs])
 
         def single(p, a):

@@ -8,8 +8,9 @@ bias-free homogeneous network every z is positively homogeneous in W, so sign z(
 and the argmax of a window is that of W̃: the pattern of every unit whose limit z is nonzero (and
 of every window with a unique limit maximum) eventually stops changing (the networks with
 biases, SmallDenseNet and SmallResNet, have no such guarantee). These counts show whether and
-when it does (see also
-``/work/shared/notes/relu-kinks.md``: kinks, not stiffness, set the step size from a random start).
+when it does. From a random start kinks, not stiffness, set the step size (measured on the hcnn
+CNN with 100 digits: Tsit5's accepted step averages 1.6e-5 while h·λ_max ≤ 0.2, and its error
+estimate jumps by ~10⁶ at the first step that crosses a switch; see :mod:`gradflow.solvers.kinks`).
 
 A model takes part by having a method ``activation_pattern(x) -> ActivationPattern`` (the
 :class:`HasActivationPattern` protocol): gradflow's ``ReLUMLP``, ``HomogeneousCNN``,
@@ -33,7 +34,7 @@ between W₀ and it):
   crosses the kink; measured on the hcnn with 100 digits at initialization they are 7.8 % of all
   pre-activations, against 0.05 % with 0 < |z| < 1e-3·RMS.
 
-How it runs: the compiled solve (``gradflow.flow._solve``) saves W at the segment's save points
+How it runs: the compiled solve (``gradflow.solve.solve``) saves W at the segment's save points
 with the other diagnostics (T_segment · k floats, as ``save_params`` does; dropped afterwards
 unless asked for) and, after the diffrax loop, a ``lax.scan`` over them recomputes each pattern
 and counts it against the carry. Only the signs and argmax indices of the last save point are

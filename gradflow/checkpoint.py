@@ -41,6 +41,8 @@ class CheckpointStore:
         for i, leaf in enumerate(jax.tree_util.tree_leaves(state.params)):
             arrays[f"state/params/{i}"] = np.asarray(leaf)
         arrays["state/aux"] = np.asarray(state.aux)
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(getattr(state, "slide", None))):
+            arrays[f"state/slide/{i}"] = np.asarray(leaf)  # the sliding set and its multipliers
         for i, vec in enumerate(getattr(state, "eigvec", None) or ()):
             if vec is not None:  # the sharpness warm start (top, bottom eigenvector)
                 arrays[f"state/eigvec/{i}"] = np.asarray(vec)
@@ -122,11 +124,15 @@ class CheckpointStore:
             state = state._replace(eigvec=tuple(
                 jnp.asarray(files[f"state/eigvec/{i}"], dtype) if f"state/eigvec/{i}" in files else v
                 for i, v in enumerate(like_state.eigvec)))
+        if getattr(like_state, "slide", None) is not None:
+            slide_leaves, slide_def = jax.tree_util.tree_flatten(like_state.slide)
+            state = state._replace(slide=jax.tree_util.tree_unflatten(
+                slide_def, [jnp.asarray(files[f"state/slide/{i}"], dtype) for i in range(len(slide_leaves))]))
         evals = meta["evals_per_step"]
         segment = {
             "saved": {k[5:]: v for k, v in files.items() if k.startswith("diag/")},
             "final_diag": {k[6:]: v for k, v in files.items() if k.startswith("final/")},
-            "final_state": (params, state.aux),
+            "final_state": (params, state.aux) if state.slide is None else (params, state.aux, state.slide),
             "result_name": meta["result_name"],
             "reason": meta["reason"],
             "stats": meta["stats"],

@@ -71,7 +71,7 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import check_sharpness_options, prepare_problem
 from .result import FlowResult
-from .sharpness import initial_vector
+from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
 from .sharpness import loss_hvp as _loss_hvp
 from .sharpness import sharpness as _sharpness
 
@@ -437,7 +437,7 @@ def simulate_descent(
         iterations late while the vector turns); the converged value at the save iterations is
         checked too. With mini-batches it is checked at the save iterations only
         (``stats["edge_resolution"]`` says which). None (default): on for models with at most
-        ``gradflow.flow.SHARPNESS_DEFAULT_MAX_PARAMS`` parameters. ``min_eigenvalue``,
+        ``gradflow.sharpness.SHARPNESS_DEFAULT_MAX_PARAMS`` parameters. ``min_eigenvalue``,
         ``sharpness_tol``, ``sharpness_max_iters``: as in simulate_flow.
 
     Returns:
@@ -484,8 +484,6 @@ def simulate_descent(
                 ) from None
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
-        from .flow import SHARPNESS_DEFAULT_MAX_PARAMS
-
         k_params = int(ravel_pytree(prob.params0)[0].size)
         with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
         sharpness_opts = eigvec0 = None

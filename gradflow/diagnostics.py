@@ -25,7 +25,7 @@ from jaxtyping import Array, PyTree
 from .losses import Loss, hard_margins
 from .params import combine, global_norm, tree_vdot
 
-__all__ = ["Point", "evaluate", "diagnostics", "DIAGNOSTIC_NAMES"]
+__all__ = ["Point", "evaluate", "point_from_gradient", "diagnostics", "DIAGNOSTIC_NAMES"]
 
 
 class Point(NamedTuple):
@@ -51,6 +51,12 @@ def evaluate(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> 
         return loss.alpha_from_log_loss(log_loss), (log_loss, outputs)
 
     (alpha, (log_loss, outputs)), grad = jax.value_and_grad(alpha_fn, has_aux=True)(params)
+    return point_from_gradient(params, outputs, log_loss, alpha, grad, loss)
+
+
+def point_from_gradient(params: PyTree, outputs: Array, log_loss: Array, alpha: Array, grad: PyTree, loss: Loss) -> Point:
+    """The :class:`Point` of W from the outputs, ln L, α and a gradient direction ``grad`` (∇α,
+    or the sliding gradient of :mod:`gradflow.sliding`)."""
     norm = global_norm(params)
     radial = tree_vdot(grad, params) / norm
     perp = jax.tree_util.tree_map(lambda g, w: g - (radial / norm) * w, grad, params)

@@ -1,9 +1,10 @@
-"""The segment driver of :func:`gradflow.simulate_flow`: runs the compiled solve ``flow._solve`` as a
+"""The segment driver of :func:`gradflow.simulate_flow`: runs the compiled solve :func:`gradflow.solve.solve` as a
 sequence of diffeqsolve segments (checkpoint chunks, ``solver='auto'`` explicit segments, resumed runs)
 and assembles their save points into a :class:`gradflow.FlowResult` with a status."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -12,17 +13,19 @@ from typing import Any, NamedTuple
 import diffrax
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from . import activations
-from . import flow as _flow
 from .errors import SolverFailure
 from .interop import final_model_and_params
-from .result import FlowResult, params_to_dict
+from .params import params_to_dict
+from .result import FlowResult
+from .solve import solve, top_eigenvalue
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 from .solvers.step_guard import STALL_ULPS, fresh_controller_state
 
 
-class _State(NamedTuple):
+class State(NamedTuple):
     """Where a segment starts: W, [ζ, u], the clock value s, the solver, and what the step
     controller carries over (its error history and the next step size)."""
 
@@ -34,20 +37,19 @@ class _State(NamedTuple):
     controller_state: Any
     dt_next: float | None
     eigvec: Any = None  # (top, bottom) Hessian eigenvectors for the sharpness warm start, or None
+    slide: Any = None  # the sliding state (active set, λ) of gradflow.sliding, or None without sliding
 
 
-def _chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
+def chunks(points: np.ndarray, every: int | None) -> list[np.ndarray]:
     """Save points split into consecutive chunks of ``every`` (one chunk when None)."""
     if every is None or every >= len(points):
         return [points]
     return [points[i : i + every] for i in range(0, len(points), every)]
 
 
-def _fingerprint(x, y, params0, config, save_points) -> dict:
+def fingerprint(x, y, params0, config, save_points) -> dict:
     """What must match for a checkpoint to be resumed: the data, the model's parameter shapes,
     the loss, clock, solver, tolerances and save points."""
-    import hashlib
-
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
     h.update(np.ascontiguousarray(np.asarray(y)).tobytes())
@@ -63,7 +65,7 @@ def _fingerprint(x, y, params0, config, save_points) -> dict:
     }
 
 
-class _Driver:
+class Driver:
     """Runs the flow as a sequence of diffeqsolve segments.
 
     Segments arise from checkpoint chunks (the save points split every ``checkpoint_every``) and
@@ -74,7 +76,7 @@ class _Driver:
     Bounds (issue 14): ``max_steps`` is the budget of the whole run, shared by all segments, chunks
     and resumes (``steps_left``); each solve gets what is left as a traced budget
     (:class:`gradflow.step_guard.StepGuard`), and save points are padded to one length
-    (``pad``), so every segment reuses one compiled ``_solve``. A solve whose steps stop moving
+    (``pad``), so every segment reuses one compiled solve. A solve whose steps stop moving
     the clock ends at once with a "no progress" failure (see :meth:`_no_progress_reason`)."""
 
     def __init__(self, *, common, f, t_end, max_steps, auto, explicit_steps, rtol, atol, jacobian, state_size=None):
@@ -86,7 +88,7 @@ class _Driver:
         self.steps_left = max_steps
         self.pad = 1
 
-    def run(self, state: _State, chunks, *, store=None, progress=False):
+    def run(self, state: State, chunks, *, store=None, progress=False):
         segments: list[dict] = []
         first = 0
         if store is not None:
@@ -116,7 +118,7 @@ class _Driver:
     def _solver_by_name(self, name: str):
         return get_solver(name.lower(), rtol=self.rtol, atol=self.atol, jacobian=self.jacobian, state_size=self.state_size)
 
-    def _run_chunk(self, state: _State, points, end):
+    def _run_chunk(self, state: State, points, end):
         """Integrate to ``end`` saving at ``points``; returns (state, segments, finished_ok)."""
         out = []
         while True:
@@ -125,11 +127,11 @@ class _Driver:
             seg = self._segment(state, points, end, budget)
             out.append(seg)
             self.steps_left -= seg["stats"]["num_steps"]
-            params, aux = seg["final_state"]
+            params, aux = seg["final_state"][:2]
             # The solver's own state (e.g. Tsit5's FSAL stage) is not carried: it is recomputed at the
             # start of the next segment, exactly as after a resume from a checkpoint.
-            new_state = _State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"],
-                               seg["eigvec"])
+            new_state = State(params, aux, seg["s_final"], state.solver, None, seg["controller_state"], seg["dt_next"],
+                              seg["eigvec"], seg["final_state"][2] if len(seg["final_state"]) > 2 else None)
             name = seg["result_name"]
             if name == "successful":
                 return new_state, out, True
@@ -144,7 +146,7 @@ class _Driver:
                 seg["result_name"], seg["reason"] = "failed", self._no_progress_reason(seg)
                 return new_state, out, False
             # auto: the explicit solver ran out of its segment budget; is it stability-limited?
-            lam = _flow._top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common)
+            lam = top_eigenvalue(params, aux, self.f(seg["s_final"]), self.common, slide=new_state.slide)
             h = seg["dt_next"]
             position = seg["final_diag"]["t"] if self.common["clock"] == "time" else seg["final_diag"]["accuracy"]
             points = points[points > position]
@@ -176,13 +178,13 @@ class _Driver:
         return (f"The minimum step size was reached (no progress) at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
                 f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
 
-    def _start_evaluations(self, state: _State) -> int:
+    def _start_evaluations(self, state: State) -> int:
         """Field evaluations before a segment's first step (no step size carried: one is chosen)."""
         constant = dict(self.common["controller_opts"]).get("constant", False)
         return evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None,
                                     choose_step=state.dt_next is None and not constant)
 
-    def _segment(self, state: _State, points, end, budget) -> dict:
+    def _segment(self, state: State, points, end, budget) -> dict:
         f = self.f
         start = time.perf_counter()
         # one compiled solve for every segment: save points padded (repeating the last) to self.pad
@@ -193,11 +195,11 @@ class _Driver:
             controller_state = fresh_controller_state(self.common["controller_opts"], self.common["rtol"].dtype)
         if self.common["patterns"] and self.pattern is None:  # first segment, or resumed from a checkpoint
             self.pattern = activations.state_at(state.params, self.common["static"], self.common["x"])
-        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern, eigvec = _flow._solve(
+        saved, final_diag, final_state, result, stats, s_final, _solver_state, controller_state, initial, self.pattern, eigvec = solve(
             state.params, state.aux, f(state.s), state.solver_state, controller_state,
             save_points=f(padded), t_end=f(end), dt0=f(math.nan if state.dt_next is None else state.dt_next),
             solver=state.solver, max_steps=self.max_steps, budget=jax.numpy.asarray(budget, jax.numpy.int32),
-            pattern_prev=self.pattern, eigvec=state.eigvec, **self.common,
+            pattern_prev=self.pattern, eigvec=state.eigvec, slide0=state.slide, **self.common,
         )
         jax.block_until_ready(final_state)
         wall = time.perf_counter() - start
@@ -212,7 +214,7 @@ class _Driver:
         accepted = max(stats["num_accepted_steps"], 1)
         seg = dict(
             saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
-            result_name=_result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
+            result_name=result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
             evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
             start_evals=self._start_evaluations(state), eigvec=eigvec,
@@ -224,7 +226,7 @@ class _Driver:
         return seg
 
 
-def _result_name(result) -> str:
+def result_name(result) -> str:
     for name in ("successful", "event_occurred", "max_steps_reached"):
         if result == getattr(diffrax.RESULTS, name):
             return name
@@ -242,8 +244,6 @@ class _SegmentProgress:
     that stop on an event; this one shows where the flow is in the units that matter."""
 
     def __init__(self, clock: str, total: float):
-        from tqdm.auto import tqdm
-
         self.clock = clock
         self.scale = (lambda v: math.log10(1.0 + v)) if clock == "time" else (lambda v: v)
         unit = "log10(1+t)" if clock == "time" else "ln(n/L)"
@@ -259,7 +259,7 @@ class _SegmentProgress:
         self.bar.close()
 
 
-def _assemble(segments, static, degree, *, config, throw, event_kind):
+def assemble(segments, static, degree, *, config, throw, event_kind):
     """Concatenate the segments' save points (+ the final state if it is not a save point) into a
     FlowResult with a status and reason."""
     parts = [seg["saved"] for seg in segments]
@@ -277,7 +277,7 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
     else:
         status, reason = "failed", last["reason"]
-    params_final, _aux = last["final_state"]
+    params_final = last["final_state"][0]
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
         status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
     evals = [seg["evals_per_step"] for seg in segments]
@@ -287,7 +287,8 @@ def _assemble(segments, static, degree, *, config, throw, event_kind):
         "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
         # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
         "gradient_evaluations": None if None in evals else sum(
-            seg["stats"]["num_steps"] * e + seg["start_evals"] for seg, e in zip(segments, evals, strict=True)),
+            seg["stats"]["num_steps"] * e + seg["start_evals"] + seg["stats"].get("extra_evaluations", 0)
+            for seg, e in zip(segments, evals, strict=True)),
         "implicit_segments": sum(e is None for e in evals),
         # why gradient_evaluations can be None: diffrax reports steps, not Newton–GMRES iterations
         "gradient_evaluations_note": (

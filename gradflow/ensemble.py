@@ -40,12 +40,15 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
+from .driver import assemble, result_name
 from .errors import InvalidTypeError, bad_argument
-from .flow import CLOCKS, _assemble, _default_save_points, _make_save_fn, _result_name, _solve, _time_field
+from .fields import FieldArgs, make_save_fn, time_field
+from .flow import CLOCKS, _default_save_points
 from .params import combine, partition
 from .precision import x64
 from .problem import check_positive_finite, prepare_problem, resolve_devices
 from .result import FlowResult
+from .solve import solve
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, initial_step, nan_to_inf
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
@@ -82,7 +85,7 @@ def _ensemble_solve(params0, s0, aux0, static, x, y, save_points, t_end, target_
         static_, x_, y_, save_points_, t_end_, target_, log_t_max_, rtol_, atol_, dt0_ = shared
 
         def member(p, s):
-            return _solve(p, aux0, s, None, None, static_, x_, y_, save_points_, t_end_, target_, log_t_max_,
+            return solve(p, aux0, s, None, None, static_, x_, y_, save_points_, t_end_, target_, log_t_max_,
                           rtol_, atol_, dt0_, **config)
 
         return eqx.filter_vmap(member)(p0, s0_)
@@ -147,19 +150,19 @@ def _shared_body(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, 
     The state is one (members, k + 1) array: row i = [W_i flattened, ζ_i]. One leaf instead of a
     PyTree of stacked layers keeps the solver's stage arithmetic (Tsit5: ~40 axpy-like ops per
     step) to one fused op per combination, and the error norm to one reduction."""
-    args = (static, x, y, loss)
+    args = FieldArgs(static, x, y, loss)
     flat0 = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params0)
     members, k = flat0.shape
     unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda v: v[0], params0))[1]
 
     def member_field(row):
-        dparams, daux = _time_field(None, (unravel(row[:k]), None), args)
+        dparams, daux = time_field(None, (unravel(row[:k]), None), args)
         return jnp.concatenate([jax.flatten_util.ravel_pytree(dparams)[0], daux[:1]])
 
     def field(t, state, args_):
         return jax.vmap(member_field)(state)
 
-    save_one = _make_save_fn("time", degree, save_params)
+    save_one = make_save_fn("time", degree, save_params)
 
     def member_save(t, row):
         aux = jnp.stack([row[k], jnp.zeros((), row.dtype)])
@@ -309,13 +312,13 @@ def simulate_ensemble(
                 saved={k: v[reached] for k, v in s_i.items()},
                 final_diag={k: v[0] for k, v in _member(final_diag, i).items()},
                 final_state=state_i,
-                result_name=_result_name(res_i), reason=diffrax.RESULTS[res_i],
+                result_name=result_name(res_i), reason=diffrax.RESULTS[res_i],
                 stats={k: int(v[i]) for k, v in stats.items() if k != "max_steps"},
                 wall=wall / members_n, num_save=len(save_points), evals_per_step=evaluations_per_step(solver_obj),
                 start_evals=start_evals,
                 solver_name=type(solver_obj).__name__,
             )
-            members.append(_assemble([segment], first.static, first.degree, config=dict(config, member=i),
+            members.append(assemble([segment], first.static, first.degree, config=dict(config, member=i),
                                      throw=False, event_kind=event_kind))
     return EnsembleResult(members=members, diagnostics=_stack(members), stats={"wall_time": wall, "members": len(members)})
 

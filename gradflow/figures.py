@@ -63,9 +63,11 @@ import numpy as np
 
 from .errors import bad_argument
 from .losses import get_loss
+from .maxmargin import svm_direction
+from .models.nonhomogeneous import SmallDenseNet, SmallResNet
 from .params import combine, partition
 from .precision import x64
-from .progress import descend_with_progress, simulate_with_progress
+from .progress import concat_results, descend_with_progress, initial_accuracy, simulate_with_progress
 from .result import FlowResult
 
 __all__ = [
@@ -173,8 +175,6 @@ def ntk_max_margin(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, flo
     v̄ = argmax_{‖v‖≤1} min_i y_i ⟨v, ψ(x_i)⟩ by :func:`gradflow.maxmargin.svm_direction` on the
     features of :func:`ntk_features`; the limit direction of the gradient flow on the
     (1-homogeneous, linear) frozen-activation predictor."""
-    from .maxmargin import svm_direction
-
     w = np.asarray(model.w, np.float64)
     s = np.asarray(model.signs, np.float64)
     res = svm_direction(ntk_features(w, s, np.asarray(x, np.float64)), y)
@@ -262,8 +262,6 @@ def figure1(
     with warnings.catch_warnings():
         # L(W_0) ≥ ℓ(0) at a small random initialisation: expected for panel (b), which starts there.
         warnings.filterwarnings("ignore", message=".*Assumption 2.3.*")
-        from .progress import initial_accuracy
-
         acc0 = initial_accuracy(model, (x, y))
         save = acc0 + (acc_first - acc0) * np.linspace(0.0, 1.0, first_saves)
         save[0] += 1e-12 * max(1.0, abs(acc0))
@@ -358,8 +356,6 @@ def make_margin_model(arch: str, input_shape: Sequence[int], num_classes: int = 
     (non-homogeneous, with biases), sized for ``input_shape`` = (C, H, W)."""
     import gradflow as gf
 
-    from .models.nonhomogeneous import SmallDenseNet, SmallResNet
-
     c, h, _w = input_shape
     key = jax.random.PRNGKey(seed)
     if arch == "hcnn":
@@ -423,8 +419,6 @@ def margin_checks(result: FlowResult, *, homogeneous: bool, tol: float = 1e-9) -
     else:
         checks.update(classified_at=None, change_first_quarter=None, change_last_quarter=None, margins_converge=None)
     if homogeneous and "smoothed_margin" in d:
-        from .losses import get_loss
-
         ell0 = get_loss(result.config.get("loss", "cross_entropy")).ell_zero
         keep = np.asarray(d["log_loss"]) < math.log(ell0)
         at = np.asarray(d["smoothed_margin"], np.float64)[keep]
@@ -468,8 +462,6 @@ def margin_run(
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early
     at ln(n/L) = ``target`` (the paper's Figures 2–3 optimizer)."""
     import gradflow as gf
-
-    from .progress import concat_results
 
     cfg = MARGIN_SIZES[_check_size(size)]
     if arch not in ARCHITECTURES:

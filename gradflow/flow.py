@@ -31,230 +31,39 @@ the compiled solve at the save points through ``diffrax.SubSaveAt(fn=...)``.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import warnings
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import diffrax
 import equinox as eqx
 import jax
-import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import activations
-from .diagnostics import diagnostics, evaluate
-
-# The segment driver (gradflow/driver.py) reads _solve and _top_eigenvalue from this module when it
-# runs; _assemble and _result_name are re-exported for gradflow.ensemble.
-from .driver import _assemble, _chunks, _Driver, _fingerprint, _result_name, _State  # noqa: F401
+from .checkpoint import CheckpointStore
+from .driver import Driver, State, assemble, chunks, fingerprint
+from .error_check import simulate_with_error_check
 from .errors import InvalidTypeError, bad_argument
 from .params import combine
 from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import check_sharpness_options, prepare_problem, resolve_devices
 from .result import FlowResult
-from .sharpness import initial_vector
-from .sharpness import sharpness as _sharpness
-from .solvers import (
-    IMPLICIT_CONTROLLER,
-    finite_rms_norm,
-    get_solver,
-    initial_step,
-    is_implicit,
-    step_controller,
-)
+from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
+from .sliding import Sliding, initial_slide, model_kinks
+from .solvers import get_solver, is_implicit
 from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
-from .solvers.step_guard import StepGuard
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
 CLOCKS = ("time", "accuracy")
 
-# simulate_flow(sharpness=None) records the sharpness for models with at most this many parameters.
-SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
-
-
-def _time_field(t, state, args):
-    params, aux = state
-    static, x, y, loss = args
-    pt = evaluate(params, static, x, y, loss)
-    speed = jnp.exp(pt.log_neg_dloss)
-    dparams = jax.tree_util.tree_map(lambda g: speed * g, pt.grad_alpha)
-    dzeta = speed * pt.perp_norm / pt.norm
-    return dparams, jnp.stack([dzeta, jnp.zeros_like(dzeta)])
-
-
-def _accuracy_field(alpha, state, args):
-    params, aux = state
-    static, x, y, loss = args
-    pt = evaluate(params, static, x, y, loss)
-    inv_sq = 1.0 / pt.grad_norm**2
-    dparams = jax.tree_util.tree_map(lambda g: inv_sq * g, pt.grad_alpha)
-    dzeta = pt.perp_norm * inv_sq / pt.norm
-    du = jnp.exp(-jax.nn.softplus(pt.alpha) - pt.log_neg_dloss) * inv_sq - jax.nn.sigmoid(pt.alpha) * aux[1]
-    return dparams, jnp.stack([dzeta, du])
-
-
-def _make_save_fn(clock: str, degree, save_params: bool):
-    def save_fn(s, state, args):
-        params, aux = state
-        static, x, y, loss = args
-        pt = evaluate(params, static, x, y, loss)
-        out = diagnostics(pt, params, y, loss, degree)
-        out["path_length"] = aux[0]
-        if clock == "time":
-            out["log_t"] = jnp.log(s)
-        else:
-            out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
-        out["t"] = jnp.exp(out["log_t"])
-        if save_params:
-            out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
-        return out
-
-    return save_fn
-
-
-@eqx.filter_jit
-def _solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None, patterns=False, pattern_prev=None, sharpness_opts=None, eigvec=None):
-    args = (static, x, y, loss)
-    n = x.shape[0]
-    if clock == "time":
-        term = diffrax.ODETerm(_time_field)
-        s1 = t_end
-        ts = save_points
-    else:
-        term = diffrax.ODETerm(_accuracy_field)
-        # save points and target are given in ln(n/L); map them to α = ℓ⁻¹(n e^(−K)).
-        s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
-        ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
-    save_fn = _make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
-    # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
-    # them after the loop (still inside this compiled function). Under vmap the save branch of
-    # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
-    saveat = diffrax.SaveAt(
-        subs=[
-            diffrax.SubSaveAt(ts=ts, fn=(lambda s, state, args: (s, state)) if defer_diagnostics else save_fn),
-            diffrax.SubSaveAt(t1=True, fn=save_fn),
-            diffrax.SubSaveAt(t1=True),
-            diffrax.SubSaveAt(t0=True, fn=save_fn),
-            # sharpness: the bare W at the save points, for the warm-started scan after the loop
-            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
-        ],
-        solver_state=True,
-        controller_state=True,
-    )
-    if event_kind == "log_loss":
-
-        def cond(s, state, args, **kwargs):
-            params, _ = state
-            static_, x_, y_, loss_ = args
-            return loss_.log_loss(combine(params, static_)(x_), y_) <= target_log_loss
-
-        event = diffrax.Event(cond)
-    elif event_kind == "log_t":
-
-        def cond(s, state, args, **kwargs):
-            return jax.nn.softplus(s) + jnp.log(state[1][1]) >= log_t_max
-
-        event = diffrax.Event(cond)
-    else:
-        event = None
-    opts = dict(controller_opts)
-    y0 = (params0, aux0)
-    if opts.get("constant", False):
-        controller = diffrax.ConstantStepSize()
-    else:
-        if is_implicit(solver):  # kink control is for explicit steps (an implicit one fails its Newton solve)
-            opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
-        controller = step_controller(rtol, atol, {"norm": finite_rms_norm, **opts})
-        if dt0 is None:
-            dt0 = initial_step(term.vector_field, s0, y0, args, solver.error_order(term), rtol, atol, s1 - s0)
-        elif budget is not None:  # the driver passes dt0 = NaN for "choose it here": one trace either way
-            dt0 = jax.lax.cond(jnp.isnan(dt0), lambda: initial_step(term.vector_field, s0, y0, args, solver.error_order(term),
-                                                                     rtol, atol, s1 - s0).astype(dt0.dtype), lambda: dt0)
-    if budget is not None:
-        # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
-        # controller state is the inner controller's, without the guard's step count
-        controller = StepGuard(controller, budget, rtol, atol, finite_rms_norm)
-        if controller_state is not None:
-            controller_state = (controller_state, jnp.zeros((), jnp.int32))
-    sol = diffrax.diffeqsolve(
-        term,
-        solver,
-        s0,
-        s1,
-        dt0,
-        y0,
-        args=args,
-        saveat=saveat,
-        stepsize_controller=controller,
-        event=event,
-        max_steps=max_steps,
-        throw=False,
-        solver_state=solver_state,
-        controller_state=controller_state,
-    )
-    saved, final_diag, final_state, initial_diag = sol.ys[:4]
-    if defer_diagnostics:
-        saved_s, saved_states = saved
-        saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
-    final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
-    controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
-    pattern_carry = None
-    if patterns:  # gradflow.activations: counted after the loop from W at the save points
-        unravel = jax.flatten_util.ravel_pytree(params0)[1]
-        rows, first, last, pattern_carry = activations.segment_counts(
-            jax.vmap(unravel)(saved["params_flat"]), jnp.isfinite(saved["log_loss"]), params0, final_state[0],
-            pattern_prev, static, x)
-        if not save_params:
-            saved, initial_diag, final_diag = ({k: v for k, v in d.items() if k != "params_flat"}
-                                               for d in (saved, initial_diag, final_diag))
-        saved = {**saved, **rows}
-        initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
-        final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
-    if sharpness_opts is not None:
-        saved, final_diag, initial_diag, eigvec = _sharpness_along(
-            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
-    return (saved, final_diag, final_state, sol.result, sol.stats, sol.ts[1], sol.solver_state, controller_state_out,
-            initial_diag, pattern_carry, eigvec)
-
-
-def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
-    """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
-    iteration from the previous point's eigenvector), at the segment's start (reported when no save
-    point was reached) and at its final state, in that (chronological) order; the save points the
-    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
-    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
-    tol, max_iters, negative = opts
-
-    def at(params, vecs):
-        v, v_min = vecs
-        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
-        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps}
-        if negative:
-            out["min_eigenvalue"] = sh.min_eigenvalue
-        return out, (sh.vector, sh.min_vector if negative else v_min)
-
-    def skipped(vecs):
-        nan = jnp.full((), jnp.nan, vecs[0].dtype)
-        out = {"sharpness": nan, "log_sharpness": nan, "sharpness_hvps": jnp.zeros((), jnp.int32)}
-        if negative:
-            out["min_eigenvalue"] = nan
-        return out, vecs
-
-    def step(vecs, params):
-        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
-        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
-        return new, out
-
-    vecs, first = step(eigvec, initial_params)
-    vecs, rows = jax.lax.scan(step, vecs, saved_params)
-    vecs, last = step(vecs, final_params)
-    saved = {**saved, **rows}
-    final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
-    initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
-    return saved, final_diag, initial_diag, vecs
 
 
 def _versions() -> dict:
@@ -266,8 +75,6 @@ def _versions() -> dict:
 @functools.cache
 def _package_versions() -> dict:
     """Installed versions, read once per process (importlib.metadata costs ~10 ms a call)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("gradflow", "jax", "jaxlib", "diffrax", "equinox", "lineax", "optimistix", "optax", "numpy"):
         try:
@@ -279,9 +86,6 @@ def _package_versions() -> dict:
 
 def _check_controller_options(options) -> dict:
     """``controller_options`` as a dict of diffrax.PIDController keywords (or {'constant': True})."""
-    import inspect
-    from collections.abc import Mapping
-
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -337,6 +141,7 @@ def simulate_flow(
     min_eigenvalue: bool = False,
     sharpness_tol: float = 1e-3,
     sharpness_max_iters: int = 100,
+    sliding: bool | None = None,
 ) -> FlowResult:
     r"""Integrate the gradient flow dW/dt = −∇L(W) of ``model`` on ``data``.
 
@@ -428,8 +233,6 @@ def simulate_flow(
         if not isinstance(value, (bool, np.bool_)):
             raise InvalidTypeError(f"{name}: expected True or False, got {type(value).__name__}. Pass {name}=True.")
     if error_check:
-        from .error_check import simulate_with_error_check
-
         return simulate_with_error_check(simulate_flow, arguments)
     if clock not in CLOCKS:
         raise bad_argument("clock", f"unknown clock {clock!r}", f"Use one of {CLOCKS}.")
@@ -539,6 +342,12 @@ def simulate_flow(
             patterns=patterns,
             sharpness_opts=sharpness_opts,
         )
+        slide0 = None
+        if sliding:
+            site_info = model_kinks(params0, static, x)
+            if site_info.sliding:
+                common["sliding"] = Sliding(site_info, float(rtol))
+                slide0 = initial_slide(site_info, fdtype, k_params)
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
@@ -549,7 +358,7 @@ def simulate_flow(
             **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
             sharpness=bool(with_sharpness),
         )
-        driver = _Driver(
+        driver = Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,
             explicit_steps=int(auto_explicit_steps), rtol=rtol, atol=atol, jacobian=jacobian, state_size=state_size,
         )
@@ -557,23 +366,19 @@ def simulate_flow(
         if with_sharpness:
             v0 = initial_vector(k_params, fdtype)
             eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
-        state = _State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0, eigvec0)
-        chunks = _chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
+        state = State(params0, jnp.zeros((2,), fdtype), s_start, solver_obj, None, None, dt0, eigvec0, slide0)
+        segments_points = chunks(save_points, checkpoint_every if (checkpoint is not None or progress) else None)
         store = None
         if checkpoint is not None:
-            from .checkpoint import CheckpointStore
-
-            store = CheckpointStore(checkpoint, fingerprint=_fingerprint(x, y, params0, config, save_points))
-        segments, state, done = driver.run(state, chunks, store=store, progress=progress)
+            store = CheckpointStore(checkpoint, fingerprint=fingerprint(x, y, params0, config, save_points))
+        segments, state, done = driver.run(state, segments_points, store=store, progress=progress)
         if auto:
             config["switches"] = driver.switches
-        return _assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
+        return assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
 
 
 def _shard(devices, x, y, params, static):
     """Place x, y split over a 1-D device mesh and the parameters replicated on it."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
     devs = resolve_devices(devices)
     if x.shape[0] % len(devs) != 0:
         raise bad_argument(
@@ -589,29 +394,3 @@ def _shard(devices, x, y, params, static):
     params = jax.device_put(params, replicated)
     static = jax.tree_util.tree_map(lambda a: jax.device_put(a, replicated) if eqx.is_array(a) else a, static)
     return x, y, params, static
-
-
-def _top_eigenvalue(params, aux, s, common, iters: int = 30) -> float:
-    """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
-    products; in physical time these are Hessian-vector products of L)."""
-    field = _time_field if common["clock"] == "time" else _accuracy_field
-    args = (common["static"], common["x"], common["y"], common["loss"])
-    return float(_power_iteration(field, params, aux, s, args, iters))
-
-
-@eqx.filter_jit
-def _power_iteration(field, params, aux, s, args, iters):
-    def jv(v):
-        return jax.jvp(lambda p: field(s, (p, aux), args)[0], (params,), (v,))[1]
-
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    v0 = unravel(jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 1.3) + 0.5)
-
-    def body(_, carry):
-        v, _lam = carry
-        w = jv(v)
-        wn = jnp.linalg.norm(jax.flatten_util.ravel_pytree(w)[0])
-        lam = wn / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
-        return jax.tree_util.tree_map(lambda a: a / wn, w), lam
-
-    return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]

@@ -32,7 +32,6 @@ any non-homogeneous model). One warning says which.
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Any
 
 import equinox as eqx
@@ -42,13 +41,13 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from .errors import InvalidTypeError, bad_argument
-from .models._base import Model
-from .params import Frozen, combine, partition
+from .model import Model
+from .params import Frozen, combine, params_from_dict, params_to_dict, partition
+from .precision import x64
 
-__all__ = ["ExternalModel", "as_model", "unwrap", "adapt", "as_gradflow_model"]
+__all__ = ["ExternalModel", "as_model", "wrap", "unwrap", "adapt", "as_gradflow_model", "user_partition", "model_from_params"]
 
 _AGREE_RTOL = 1e-12  # batched and vmapped outputs closer than this are the same function
-_DEGREE_EXAMPLES = 16  # examples used to measure an undeclared degree
 
 
 class ExternalModel(Model):
@@ -142,7 +141,7 @@ def _check_batched_arg(batched) -> None:
 _UNSET = object()
 
 
-def _wrap(model: Any, *, degree: Any = _UNSET, batched: bool | None = None) -> Model:
+def wrap(model: Any, *, degree: Any = _UNSET, batched: bool | None = None) -> Model:
     """``model`` as a gradflow model, without looking at data (gradflow models pass through)."""
     if isinstance(model, ExternalModel):
         declared = (model.declared_degree, model.degree_declared) if degree is _UNSET else (degree, True)
@@ -201,7 +200,7 @@ def as_model(apply: Any, params: Any = _UNSET, *, degree: int | None | Any = _UN
         if isinstance(apply, Model) and not isinstance(apply, ExternalModel):  # a gradflow model: batched
             declared = apply.degree if degree is _UNSET else degree
             return ExternalModel(apply, "equinox", None, True if batched is None else batched, declared, True)
-        return _wrap(apply, degree=degree, batched=batched)  # type: ignore[return-value]
+        return wrap(apply, degree=degree, batched=batched)  # type: ignore[return-value]
     if not callable(apply):
         raise InvalidTypeError(f"apply: expected a function apply(params, x), got {type(apply).__name__}. "
                                "Pass e.g. gradflow.as_model(model.apply, variables).")
@@ -225,7 +224,7 @@ def unwrap(model: Any) -> Any:
 def user_partition(model: Any) -> tuple[PyTree, Any]:
     """(W, rebuild): the trainable parameters keyed as in the user's own model (the keys of
     ``result.params``), and ``rebuild(W')``, the user's model (:func:`unwrap`) with W' instead."""
-    wrapped = _wrap(model)
+    wrapped = wrap(model)
     if not isinstance(wrapped, ExternalModel):
         params, static = partition(wrapped)
         return params, lambda p: combine(p, static)
@@ -246,10 +245,16 @@ def _user_params(model: Any) -> PyTree:
     return user_partition(model)[0]
 
 
+def model_from_params(like: Any, params: dict[str, np.ndarray]) -> Any:
+    """``like`` (any model type gradflow accepts) with its trainable leaves replaced by ``params``,
+    keyed as :func:`gradflow.params.params_to_dict` writes them: the user's own model type back."""
+    with x64():
+        p, rebuild = user_partition(like)
+        return rebuild(params_from_dict(p, params))
+
+
 def final_model_and_params(params: PyTree, static: PyTree) -> dict:
     """``model=`` and ``params=`` of a result: the user's model type and its parameter paths."""
-    from .result import params_to_dict
-
     wrapped = combine(params, static)
     return dict(model=unwrap(wrapped), params=params_to_dict(_user_params(wrapped)))
 
@@ -321,28 +326,6 @@ def _check_applies(model: ExternalModel, x: Array) -> None:
         ) from e
 
 
-def _measure_degree(model: ExternalModel, x: Array) -> tuple[int | None, str]:
-    from .models.homogeneity import check_homogeneity
-
-    report = check_homogeneity(model, np.asarray(x[:_DEGREE_EXAMPLES]))
-    name = type(unwrap(model)).__name__ if model.kind != "function" else "as_model(apply, params)"
-    if report.homogeneous and report.degree is not None and report.degree >= 1:
-        warnings.warn(
-            f"model {name} declares no degree; measured L = {report.degree} (max relative error "
-            f"{report.max_relative_error:.1e} <= {report.rtol:.0e} at c in {report.scales}). Declare it with "
-            f"gradflow.as_model(model, degree={report.degree}) to skip the measurement.",
-            stacklevel=5,
-        )
-        return report.degree, f"measured: homogeneous of degree {report.degree} ({report.max_relative_error:.1e} <= {report.rtol:.0e})"
-    warnings.warn(
-        f"model {name} declares no degree and is not measurably homogeneous ({report}); it is treated as "
-        "non-homogeneous: smoothed_margin, beta, margin, margins and potential are left out of the result. "
-        "Declare the degree with gradflow.as_model(model, degree=L) if it is homogeneous.",
-        stacklevel=5,
-    )
-    return None, "measured: not homogeneous"
-
-
 def resolve_convention(model: Model, x: Array) -> tuple[Model, dict]:
     """``model`` (wrapped by :func:`_wrap`) with its batch convention decided on the inputs ``x``,
     and what was decided, for a result's config: ``{"kind", "batched", "detected"}``."""
@@ -350,48 +333,36 @@ def resolve_convention(model: Model, x: Array) -> tuple[Model, dict]:
         return model, {"kind": "gradflow", "batched": True, "detected": "gradflow model (batched)"}
     if model.batched is None:
         batched, how = _detect_batched(model, x)
-        model = _wrap(model, batched=batched)
+        model = wrap(model, batched=batched)
     else:
         _check_applies(model, x)
         how = f"given (batched={model.batched})"
     return model, {"kind": model.kind, "batched": model.batched, "detected": how}
 
 
-def resolve_degree(model: Model, x: Array) -> tuple[Model, str]:
-    """``model`` with a degree: the declared one, or one measured on ``x`` (with one warning);
-    and where it came from ('declared' or 'measured: …')."""
-    if not isinstance(model, ExternalModel) or model.degree_declared:
-        return model, "declared"
-    degree, source = _measure_degree(model, x)
-    return _wrap(model, degree=degree), source
+def adapt(model: Any, x: Any) -> tuple[Model, dict]:
+    """``model`` ready for gradflow on inputs ``x``: wrapped and its batch convention resolved
+    (gradflow models unchanged; the degree, if undeclared, is measured by
+    :func:`gradflow.models.homogeneity.resolve_degree`).
 
-
-def adapt(model: Any, x: Any, *, measure_degree: bool = True) -> tuple[Model, dict]:
-    """``model`` ready for gradflow on inputs ``x``: wrapped, its batch convention resolved and,
-    if ``measure_degree`` and none was declared, its degree measured (gradflow models unchanged).
-
-    Returns the model and what was decided: ``{"kind", "batched", "detected", "degree_source"}``."""
+    Returns the model and what was decided: ``{"kind", "batched", "detected"}``."""
     x = jnp.asarray(x)
-    wrapped = _wrap(model)
+    wrapped = wrap(model)
     if not jax.tree_util.tree_leaves(partition(wrapped)[0]):
         raise bad_argument("model", f"{type(model).__name__} has no trainable floating-point parameters",
                            "Pass a model with float arrays (integer arrays and gradflow.Frozen parts are never trained).")
-    wrapped, info = resolve_convention(wrapped, x)
-    source = "declared"
-    if measure_degree:
-        wrapped, source = resolve_degree(wrapped, x)
-    return wrapped, dict(info, degree_source=source)
+    return resolve_convention(wrapped, x)
 
 
 def same_wrapping(member: Any, first: Model) -> Model:
     """Wrap an ensemble member exactly like ``first`` (its convention and degree, no measuring)."""
-    wrapped = _wrap(member)
+    wrapped = wrap(member)
     if isinstance(first, ExternalModel) and isinstance(wrapped, ExternalModel):
-        wrapped = _wrap(wrapped, batched=first.batched, degree=first.declared_degree)
+        wrapped = wrap(wrapped, batched=first.batched, degree=first.declared_degree)
     return wrapped
 
 
 def as_gradflow_model(model: Any, x: Any) -> Model:
     """``model`` as a batched gradflow model on inputs like ``x`` (no degree measured)."""
-    return adapt(model, x, measure_degree=False)[0]
+    return adapt(model, x)[0]
 

@@ -13,9 +13,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, PyTree
 
-__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params"]
+from .errors import bad_argument
+
+__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params", "params_to_dict", "params_from_dict"]
 
 
 class Frozen(eqx.Module):
@@ -64,3 +67,20 @@ def num_params(model: PyTree) -> int:
     """Number of trainable scalars k (W ∈ R^k)."""
     params, _ = partition(model)
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def params_to_dict(params: PyTree) -> dict[str, np.ndarray]:
+    """Trainable leaves keyed by their path in the model (e.g. ``.layers[0].weight``): the
+    ``params/<path>`` arrays of a saved result."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
+
+
+def params_from_dict(like: PyTree, params: dict[str, np.ndarray]) -> PyTree:
+    """The inverse of :func:`params_to_dict`: ``like``'s structure with the leaves ``params``
+    (keyed by path); refuses a dictionary whose keys are not ``like``'s paths."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(like)
+    keys = [jax.tree_util.keystr(k) for k, _ in flat]
+    if sorted(keys) != sorted(params):
+        raise bad_argument("like", "its parameters do not match the stored ones", "Pass a model of the same architecture.")
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(params[k]) for k in keys])

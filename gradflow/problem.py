@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import interop
 from .data import as_dataset
 from .errors import InvalidTypeError, bad_argument
 from .losses import Loss, get_loss
+from .models.homogeneity import check_homogeneity, resolve_degree
 from .params import combine, partition
 from .precision import warn_if_float32
 
@@ -63,8 +65,6 @@ def resolve_devices(devices) -> list:
 
 def check_declared_degree(model, x, degree) -> None:
     """Refuse a model whose declared degree disagrees with the measured one (check_homogeneity)."""
-    from .models.homogeneity import check_homogeneity
-
     report = check_homogeneity(model, np.asarray(x))
     if degree is not None and report.degree != degree:
         raise bad_argument(
@@ -103,9 +103,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
     if dtype == "float32":
         warn_if_float32(jnp.float32, who)
-    from . import interop
-
-    wrapped = interop._wrap(model)  # any model type accepted here (gradflow.interop); else a clear error
+    wrapped = interop.wrap(model)  # any model type accepted here (gradflow.interop); else a clear error
     fdtype = jnp.float64 if dtype == "float64" else jnp.float32
     params0, static = partition(wrapped)
     if not jax.tree_util.tree_leaves(params0):
@@ -142,7 +140,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
             "outputs Φ(x; W_0) on data.x are not finite (NaN/inf in a non-trainable array, or overflow)",
             "Check frozen weights and rescale data.x.",
         )
-    model_cast, interface["degree_source"] = interop.resolve_degree(model_cast, data.x[: min(data.n, 16)])
+    model_cast, interface["degree_source"] = resolve_degree(model_cast, data.x[: min(data.n, 16)])
     params0, static = partition(model_cast)
     degree = model_cast.degree
     if check_degree and interface["degree_source"] == "declared":

@@ -30,9 +30,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from .data import as_dataset
+from .descent import simulate_descent
 from .errors import bad_argument
+from .flow import simulate_flow
 from .losses import get_loss
 from .params import combine, partition
 from .precision import x64
@@ -54,12 +57,8 @@ def progress_enabled(progress: bool | None) -> bool:
 
 
 def _bar(total: float, desc: str, enabled: bool, unit: str):
-    """A tqdm bar, or None when disabled (or tqdm missing)."""
+    """A tqdm bar, or None when disabled."""
     if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is optional
         return None
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                 bar_format="{l_bar}{bar}| {n:.4g}/{total:.4g} {unit} [{elapsed}<{remaining}]{postfix}")
@@ -173,8 +172,6 @@ def simulate_with_progress(
       (the run stops there and keeps what it computed). ``stats`` are summed over segments,
       ``stats["progress_segments"]`` counts them.
     """
-    from .flow import simulate_flow
-
     for key in _RESERVED:
         if key in flow_options:
             raise bad_argument(key, "is set by simulate_with_progress", f"Drop {key}=...; pass until_accuracy and saves_per_segment.")
@@ -240,8 +237,6 @@ def descend_with_progress(
     optimizers ('gd', 'normalized'), or ``chunks=1``. Stops early if a chunk fails or reaches
     ``until_accuracy``.
     """
-    from .descent import simulate_descent
-
     for key in ("save_at", "save_every", "num_save"):
         if key in descent_options:
             raise bad_argument(key, "is set by descend_with_progress", "Pass saves_per_chunk instead.")

@@ -8,8 +8,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-import jax
 import numpy as np
+
+from .errors import bad_argument
+from .interop import model_from_params
+from .params import params_to_dict  # noqa: F401  (re-exported: result.params_to_dict)
 
 __all__ = ["FlowResult", "load_result"]
 
@@ -136,8 +139,6 @@ def load_result(path: str | os.PathLike, like=None) -> FlowResult:
 
     ``like``: optionally a model of the same architecture; its trainable leaves are replaced by the
     stored final parameters and returned as ``result.model``."""
-    from .errors import bad_argument
-
     with np.load(os.fspath(path), allow_pickle=False) as f:
         if "metadata" not in f.files:
             raise bad_argument("path", f"{path} is not a gradflow result (no metadata)", "Pass a file written by FlowResult.save.")
@@ -150,25 +151,3 @@ def load_result(path: str | os.PathLike, like=None) -> FlowResult:
     if like is not None:
         result.model = model_from_params(like, params)
     return result
-
-
-def params_to_dict(params) -> dict[str, np.ndarray]:
-    """Trainable leaves keyed by their path in the model (e.g. ``.layers[0].weight``)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in flat}
-
-
-def model_from_params(like, params: dict[str, np.ndarray]):
-    """``like`` with its trainable leaves replaced by ``params`` (as written by ``params_to_dict``)."""
-    from .errors import bad_argument
-    from .interop import user_partition
-    from .precision import x64
-
-    with x64():
-        p, rebuild = user_partition(like)  # any model type gradflow accepts (gradflow.interop)
-        flat, treedef = jax.tree_util.tree_flatten_with_path(p)
-        keys = [jax.tree_util.keystr(k) for k, _ in flat]
-        if sorted(keys) != sorted(params):
-            raise bad_argument("like", "its parameters do not match the stored ones", "Pass a model of the same architecture.")
-        leaves = [jax.numpy.asarray(params[k]) for k in keys]
-        return rebuild(jax.tree_util.tree_unflatten(treedef, leaves))

@@ -20,8 +20,8 @@ eigenvalues μ give those of ∇²L as λ = L·μ, so
 μ_max = λ_max(∇²L)/L is also the sharpness normalized GD sees (its step on L is η/L).
 
 **Hessian-vector products** (HVPs): Hv = d/dε ∇g(W + εv) at ε = 0, forward-over-reverse
-(``jax.jvp`` of ``jax.grad``), about 2–3 gradient evaluations each (2.3 measured on the hcnn CNN,
-/work/shared/notes/relu-kinks.md).
+(``jax.jvp`` of ``jax.grad``), about 2–3 gradient evaluations each (2.3 measured on the hcnn CNN
+of :func:`gradflow.figures.make_margin_model`, 100 digits).
 
 **Power iteration with a residual test.** From v₀, v ← Hv/‖Hv‖; at each v the Rayleigh quotient
 ρ = vᵀHv and the residual r = ‖Hv − ρv‖ are formed (one HVP per iteration) and the loop stops once
@@ -55,7 +55,11 @@ from jaxtyping import Array, PyTree
 from .losses import Loss
 from .params import combine
 
-__all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector"]
+__all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector",
+           "SHARPNESS_DEFAULT_MAX_PARAMS"]
+
+# sharpness=None records the sharpness for models with at most this many parameters.
+SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
 
 _PROBE_WEIGHT = 1e-2
 

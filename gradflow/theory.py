@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
+from . import models
 from .errors import InvalidTypeError, bad_argument
-from .interop import _wrap, as_gradflow_model, unwrap
+from .interop import as_gradflow_model, unwrap, wrap
 from .maxmargin import global_margin_estimate, local_margin_guarantee, sphere_directions, svm_direction
 from .params import combine, partition
 from .precision import x64
@@ -75,7 +76,7 @@ def _params_flat(result: Any) -> FloatArray:
 
 def _leaf_shapes(like_model: Any) -> list[tuple[int, ...]]:
     with x64():
-        params, _ = partition(_wrap(like_model))
+        params, _ = partition(wrap(like_model))
         return [tuple(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)]
 
 
@@ -106,7 +107,7 @@ def model_at(result: Any, like_model: Any, index: int) -> Any:
     model type gradflow accepts; returned as the same type)."""
     flat = _params_flat(result)
     with x64():
-        params, static = partition(_wrap(like_model))
+        params, static = partition(wrap(like_model))
         _, unravel = jax.flatten_util.ravel_pytree(params)
         return unwrap(combine(unravel(jnp.asarray(flat[index], dtype=jnp.float64)), static))
 
@@ -122,8 +123,6 @@ def _angle(cos: FloatArray) -> FloatArray:
 
 
 def _is_instance(model: Any, name: str) -> bool:
-    from . import models
-
     cls = getattr(models, name, None)
     return cls is not None and isinstance(model, cls)
 

@@ -237,7 +237,7 @@ def no_solve(monkeypatch):
     def refuse(*args, **kwargs):
         raise ReachedTheSolver("validation let this input through to the compiled solve")
 
-    monkeypatch.setattr(gf.flow, "_solve", refuse)
+    monkeypatch.setattr(gf.driver, "solve", refuse)
     monkeypatch.setattr(gf.descent, "_run", refuse)
 
 

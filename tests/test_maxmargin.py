@@ -21,8 +21,9 @@ from gradflow.maxmargin import (
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> float:
-    c = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    return float(np.arccos(np.clip(c, -1.0, 1.0)))
+    # 2·arcsin(‖â − b̂‖/2): accurate for tiny angles, where arccos(cos) loses half the digits
+    chord = np.linalg.norm(a / np.linalg.norm(a) - b / np.linalg.norm(b))
+    return float(2.0 * np.arcsin(min(chord / 2.0, 1.0)))
 
 
 def _separable(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -77,7 +77,7 @@ def test_accuracy_clock_from_large_loss_agrees_with_time_clock(wine_large_loss):
 
 
 class _Counting:
-    """Counts traces of flow._solve: it calls diffrax.diffeqsolve once per trace."""
+    """Counts traces of gradflow.solve.solve: it calls diffrax.diffeqsolve once per trace."""
 
     def __init__(self, monkeypatch):
         self.calls = 0

@@ -1,6 +1,6 @@
 """Homogeneous predictors Φ(x; W) for gradient-flow experiments (Ji & Telgarsky, 2020)."""
 
-from gradflow.models._base import Model
+from gradflow.model import Model
 from gradflow.models.cnn import HomogeneousCNN
 from gradflow.models.homogeneity import HomogeneityReport, check_homogeneity
 from gradflow.models.linear import DeepLinear, Linear

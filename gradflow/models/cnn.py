@@ -20,7 +20,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from gradflow.activations import ActivationPattern, maxpool_argmax
 from gradflow.errors import bad_argument
-from gradflow.models._base import Model
+from gradflow.model import Model
 from gradflow.models.linear import _check_init_scale, _check_key, _check_positive_int, _draw
 from gradflow.precision import x64
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import jax
@@ -16,10 +17,14 @@ import numpy as np
 from jaxtyping import ArrayLike, PyTree
 
 from gradflow.errors import bad_argument
+from gradflow.interop import ExternalModel, as_gradflow_model, unwrap, wrap
+from gradflow.model import Model
 from gradflow.params import combine, partition
 from gradflow.precision import x64
 
-__all__ = ["HomogeneityReport", "check_homogeneity"]
+__all__ = ["HomogeneityReport", "check_homogeneity", "resolve_degree", "DEGREE_EXAMPLES"]
+
+DEGREE_EXAMPLES = 16  # examples used to measure an undeclared degree
 
 _NEGLIGIBLE = 1e-10  # |Φ(x_i; W)| below this fraction of max_i |Φ(x_i; W)| is left out of the fit
 
@@ -128,8 +133,6 @@ def check_homogeneity(
         x_arr = x_arr.astype(jnp.float64)
         if bool(jnp.any(jnp.isnan(x_arr))):
             raise bad_argument("x", "contains NaN", "Drop or impute the NaN inputs.")
-        from gradflow.interop import as_gradflow_model
-
         # any model gradflow accepts (Equinox, Flax NNX, as_model): batch convention detected on x
         model = as_gradflow_model(model, x_arr)
         params, static = partition(model)
@@ -179,3 +182,33 @@ def check_homogeneity(
     )
     homogeneous = err <= rtol
     return HomogeneityReport(level if homogeneous else None, estimate, err, homogeneous, rtol, scales, declared)
+
+
+def _measure_degree(model: ExternalModel, x) -> tuple[int | None, str]:
+    report = check_homogeneity(model, np.asarray(x[:DEGREE_EXAMPLES]))
+    name = type(unwrap(model)).__name__ if model.kind != "function" else "as_model(apply, params)"
+    if report.homogeneous and report.degree is not None and report.degree >= 1:
+        warnings.warn(
+            f"model {name} declares no degree; measured L = {report.degree} (max relative error "
+            f"{report.max_relative_error:.1e} <= {report.rtol:.0e} at c in {report.scales}). Declare it with "
+            f"gradflow.as_model(model, degree={report.degree}) to skip the measurement.",
+            stacklevel=5,
+        )
+        return report.degree, f"measured: homogeneous of degree {report.degree} ({report.max_relative_error:.1e} <= {report.rtol:.0e})"
+    warnings.warn(
+        f"model {name} declares no degree and is not measurably homogeneous ({report}); it is treated as "
+        "non-homogeneous: smoothed_margin, beta, margin, margins and potential are left out of the result. "
+        "Declare the degree with gradflow.as_model(model, degree=L) if it is homogeneous.",
+        stacklevel=5,
+    )
+    return None, "measured: not homogeneous"
+
+
+def resolve_degree(model: Model, x) -> tuple[Model, str]:
+    """``model`` with a degree: the declared one, or one measured on ``x`` (up to
+    :data:`DEGREE_EXAMPLES` examples, with one warning); and where it came from ('declared' or
+    'measured: …')."""
+    if not isinstance(model, ExternalModel) or model.degree_declared:
+        return model, "declared"
+    degree, source = _measure_degree(model, x)
+    return wrap(model, degree=degree), source

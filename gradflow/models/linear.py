@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from gradflow.errors import InvalidTypeError, bad_argument
-from gradflow.models._base import Model
+from gradflow.model import Model
 from gradflow.precision import x64
 
 __all__ = ["DeepLinear", "Linear"]

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int8, PRNGKeyArray
 
 from gradflow.errors import InvalidTypeError, bad_argument
-from gradflow.models._base import Model
+from gradflow.model import Model
 from gradflow.models.linear import (
     _check_init_scale,
     _check_input,

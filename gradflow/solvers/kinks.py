@@ -27,6 +27,7 @@ rejected steps.
 from __future__ import annotations
 
 import diffrax
+import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
@@ -87,7 +88,5 @@ def nonsmooth_primitives(apply, params, x) -> list[str]:
     """The primitives with jumping derivatives in the forward pass ``apply(params, x)`` (traced
     with ``jax.make_jaxpr``, nothing runs): non-empty for ReLU, max-pool, abs, clip… networks,
     whose gradient flow is kink-dense from a random start; empty for linear and smooth nets."""
-    import jax
-
     closed = jax.make_jaxpr(apply)(params, x)
     return sorted(_primitive_names(closed.jaxpr) & _NONSMOOTH)

@@ -30,13 +30,17 @@ STALL_ULPS = 16.0
 
 
 class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
-    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps)``.
+    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps, work)``.
 
     Attributes:
       controller: the wrapped controller (a PIDController or ConstantStepSize).
       budget: the most attempted steps of this solve (an integer array, traced).
       rtol, atol, norm: the tolerances diffrax hands to an implicit solver's root finder when
         that root finder does not set its own (diffrax reads them from adaptive controllers only).
+      work: None, or y1_candidate ↦ the gradient evaluations a solver spent on an attempted step
+        beyond its stages (:class:`gradflow.sliding.SlidingSolver`); summed in the state over
+        every attempt, rejected ones included, since diffrax keeps a solver's own state only on
+        accepted steps.
     """
 
     controller: Any
@@ -44,16 +48,19 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
     rtol: Any
     atol: Any
     norm: Any = eqx.field(static=True, default=None)
+    work: Any = eqx.field(static=True, default=None)
 
     def wrap(self, direction):
-        return StepGuard(self.controller.wrap(direction), self.budget, self.rtol, self.atol, self.norm)
+        return StepGuard(self.controller.wrap(direction), self.budget, self.rtol, self.atol, self.norm, self.work)
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32))
+        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.result_type(t0)))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        inner, count = controller_state
+        inner, count, total = controller_state
+        if self.work is not None:  # extra work the solver reports for this attempt (gradflow.sliding)
+            total = total + self.work(y1_candidate).astype(total.dtype)
         keep, next_t0, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner)
         count = count + 1
@@ -63,7 +70,7 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
         result = diffrax.RESULTS.where(ok & stalled, diffrax.RESULTS.dt_min_reached, result)
         ok = result == diffrax.RESULTS.successful
         result = diffrax.RESULTS.where(ok & (count >= self.budget), diffrax.RESULTS.max_steps_reached, result)
-        return keep, next_t0, next_t1, made_jump, (inner, count), result
+        return keep, next_t0, next_t1, made_jump, (inner, count, total), result
 
 
 def fresh_controller_state(controller_opts, dtype) -> Any:

@@ -1,4 +1,5 @@
-"""The interface every gradflow model implements."""
+"""The interface every gradflow model implements (outside :mod:`gradflow.models`, so that
+:mod:`gradflow.interop` can subclass it without importing the model zoo)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import abc
 
 import equinox as eqx
 from jaxtyping import Array, Float
+
+__all__ = ["Model"]
 
 
 class Model(eqx.Module):

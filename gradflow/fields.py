@@ -1,0 +1,115 @@
+r"""The vector fields of the flow in its two clocks, and the diagnostics saved along it.
+
+* time clock: dW/dt = −∇L = |ℓ'(α)| ∇α (Lemma C.2), dζ/dt = ‖∂_⊥L‖/‖W‖ (Lemma 3.4);
+* accuracy clock: dW/dα = ∇α/‖∇α‖², dζ/dα = ‖∂_⊥α‖/(‖W‖ ‖∇α‖²), and u = t e^(−σ(α)) with
+  du/dα = e^(−σ(α) − ln|ℓ'(α)|)/‖∇α‖² − sigmoid(α) u (see :mod:`gradflow.flow`).
+
+With sliding (:mod:`gradflow.sliding`) ∇α is the sliding gradient v, the minimum-norm element of
+the Clarke subdifferential of α on the kink surfaces the flow slides along, and the same formulas
+hold with v in place of ∇α (the chain rule dα/dt = ⟨v, dW/dt⟩ of the paper's Lemma B.9).
+
+State: ``(W, aux)`` with aux = [ζ, u] (u unused in the time clock), plus ``slide`` with sliding;
+``args`` is a :class:`FieldArgs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+from jax import lax
+
+from .diagnostics import Point, diagnostics, evaluate
+from .losses import Loss
+from .sliding import Sliding, active_count, any_fixed
+
+__all__ = ["FieldArgs", "field_point", "time_field", "accuracy_field", "field_from_point", "clock_scale", "make_save_fn"]
+
+
+class FieldArgs(NamedTuple):
+    """The ``args`` of the vector fields: the model's static part, the data, the loss and, with
+    sliding, the :class:`gradflow.sliding.Sliding` of the model's kinks (None without)."""
+
+    static: Any
+    x: jax.Array
+    y: jax.Array
+    loss: Loss
+    sliding: Sliding | None = None
+
+
+def field_point(state, args: FieldArgs, clock: str = "time") -> Point:
+    """α, ∇α (or the sliding gradient, when pairs slide: :meth:`gradflow.sliding.Sliding.project`)
+    and their split at the state's W."""
+    params = state[0]
+    if args.sliding is None:
+        return evaluate(params, args.static, args.x, args.y, args.loss)
+    slide = state[2]
+    return lax.cond(any_fixed(slide),
+                    lambda: args.sliding.project(params, args.static, args.x, args.y, args.loss, slide,
+                                                 clock_scale(clock))[0],
+                    lambda: evaluate(params, args.static, args.x, args.y, args.loss))
+
+
+def _out(state, dparams, daux):
+    if len(state) == 2:
+        return dparams, daux
+    return dparams, daux, jax.tree_util.tree_map(jnp.zeros_like, state[2])
+
+
+def _time_from_point(pt: Point, state):
+    speed = jnp.exp(pt.log_neg_dloss)
+    dparams = jax.tree_util.tree_map(lambda g: speed * g, pt.grad_alpha)
+    dzeta = speed * pt.perp_norm / pt.norm
+    return _out(state, dparams, jnp.stack([dzeta, jnp.zeros_like(dzeta)]))
+
+
+def _accuracy_from_point(pt: Point, state):
+    aux = state[1]
+    inv_sq = 1.0 / pt.grad_norm**2
+    dparams = jax.tree_util.tree_map(lambda g: inv_sq * g, pt.grad_alpha)
+    dzeta = pt.perp_norm * inv_sq / pt.norm
+    du = jnp.exp(-jax.nn.softplus(pt.alpha) - pt.log_neg_dloss) * inv_sq - jax.nn.sigmoid(pt.alpha) * aux[1]
+    return _out(state, dparams, jnp.stack([dzeta, du]))
+
+
+def time_field(t, state, args: FieldArgs):
+    return _time_from_point(field_point(state, args, "time"), state)
+
+
+def accuracy_field(alpha, state, args: FieldArgs):
+    return _accuracy_from_point(field_point(state, args, "accuracy"), state)
+
+
+def field_from_point(clock: str):
+    """(Point, state) → the clock's dy/ds from the Point's gradient (as the fields compute it)."""
+    return _time_from_point if clock == "time" else _accuracy_from_point
+
+
+def clock_scale(clock: str):
+    """κ(pt) with dW/ds = κ · ∇α in the clock s: |ℓ'(α)| (time), 1/‖∇α‖² (accuracy)."""
+    if clock == "time":
+        return lambda pt: jnp.exp(pt.log_neg_dloss)
+    return lambda pt: 1.0 / pt.grad_norm**2
+
+
+def make_save_fn(clock: str, degree, save_params: bool):
+    def save_fn(s, state, args: FieldArgs):
+        params, aux = state[0], state[1]
+        pt = field_point(state, args, clock)
+        out = diagnostics(pt, params, args.y, args.loss, degree)
+        out["path_length"] = aux[0]
+        if clock == "time":
+            out["log_t"] = jnp.log(s)
+        else:
+            out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
+        out["t"] = jnp.exp(out["log_t"])
+        if args.sliding is not None:
+            out["sliding_pairs"] = active_count(state[2])
+            out["sliding_counts"] = state[2].counts
+        if save_params:
+            out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
+        return out
+
+    return save_fn

@@ -1,0 +1,294 @@
+r"""The kinks of a network, read from its forward pass: every elementwise ``max`` (ReLU and friends).
+
+A ReLU network's loss is smooth except where a pre-activation crosses zero. gradflow finds those
+places in *any* model (its own, Equinox, Flax NNX, an ``as_model`` function) the same way: it
+traces the forward pass ``Φ(x; W)`` on the whole batch with ``jax.make_jaxpr`` and re-evaluates the
+jaxpr equation by equation, replacing each floating-point ``max(a, b)`` (``jax.nn.relu`` is a
+``custom_jvp`` around ``max(z, 0)``; ``jnp.maximum``) by a ``max`` whose derivative it controls.
+Each element of such a ``max`` is a *pair* s (an example and a unit): its kink coordinate is
+z_s = a − b, and z_s = 0 is its switching surface.
+
+What the re-evaluation gives (:func:`apply_with_kinks`), for derivative weights ω chosen per pair:
+
+* the outputs Φ(x; W), bit for bit those of the model where no ω is given;
+* the kink coordinates z_s(W) of every site (one array per ``max``, the shape of its output);
+* gradients in which ∂max(a, b)/∂a = ω_s and ∂/∂b = 1 − ω_s at the pairs where ω is given,
+  and the model's own derivative elsewhere: 1[a > b], with the tie a = b resolved as the model
+  resolves it (0 inside ``jax.nn.relu``, which sets relu'(0) = 0; ½ for a bare ``lax.max``).
+  At a pair with given ω the value is that of the same branch, b + ω_s (a − b): equal to
+  max(a, b) on the surface a = b and on the side ω selects, its linear extension across it.
+
+The sliding-mode integrator (:mod:`gradflow.sliding`) sets ω at the pairs that slide along their
+surface; everything else keeps the model's own gradient.
+
+Which kinks matter (:func:`find_kinks`). A site is *C¹* when its output reaches the rest of the
+network only through squares (``integer_pow`` with exponent ≥ 2, ``square``, ``x * x``): then
+∂L/∂h = 0 at h = max(z, 0) = 0 and the gradient is continuous across z = 0 (only the Hessian
+jumps), as in the squared-ReLU net of Figure 1. The other sites are *C⁰*: ∇L jumps by
+c_s ∇z_s across z_s = 0, with c_s = ∂L/∂h_s. Only C⁰ sites make a flow kink-dense, and only they
+slide. A ``max`` inside ``scan``, ``while`` or ``cond`` is not re-evaluated (``find_kinks``
+reports it in ``unsupported``); nor are max-pooling windows (``reduce_window_max``), whose
+argmax switches are handled by step control alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.extend as jex
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["KinkSite", "Kinks", "find_kinks", "apply_with_kinks"]
+
+# call-like primitives whose body is inlined when it contains a kink, and the parameter holding it
+_CALLS = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "checkpoint": "jaxpr",
+}
+# primitives with bodies that are not re-evaluated (a max inside is reported as unsupported)
+_LOOPS = frozenset({"scan", "while", "cond", "switch"})
+# consumers through which a max's output reaches the loss with a vanishing derivative at 0
+_SQUARE_LIKE = frozenset({"integer_pow", "square", "mul", "pow"})
+
+
+class KinkSite(NamedTuple):
+    """One elementwise ``max`` of the forward pass.
+
+    ``shape``: its output shape (one pair per element, e.g. (n, units) or (units, n)).
+    ``tie``: ∂max(a, b)/∂a the model uses at a = b (0 inside ``jax.nn.relu``, ½ for ``lax.max``).
+    ``smooth``: True for a C¹ site (its output is only squared; see the module docstring).
+    ``where``: the path of the equation in the jaxpr, for messages."""
+
+    shape: tuple[int, ...]
+    tie: float
+    smooth: bool
+    where: str
+
+
+class Kinks(NamedTuple):
+    """The kink sites of a forward pass, in evaluation order, and the kinks it cannot re-evaluate."""
+
+    sites: tuple[KinkSite, ...]
+    unsupported: tuple[str, ...] = ()
+
+    @property
+    def sliding(self) -> tuple[int, ...]:
+        """Indices of the C⁰ sites: those whose pairs can slide."""
+        return tuple(i for i, s in enumerate(self.sites) if not s.smooth)
+
+    @property
+    def pairs(self) -> int:
+        """The number of C⁰ pairs (examples × units over all C⁰ sites)."""
+        return sum(int(jnp.prod(jnp.asarray(self.sites[i].shape))) if self.sites[i].shape else 1 for i in self.sliding)
+
+
+def _is_max(eqn) -> bool:
+    return eqn.primitive.name == "max" and jnp.issubdtype(eqn.outvars[0].aval.dtype, jnp.floating)
+
+
+def _sub(eqn):
+    """(jaxpr, consts) of a call-like equation, or None."""
+    key = _CALLS.get(eqn.primitive.name)
+    if key is None or key not in eqn.params:
+        return None
+    sub = eqn.params[key]
+    if isinstance(sub, jex.core.ClosedJaxpr):
+        return sub.jaxpr, sub.consts
+    return sub, ()
+
+
+def _contains_max(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if _is_max(eqn):
+            return True
+        sub = _sub(eqn)
+        if sub is not None and _contains_max(sub[0]):
+            return True
+        if eqn.primitive.name in _LOOPS and any(_contains_max(j.jaxpr if hasattr(j, "jaxpr") else j)
+                                                 for j in jex.core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def _tie_inside(eqn, tie: float) -> float:
+    """The derivative at a tie inside a call: 0 inside ``jax.nn.relu`` (its custom JVP sets
+    relu'(0) = 0), otherwise the enclosing convention (``lax.max``: ½). It only matters at exact
+    ties, z = 0, which occur where ∇z = 0 too (a convolution over a blank patch)."""
+    if eqn.primitive.name == "custom_jvp_call":
+        info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+        if info is not None and str(getattr(info, "func_src_info", "")).startswith("relu "):
+            return 0.0
+    return tie
+
+
+def _is_square_use(eqn, var) -> bool:
+    name = eqn.primitive.name
+    if name == "integer_pow":
+        return eqn.params.get("y", 1) >= 2
+    if name == "square":
+        return True
+    if name == "mul":
+        return len(eqn.invars) == 2 and eqn.invars[0] is var and eqn.invars[1] is var
+    if name == "pow":
+        exponent = eqn.invars[1]
+        return isinstance(exponent, jex.core.Literal) and float(exponent.val) >= 2
+    return False
+
+
+class _Tracer:
+    """Walks a jaxpr and its call bodies in evaluation order, recording the sites and, for each,
+    whether all uses of its output are squares (followed out of call bodies to the caller)."""
+
+    def __init__(self):
+        self.sites: list[dict] = []
+        self.unsupported: list[str] = []
+
+    def walk(self, jaxpr, path: str, tie: float, outer_uses: Sequence[list] | None) -> None:
+        uses: dict[Any, list] = {}
+        for eqn in jaxpr.eqns:
+            for v in eqn.invars:
+                if not isinstance(v, jex.core.Literal):
+                    uses.setdefault(v, []).append(eqn)
+        out_index = {v: i for i, v in enumerate(jaxpr.outvars) if not isinstance(v, jex.core.Literal)}
+
+        def consumers(var) -> list:
+            found = [(eqn, var) for eqn in uses.get(var, [])]
+            if var in out_index and outer_uses is not None:
+                found += outer_uses[out_index[var]]
+            return found
+
+        for k, eqn in enumerate(jaxpr.eqns):
+            name = eqn.primitive.name
+            here = f"{path}/{name}#{k}"
+            if _is_max(eqn):
+                out = eqn.outvars[0]
+                cons = consumers(out)
+                smooth = bool(cons) and all(_is_square_use(e, v) for e, v in cons)
+                self.sites.append(dict(shape=tuple(out.aval.shape), tie=tie, smooth=smooth, where=here))
+                continue
+            sub = _sub(eqn)
+            if sub is not None and _contains_max(sub[0]):
+                inner_tie = _tie_inside(eqn, tie)
+                # uses of each body output = uses of the call's output in this jaxpr (and beyond)
+                body_uses = [consumers(v) for v in eqn.outvars]
+                self.walk(sub[0], here, inner_tie, body_uses)
+            elif name in _LOOPS and _contains_max_any(eqn):
+                self.unsupported.append(here)
+
+
+def _contains_max_any(eqn) -> bool:
+    return any(_contains_max(j.jaxpr if hasattr(j, "jaxpr") else j) for j in jex.core.jaxprs_in_params(eqn.params))
+
+
+def find_kinks(apply: Callable, *args) -> Kinks:
+    """The kink sites of ``apply(*args)`` (traced with ``jax.make_jaxpr``; nothing runs)."""
+    closed = jax.make_jaxpr(apply)(*args)
+    tracer = _Tracer()
+    tracer.walk(closed.jaxpr, "", 0.5, None)
+    sites = tuple(KinkSite(**s) for s in tracer.sites)
+    return Kinks(sites, tuple(tracer.unsupported))
+
+
+@jax.custom_jvp
+def _weighted_max(a, b, weight):
+    """max(a, b) with derivative ``weight`` in a and 1 − weight in b (weight: a constant)."""
+    return lax.max(a, b)
+
+
+@_weighted_max.defjvp
+def _weighted_max_jvp(primals, tangents):
+    a, b, weight = primals
+    da, db, _ = tangents
+    weight = lax.stop_gradient(weight)
+    return lax.max(a, b), weight * da + (1.0 - weight) * db
+
+
+class _Evaluator:
+    """Re-evaluates a jaxpr with each ``max`` replaced; ``weights[i]`` (or None) are the derivative
+    weights at site i where ``active[i]`` holds, ``probes[i]`` is added to its output (zero; its
+    gradient is the cotangent ∂/∂h_s), and the kink coordinates are collected in ``zs``."""
+
+    def __init__(self, active, weights, probes, smooth=None):
+        self.active, self.weights, self.probes, self.smooth = active, weights, probes, smooth
+        self.zs: list = []
+        self.index = 0
+
+    def run(self, jaxpr, consts, args, tie: float):
+        env: dict[Any, Any] = {}
+
+        def read(v):
+            return v.val if isinstance(v, jex.core.Literal) else env[v]
+
+        for v, c in zip(jaxpr.constvars, consts, strict=True):
+            env[v] = c
+        for v, a in zip(jaxpr.invars, args, strict=True):
+            env[v] = a
+        for eqn in jaxpr.eqns:
+            invals = [read(v) for v in eqn.invars]
+            if _is_max(eqn):
+                outs = [self._max(*invals, tie=tie, shape=eqn.outvars[0].aval.shape)]
+            else:
+                sub = _sub(eqn)
+                if sub is not None and _contains_max(sub[0]):
+                    inner_tie = _tie_inside(eqn, tie)
+                    outs = self.run(sub[0], sub[1], invals, inner_tie)
+                else:
+                    ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+                    outs = ans if eqn.primitive.multiple_results else [ans]
+            for v, val in zip(eqn.outvars, outs, strict=True):
+                env[v] = val
+        return [read(v) for v in jaxpr.outvars]
+
+    def _max(self, a, b, *, tie, shape):
+        i = self.index
+        self.index += 1
+        a_full, b_full = jnp.broadcast_to(a, shape), jnp.broadcast_to(b, shape)
+        self.zs.append(a_full - b_full)
+        if self.smooth is not None:
+            return b_full + self.smooth * jax.nn.softplus((a_full - b_full) / self.smooth)
+        if self.weights is None or self.weights[i] is None:
+            out = lax.max(a, b) if tie == 0.5 else _weighted_max(a_full, b_full, _ordinary(a_full, b_full, tie))
+        else:
+            # fixed pairs follow the linear extension of their side, b + ω (a − b): value and
+            # derivative of one smooth branch, so the field has no kink there even when the pair
+            # drifts across its surface (by at most the drift bound of gradflow.sliding)
+            own = _weighted_max(a_full, b_full, _ordinary(a_full, b_full, tie))
+            fixed = b_full + lax.stop_gradient(self.weights[i]) * (a_full - b_full)
+            out = jnp.where(self.active[i], fixed, own)
+        if self.probes is not None and self.probes[i] is not None:
+            out = out + self.probes[i]
+        return out
+
+
+def _ordinary(a, b, tie):
+    """The model's own ∂max(a, b)/∂a: 1 where a > b, 0 where a < b, ``tie`` at a = b."""
+    a, b = lax.stop_gradient(a), lax.stop_gradient(b)
+    return jnp.where(a > b, 1.0, jnp.where(a < b, 0.0, tie)).astype(a.dtype)
+
+
+def apply_with_kinks(apply: Callable, *args, active=None, weights=None, probes=None, smooth=None):
+    """``apply(*args)`` re-evaluated with its kinks exposed: returns ``(outputs, zs)``.
+
+    ``zs[i]``: the kink coordinates a − b of site i (its output's shape). ``active[i]`` (bool
+    arrays) and ``weights[i]``: at active pairs ∂max/∂a is ``weights[i]`` instead of the model's
+    own; a ``weights[i]`` of None keeps site i's own derivative everywhere. ``probes[i]``: arrays
+    added to site i's output, whose gradient is the cotangent at h = max(a, b). ``smooth=ε``
+    replaces every max by b + ε·softplus((a − b)/ε) instead (:mod:`gradflow.reference`).
+
+    Traced inside the caller's transformation (jit, grad, jvp): the jaxpr is rebuilt at trace
+    time from ``apply``, so nothing but the model's own structure is static. Every array ``apply``
+    reads must be in ``args`` (not closed over), since the jaxpr's constants are taken as they are."""
+    closed, out_shape = jax.make_jaxpr(apply, return_shape=True)(*args)
+    ev = _Evaluator(active, weights, probes, smooth)
+    outs = ev.run(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), 0.5)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs), tuple(ev.zs)

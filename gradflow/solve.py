@@ -1,0 +1,212 @@
+r"""The compiled solve of one segment of a flow: ``diffrax.diffeqsolve`` with gradflow's step control,
+its save points, events and the diagnostics computed after the loop (activation patterns,
+sharpness), all inside one ``equinox.filter_jit``; and the power iteration on the field's Jacobian
+that ``solver='auto'`` uses to decide when the flow turns stiff.
+"""
+
+from __future__ import annotations
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+
+from . import activations
+from .fields import FieldArgs, accuracy_field, clock_scale, field_from_point, make_save_fn, time_field
+from .params import combine
+from .sharpness import sharpness as _sharpness
+from .sliding import SlidingSolver
+from .solvers import IMPLICIT_CONTROLLER, finite_rms_norm, initial_step, is_implicit, step_controller
+from .solvers.step_guard import StepGuard
+
+__all__ = ["solve", "top_eigenvalue"]
+
+
+@eqx.filter_jit
+def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0, *, loss, degree, clock, solver, max_steps, event_kind, controller_opts, save_params, defer_diagnostics=False, budget=None, patterns=False, pattern_prev=None, sharpness_opts=None, eigvec=None, sliding=None, slide0=None):
+    args = FieldArgs(static, x, y, loss, sliding)
+    n = x.shape[0]
+    if clock == "time":
+        term = diffrax.ODETerm(time_field)
+        s1 = t_end
+        ts = save_points
+    else:
+        term = diffrax.ODETerm(accuracy_field)
+        # save points and target are given in ln(n/L); map them to α = ℓ⁻¹(n e^(−K)).
+        s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
+        ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
+    save_fn = make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
+    # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
+    # them after the loop (still inside this compiled function). Under vmap the save branch of
+    # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
+    saveat = diffrax.SaveAt(
+        subs=[
+            diffrax.SubSaveAt(ts=ts, fn=(lambda s, state, args: (s, state)) if defer_diagnostics else save_fn),
+            diffrax.SubSaveAt(t1=True, fn=save_fn),
+            diffrax.SubSaveAt(t1=True),
+            diffrax.SubSaveAt(t0=True, fn=save_fn),
+            # sharpness: the bare W at the save points, for the warm-started scan after the loop
+            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
+        ],
+        solver_state=True,
+        controller_state=True,
+    )
+    if event_kind == "log_loss":
+
+        def cond(s, state, args, **kwargs):
+            return args.loss.log_loss(combine(state[0], args.static)(args.x), args.y) <= target_log_loss
+
+        event = diffrax.Event(cond)
+    elif event_kind == "log_t":
+
+        def cond(s, state, args, **kwargs):
+            return jax.nn.softplus(s) + jnp.log(state[1][1]) >= log_t_max
+
+        event = diffrax.Event(cond)
+    else:
+        event = None
+    opts = dict(controller_opts)
+    y0 = (params0, aux0)
+    norm = finite_rms_norm
+    if sliding is not None:
+        # the sliding state (A, λ) has zero derivative and is set between steps: it is not part of
+        # the error norm, nor of the initial step's scales
+        y0 = (params0, aux0, slide0)
+        norm = _state_norm
+    if opts.get("constant", False):
+        controller = diffrax.ConstantStepSize()
+    else:
+        if is_implicit(solver):  # kink control is for explicit steps (an implicit one fails its Newton solve)
+            opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
+        controller = step_controller(rtol, atol, {"norm": norm, **opts})
+        field2, y02 = term.vector_field, y0
+        if sliding is not None:
+            field2 = lambda t, y2, a: term.vector_field(t, (*y2, slide0), a)[:2]  # noqa: E731
+            y02 = y0[:2]
+        if dt0 is None:
+            dt0 = initial_step(field2, s0, y02, args, solver.error_order(term), rtol, atol, s1 - s0)
+        elif budget is not None:  # the driver passes dt0 = NaN for "choose it here": one trace either way
+            dt0 = jax.lax.cond(jnp.isnan(dt0), lambda: initial_step(field2, s0, y02, args, solver.error_order(term),
+                                                                     rtol, atol, s1 - s0).astype(dt0.dtype), lambda: dt0)
+    if budget is not None:
+        # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
+        # controller state is the inner controller's, without the guard's step count
+        controller = StepGuard(controller, budget, rtol, atol, norm, _slide_work if sliding is not None else None)
+        if controller_state is not None:
+            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((), rtol.dtype))
+    sol = diffrax.diffeqsolve(
+        term,
+        SlidingSolver(solver, field_from_point(clock), clock_scale(clock)) if sliding is not None else solver,
+        s0,
+        s1,
+        dt0,
+        y0,
+        args=args,
+        saveat=saveat,
+        stepsize_controller=controller,
+        event=event,
+        max_steps=max_steps,
+        throw=False,
+        solver_state=solver_state,
+        controller_state=controller_state,
+    )
+    saved, final_diag, final_state, initial_diag = sol.ys[:4]
+    if defer_diagnostics:
+        saved_s, saved_states = saved
+        saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
+    final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
+    controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
+    extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((), x.dtype)
+    pattern_carry = None
+    if patterns:  # gradflow.activations: counted after the loop from W at the save points
+        unravel = jax.flatten_util.ravel_pytree(params0)[1]
+        rows, first, last, pattern_carry = activations.segment_counts(
+            jax.vmap(unravel)(saved["params_flat"]), jnp.isfinite(saved["log_loss"]), params0, final_state[0],
+            pattern_prev, static, x)
+        if not save_params:
+            saved, initial_diag, final_diag = ({k: v for k, v in d.items() if k != "params_flat"}
+                                               for d in (saved, initial_diag, final_diag))
+        saved = {**saved, **rows}
+        initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
+        final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
+    if sharpness_opts is not None:
+        saved, final_diag, initial_diag, eigvec = _sharpness_along(
+            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
+    stats = dict(sol.stats, extra_evaluations=extra_work)
+    return (saved, final_diag, final_state, sol.result, stats, sol.ts[1], sol.solver_state, controller_state_out,
+            initial_diag, pattern_carry, eigvec)
+
+
+def _slide_work(y) -> jax.Array:
+    return y[2].work
+
+
+def _state_norm(tree) -> jax.Array:
+    """The error norm of a state with sliding: that of (W, aux), as without."""
+    return finite_rms_norm(tree[:2])
+
+
+def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
+    """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
+    iteration from the previous point's eigenvector), at the segment's start (reported when no save
+    point was reached) and at its final state, in that (chronological) order; the save points the
+    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
+    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
+    tol, max_iters, negative = opts
+
+    def at(params, vecs):
+        v, v_min = vecs
+        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
+        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps}
+        if negative:
+            out["min_eigenvalue"] = sh.min_eigenvalue
+        return out, (sh.vector, sh.min_vector if negative else v_min)
+
+    def skipped(vecs):
+        nan = jnp.full((), jnp.nan, vecs[0].dtype)
+        out = {"sharpness": nan, "log_sharpness": nan, "sharpness_hvps": jnp.zeros((), jnp.int32)}
+        if negative:
+            out["min_eigenvalue"] = nan
+        return out, vecs
+
+    def step(vecs, params):
+        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
+        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
+        return new, out
+
+    vecs, first = step(eigvec, initial_params)
+    vecs, rows = jax.lax.scan(step, vecs, saved_params)
+    vecs, last = step(vecs, final_params)
+    saved = {**saved, **rows}
+    final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
+    initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
+    return saved, final_diag, initial_diag, vecs
+
+
+def top_eigenvalue(params, aux, s, common, iters: int = 30, slide=None) -> float:
+    """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
+    products; in physical time these are Hessian-vector products of L)."""
+    field = time_field if common["clock"] == "time" else accuracy_field
+    args = FieldArgs(common["static"], common["x"], common["y"], common["loss"], common.get("sliding"))
+    return float(_power_iteration(field, params, aux, s, args, iters, slide))
+
+
+@eqx.filter_jit
+def _power_iteration(field, params, aux, s, args, iters, slide=None):
+    rest = (aux,) if slide is None else (aux, slide)
+
+    def jv(v):
+        return jax.jvp(lambda p: field(s, (p, *rest), args)[0], (params,), (v,))[1]
+
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    v0 = unravel(jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 1.3) + 0.5)
+
+    def body(_, carry):
+        v, _lam = carry
+        w = jv(v)
+        wn = jnp.linalg.norm(jax.flatten_util.ravel_pytree(w)[0])
+        lam = wn / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
+        return jax.tree_util.tree_map(lambda a: a / wn, w), lam
+
+    return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]
