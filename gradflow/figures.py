@@ -444,6 +444,7 @@ def margin_run(
     n: int | None = None,
     target: float | None = None,
     steps: int | None = None,
+    warmup: bool = True,
 ) -> FlowResult:
     r"""One margin trajectory: ``arch`` trained with the cross-entropy loss on ``data``.
 
@@ -457,6 +458,12 @@ def margin_run(
        ``config['warmup_points']`` counts its save points.
     2. the gradient flow in the accuracy clock (Tsit5) from there to ln(n/L) = ``target``, in
        progress segments (:func:`gradflow.progress.simulate_with_progress`).
+
+    ``warmup=False``: the gradient flow all the way from the random initialisation (the default
+    solver, which slides along ReLU kinks: :mod:`gradflow.sliding`). Its transient costs what
+    benchmarks/sliding.py measures for ``hcnn`` on 100 digits (``cnn`` in
+    benchmarks/results/sliding.json), more than the warm-up's normalized-GD steps, which is why the
+    warm-up stays the default.
 
     SGD (``sgd=True``): normalized mini-batch SGD (η = 1, update norm ≤ 1) for ``steps``
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early
@@ -481,6 +488,11 @@ def margin_run(
             return descend_with_progress(model, (x, y), opt, int(steps or cfg["steps"]), chunks=int(cfg["segments"]),
                                          progress=progress, desc=desc, loss="cross_entropy", batch_size=b,
                                          until_accuracy=target, seed=seed)
+        if not warmup:
+            flow = simulate_with_progress(model, (x, y), target, segments=int(cfg["segments"]), saves_per_segment=12,
+                                          progress=progress, desc=desc, loss="cross_entropy", rtol=cfg["rtol"],
+                                          atol=cfg["atol"], max_steps=400_000)
+            return flow
         warm_target = min(math.log(n_ex) + 1.0, target)
         warm = gf.simulate_descent(model, (x, y), opt, int(cfg["warmup_steps"]), loss="cross_entropy",
                                    until_accuracy=warm_target, save_every=max(1, int(cfg["warmup_steps"]) // 200))
@@ -551,6 +563,7 @@ def _margin_figure(
     target: float | None,
     steps: int | None,
     dpi: int,
+    warmup: bool = True,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     if out is not None:
@@ -559,7 +572,7 @@ def _margin_figure(
     for arch in archs:
         t0 = time.perf_counter()
         r = margin_run(arch, size, data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress,
-                       seed=seed, n=n, target=target, steps=steps)
+                       seed=seed, n=n, target=target, steps=steps, warmup=warmup)
         timings[arch] = time.perf_counter() - t0
         results[arch] = r
         checks[arch] = margin_checks(r, homogeneous=(arch == "hcnn" and not sgd))
@@ -573,7 +586,10 @@ def _margin_figure(
         _plot_margins(ax, results[arch], label + _TITLES[arch])
     how = "normalized SGD" if sgd else "gradient flow"
     n_used = results[archs[0]].config.get("n")
-    fig.suptitle(f"Figure {number}: margins of all {n_used} {data} examples ({how}), sorted by final margin")
+    title = f"Figure {number}: margins of all {n_used} {data} examples ({how}), sorted by final margin"
+    if len(archs) == 1:  # one panel is too narrow for the title on one line
+        title = title.replace(" (", "\n(", 1)
+    fig.suptitle(title)
     files = _save_figure(fig, out, f"figure{number}", dpi) + files
     plt.close(fig)
     timings["total"] = time.perf_counter() - start
@@ -584,22 +600,25 @@ def _margin_figure(
 def figure2(size: str = "quick", *, out: str | os.PathLike | None = None, data: str = "digits",
             data_dir: str | os.PathLike | None = None, sgd: bool = False, batch_size: int | None = None,
             progress: bool | None = None, seed: int = 0, n: int | None = None, target: float | None = None,
-            steps: int | None = None, dpi: int = 110) -> dict[str, Any]:
+            steps: int | None = None, dpi: int = 110, warmup: bool = True) -> dict[str, Any]:
     """Figure 2: margins of (a) the homogeneous H-AlexNet and (b) a DenseNet-style net against
     ln(n/L). Writes ``figure2.png``/``.pdf``, ``figure2_<arch>.npz`` and ``figure2.json`` to
     ``out``. Returns ``checks`` per architecture (see :func:`margin_checks`), ``files``,
-    ``timings`` and ``results``."""
+    ``timings`` and ``results``. ``warmup=False``: the flow from the random initialisation (see
+    :func:`margin_run`)."""
     return _margin_figure(2, ("hcnn", "densenet"), _check_size(size), out=out, data=data, data_dir=data_dir, sgd=sgd,
-                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi)
+                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi,
+                          warmup=warmup)
 
 
 def figure3(size: str = "quick", *, out: str | os.PathLike | None = None, data: str = "digits",
             data_dir: str | os.PathLike | None = None, sgd: bool = False, batch_size: int | None = None,
             progress: bool | None = None, seed: int = 0, n: int | None = None, target: float | None = None,
-            steps: int | None = None, dpi: int = 110) -> dict[str, Any]:
+            steps: int | None = None, dpi: int = 110, warmup: bool = True) -> dict[str, Any]:
     """Figure 3: margins of a ResNet-style net against ln(n/L) (as :func:`figure2`)."""
     return _margin_figure(3, ("resnet",), _check_size(size), out=out, data=data, data_dir=data_dir, sgd=sgd,
-                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi)
+                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi,
+                          warmup=warmup)
 
 
 # --------------------------------------------------------------------------------------------------

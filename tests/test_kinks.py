@@ -1,6 +1,8 @@
 """Kink-aware step control (issue 12): the controller's decisions, the detection rule, and accuracy
 against tight references on a fixed activation pattern and on a ReLU net from a random start."""
 
+import warnings
+
 import diffrax
 import equinox as eqx
 import jax
@@ -12,7 +14,7 @@ import gradflow as gf
 from gradflow.figures import make_margin_model
 from gradflow.params import combine, partition
 from gradflow.solvers import finite_rms_norm
-from gradflow.solvers.kinks import KinkPIDController, nonsmooth_primitives
+from gradflow.solvers.kinks import KinkPIDController, field_kinks, nonsmooth_primitives
 
 
 def _decide(controller, scaled_error):
@@ -112,3 +114,56 @@ def test_relu_random_start_default_matches_tight_reference():
     err = np.linalg.norm(_final_w(r) - ref) / np.linalg.norm(ref)
     assert err < 5 * rtol, err  # measured 1.8e-4
     assert r.stats["rejected_steps"] <= 0.15 * r.stats["steps"]
+
+
+def _abs_net(p, x):
+    return jnp.abs(x @ p["a"]) @ p["v"]
+
+
+def _pool_net(p, x):  # x: (n, 4) → a window-2 max-pool of a linear map, then a linear read-out
+    h = jax.lax.reduce_window(x @ p["a"], -jnp.inf, jax.lax.max, (1, 2), (1, 2), "VALID")
+    return h @ p["v"]
+
+
+@pytest.fixture(scope="module")
+def rule_cases():
+    """The four kinds of issue 19's kink rule, with what ∇L does across their kinks."""
+    key = jax.random.PRNGKey(0)
+    rng = np.random.default_rng(0)
+    with gf.x64():
+        p_abs = {"a": jnp.asarray(rng.normal(size=(3, 4))), "v": jnp.asarray(rng.normal(size=4))}
+        p_pool = {"a": jnp.asarray(rng.normal(size=(3, 4))), "v": jnp.asarray(rng.normal(size=2))}
+        return {
+            # relu(z)² is C¹: its output reaches the loss only squared, so ∇L is continuous
+            "squared_relu": (gf.TwoLayerSquaredReLU(3, 8, key=key), False, (0, 1)),
+            "relu": (gf.ReLUMLP((3, 4, 1), key=key), True, (1, 0)),
+            "max_pool": (gf.as_model(_pool_net, p_pool, degree=1, batched=True), True, (0, 0)),
+            "abs": (gf.as_model(_abs_net, p_abs, degree=2, batched=True), True, (1, 0)),  # |x| = max(x, −x)
+        }
+
+
+@pytest.mark.parametrize("kind", ["squared_relu", "relu", "max_pool", "abs"])
+def test_kink_rule_looks_at_the_field(rule_cases, kind):
+    """Kink control only where ∇L jumps: a C⁰ max site (ReLU, abs), a max-pool. The squared ReLU's
+    max site is C¹ and its flow gets the smooth default (Tsit5 + PID). Sites counted as (C⁰, C¹)."""
+    model, jumps, (c0, c1) = rule_cases[kind]
+    with gf.x64():
+        params, static = partition(gf.interop.wrap(model))
+        kinks = field_kinks(params, static, jnp.ones((2, 3)))
+    assert kinks.jumps is jumps
+    assert (len(kinks.sites.sliding), len(kinks.sites.sites) - len(kinks.sites.sliding)) == (c0, c1)
+
+
+@pytest.mark.parametrize("kind", ["squared_relu", "abs"])
+def test_kink_rule_picks_the_default_solver(rule_cases, kind):
+    model, jumps, _ = rule_cases[kind]
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 3))
+    y = np.where(x[:, 0] > 0, 1.0, -1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = gf.simulate_flow(model, (x, y), 0.05, num_save=2, sharpness=False)
+    assert r.status == "completed", r.reason
+    assert (r.config["solver"], r.config["step_control"]) == (("bosh3", "kink") if jumps else ("tsit5", "pid"))
+    # abs slides like a ReLU (|x| = max(x, −x)); the squared ReLU's site is C¹ and never slides
+    assert r.config["sliding"] is jumps

@@ -189,25 +189,31 @@ def test_representations_slide_alike(small, small_run):
 
 
 def test_fixed_pattern_is_bit_for_bit_the_flow_without_sliding():
-    """A ReLU net whose pre-activations stay positive (positive weights and inputs): no pair ever
-    reaches its surface, and the flow with sliding (the default) is exactly the one without."""
-    rng = np.random.default_rng(1)
-    x = np.abs(rng.normal(size=(10, 3))) + 0.2
-    x /= np.linalg.norm(x, axis=1).max()
-    y = np.where(np.arange(10) % 2 == 0, 1.0, -1.0)
-    model = gf.ReLUMLP([3, 4, 1], key=jax.random.PRNGKey(0))
-    model = jax.tree_util.tree_map(lambda w: jnp.abs(w) if eqx.is_inexact_array(w) else w, model)
-    model = eqx.tree_at(lambda m: m.layers[1], model, model.layers[1] * jnp.array([[1.0, -1.0, 1.0, -1.0]]))
+    """A ReLU net whose pre-activations stay far above zero (positive weights ≥ 1 and inputs ≥ 0.5):
+    no pair reaches its surface, and the flow with sliding (the default) is exactly the one without."""
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.normal(size=(12, 3))) + 0.5
+    y = np.where(x[:, 0] + 0.3 * x[:, 1] > 1.0, 1.0, -1.0)
+    with gf.x64():
+        model = gf.ReLUMLP((3, 6, 1), key=jax.random.PRNGKey(1))
+        model = jax.tree_util.tree_map(lambda w: jnp.abs(w) + 1.0 if eqx.is_inexact_array(w) else w, model)
+    kw = dict(loss="logistic", rtol=1e-8, sharpness=False, save_params=True, num_save=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        on = gf.simulate_flow(model, (x, y), 1.0, rtol=1e-8, sharpness=False)
-        off = gf.simulate_flow(model, (x, y), 1.0, rtol=1e-8, sharpness=False, sliding=False)
+        on = gf.simulate_flow(model, (x, y), 0.2, **kw)
+        off = gf.simulate_flow(model, (x, y), 0.2, sliding=False, **kw)
+    for m in (model, on.model):  # the pattern is fixed: every pre-activation far above 0
+        assert float(jnp.min(jnp.asarray(x) @ m.layers[0].T)) > 1.0
     assert on.config["sliding"] and not off.config["sliding"]
     assert on.status == off.status == "completed"
     assert np.all(on.diagnostics["activation_flips"] == 0)
     assert on.stats["steps"] == off.stats["steps"]
+    np.testing.assert_array_equal(on.t, off.t)
+    np.testing.assert_array_equal(on.diagnostics["params_flat"], off.diagnostics["params_flat"])
+    # the trajectory is bit for bit; the save function compiles with the sliding diagnostics beside
+    # the others, and XLA's fusion then moves ln‖∇L‖ by 1 ulp at some save points (measured)
     for key, val in off.diagnostics.items():
-        np.testing.assert_array_equal(on.diagnostics[key], val, err_msg=key)
+        np.testing.assert_allclose(on.diagnostics[key], val, rtol=4e-16, atol=0, err_msg=key)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,231 @@
+r"""ReLU flows from random starts through sliding modes (issue 18): do they reach the late phase, at what cost.
+
+The paper's flow is the inclusion dW/dt ∈ −∂L(W) (eq. 2.2). Where the one-sided fields of a kink
+surface z_s(W) = 0 both point at it, its solution slides along the surface; an ODE solver on −∇L
+chatters across it instead. gradflow's default (``sliding=None``: on for models with a C⁰ ``max``)
+integrates the sliding field (gradflow.sliding). Parts:
+
+* ``wine``: a two-layer bias-free ReLU net (8 units) on wine (class 2 against the rest; 178 × 14
+  standardized features with a bias unit), exponential loss, the default solver, max_steps 20,000;
+  ``--seeds`` random starts × init scales 0.05 and 1.0; to t = 1e4 (time clock) and to
+  ln(n/L) = 100 (accuracy clock, ``solver="auto"``). Also the same starts with ``sliding=False``
+  to t = 1e4 (the behaviour before sliding).
+* ``reference``: one start (seed 1) to t = 20 against an independent reference: scipy's Radau on
+  the flow with every relu replaced by ε·softplus(z/ε), extrapolated linearly to ε → 0 from
+  ε = 1e-6 and 1e-7 (its uncertainty: the extrapolations from (1e-5, 1e-6) and (1e-6, 1e-7) differ by
+  ``reference_uncertainty``); max |W − W_ref| at rtol 1e-8 and 1e-10, and at t = 0.2 (before any
+  pair slides, where only the transversal crossings' step control matters).
+* ``cnn``: ``hcnn`` (gradflow.figures.make_margin_model, 1,252 parameters) on 100 digits,
+  cross-entropy, the transient to ln(n/L) = ln n + 1 at rtol 1e-5: gradient evaluations of the
+  default, of the default before sliding (``sliding=False``: Bosh3 + kink control), and of Tsit5 +
+  diffrax's PID; and the error of each at t = 0.05 against Tsit5 + PID at rtol 1e-9.
+* ``mlp``: a deep Equinox MLP (``eqx.nn.MLP``, depth 3, width 8, bias-free ReLU) on wine class 1
+  against the rest, logistic loss, to t = 20 at rtol 1e-10, in four representations (gradflow's
+  ``ReLUMLP``, the Equinox module, a plain function, a Flax NNX module): status, steps, and the
+  largest difference of their final parameters.
+
+    python benchmarks/sliding.py                 # everything (~40 min on 2 cores)
+    python benchmarks/sliding.py --only wine --seeds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gradflow as gf
+from gradflow.figures import make_margin_model
+from gradflow.reference import smoothed_flow
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "sliding.json")
+
+
+def wine_one_vs_rest(cls: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == cls, 1.0, -1.0)
+
+
+def _row(r, wall: float) -> dict:
+    return dict(status=r.status, steps=int(r.stats["steps"]), rejected=int(r.stats["rejected_steps"]),
+                gradient_evaluations=r.stats["gradient_evaluations"], t=float(r.t[-1]), accuracy=float(r.accuracy[-1]),
+                entries=r.stats.get("sliding_entries"), exits=r.stats.get("sliding_exits"),
+                final_pairs=int(r.diagnostics["sliding_pairs"][-1]) if "sliding_pairs" in r.diagnostics else None,
+                max_drift=float(np.max(r.diagnostics["sliding_drift"])) if "sliding_drift" in r.diagnostics else None,
+                max_chain_rule_residual=(float(np.nanmax(r.diagnostics["chain_rule_residual"]))
+                                         if "chain_rule_residual" in r.diagnostics else None),
+                wall_s=round(wall, 2))
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    r = fn()
+    return r, time.perf_counter() - t0
+
+
+def part_wine(seeds: int) -> dict:
+    data = wine_one_vs_rest(2)
+    out: dict = {"time_clock": [], "accuracy_clock": [], "without_sliding": []}
+    for scale in (0.05, 1.0):
+        for seed in range(seeds):
+            model = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(seed), init_scale=scale)
+            runs = {
+                "time_clock": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, sharpness=False),
+                "accuracy_clock": lambda m=model: gf.simulate_flow(m, data, clock="accuracy", until_accuracy=100.0,
+                                                                   max_steps=20_000, sharpness=False),
+                "without_sliding": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, sharpness=False,
+                                                                    sliding=False),
+            }
+            for name, fn in runs.items():
+                r, wall = _timed(fn)
+                row = dict(seed=seed, init_scale=scale, **_row(r, wall))
+                out[name].append(row)
+                print(f"  wine {name:16s} scale {scale:4} seed {seed:2d}: {row['status']:9s} steps {row['steps']:6d} "
+                      f"evals {row['gradient_evaluations']} t {row['t']:.4g} ln(n/L) {row['accuracy']:.4g} "
+                      f"entries {row['entries']} exits {row['exits']} {wall:.1f} s", flush=True)
+    for name, rows in out.items():
+        done = [r for r in rows if r["status"] == "completed"]
+        out[name + "_summary"] = dict(
+            runs=len(rows), completed=len(done),
+            max_steps_completed=max((r["steps"] for r in done), default=None),
+            median_steps_completed=float(np.median([r["steps"] for r in done])) if done else None,
+            median_wall_s=float(np.median([r["wall_s"] for r in rows])))
+        print(f"  {name}: {len(done)}/{len(rows)} completed, max steps {out[name + '_summary']['max_steps_completed']}")
+    return out
+
+
+def part_reference() -> dict:
+    data = wine_one_vs_rest(2)
+    model = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(1), init_scale=1.0)
+    times = np.array([0.0, 0.2, 2.0, 6.0, 20.0])
+    t0 = time.perf_counter()
+    runs = {eps: smoothed_flow(model, data, times, eps=eps) for eps in (1e-5, 1e-6, 1e-7)}
+    ref = (10 * runs[1e-7] - runs[1e-6]) / 9
+    ref_coarse = (10 * runs[1e-6] - runs[1e-5]) / 9
+    out = dict(times=times.tolist(), reference_wall_s=round(time.perf_counter() - t0, 1),
+               reference_uncertainty=np.abs(ref - ref_coarse).max(axis=1).tolist(), runs=[])
+    for rtol in (1e-8, 1e-10):
+        r, wall = _timed(lambda rt=rtol: gf.simulate_flow(model, data, 20.0, save_at=times, rtol=rt, atol=rt * 1e-2,
+                                                           save_params=True, sharpness=False, max_steps=100_000))
+        err = np.abs(r.diagnostics["params_flat"] - ref).max(axis=1)
+        row = dict(rtol=rtol, error=err.tolist(), **_row(r, wall))
+        out["runs"].append(row)
+        print(f"  reference rtol {rtol:g}: {r.status} steps {row['steps']} max|W − W_ref| per time {np.array2string(err, precision=2)}"
+              f" (reference ±{np.array2string(np.array(out['reference_uncertainty']), precision=2)})", flush=True)
+    return out
+
+
+def part_cnn() -> dict:
+    n = 100
+    x, y = gf.datasets.digits(n=n, seed=0)
+    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, sharpness=False)
+    target = math.log(n) + 1
+    T = 0.05
+    ref = gf.simulate_flow(model, (x, y), T, solver="tsit5", step_control="pid", rtol=1e-9, atol=1e-12,
+                           loss="cross_entropy", sharpness=False, save_params=True, save_at=np.array([0.0, T]),
+                           max_steps=200_000)
+    w_ref = ref.diagnostics["params_flat"][-1]
+    variants = {"default": {}, "default_without_sliding": {"sliding": False},
+                "tsit5_pid": {"solver": "tsit5", "step_control": "pid", "sliding": False}}
+    out: dict = {"n": n, "target_accuracy": target, "error_time": T, "reference_status": ref.status, "runs": {}}
+    for name, extra in variants.items():
+        short = gf.simulate_flow(model, (x, y), T, save_params=True, save_at=np.array([0.0, T]), max_steps=200_000,
+                                 **kw, **extra)
+        err = float(np.linalg.norm(short.diagnostics["params_flat"][-1] - w_ref) / np.linalg.norm(w_ref))
+        r, wall = _timed(lambda e=extra: gf.simulate_flow(model, (x, y), 100.0, until_accuracy=target,
+                                                          max_steps=300_000, num_save=30, **kw, **e))
+        row = dict(relative_error_at_T=err, **_row(r, wall))
+        out["runs"][name] = row
+        print(f"  cnn {name:24s}: {row['status']} steps {row['steps']} evals {row['gradient_evaluations']} "
+              f"t {row['t']:.4g} error at t={T}: {err:.2e} {wall:.0f} s", flush=True)
+    d = out["runs"]
+    out["evaluations_ratio_tsit5_pid_over_default"] = d["tsit5_pid"]["gradient_evaluations"] / d["default"]["gradient_evaluations"]
+    out["evaluations_ratio_without_sliding_over_default"] = (d["default_without_sliding"]["gradient_evaluations"]
+                                                             / d["default"]["gradient_evaluations"])
+    return out
+
+
+def part_mlp() -> dict:
+    from flax import nnx
+
+    x, y = wine_one_vs_rest(1)
+    d = x.shape[1]
+    with gf.x64():
+        mlp = eqx.nn.MLP(d, "scalar", 8, 3, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                         key=jax.random.PRNGKey(0))
+        weights = [jnp.asarray(layer.weight, jnp.float64) for layer in mlp.layers]
+        mlp = eqx.tree_at(lambda m: [layer.weight for layer in m.layers], mlp, weights)
+
+        class Net(nnx.Module):
+            def __init__(self):
+                self.layers = nnx.List([nnx.Linear(w.shape[1], w.shape[0], use_bias=False, rngs=nnx.Rngs(0))
+                                        for w in weights])
+                for layer, w in zip(self.layers, weights, strict=True):
+                    layer.kernel.value = w.T
+
+            def __call__(self, x_):
+                for layer in self.layers[:-1]:
+                    x_ = jax.nn.relu(layer(x_))
+                return self.layers[-1](x_)[..., 0]
+
+        def fn(p, x_):
+            for w in p[:-1]:
+                x_ = jax.nn.relu(x_ @ w.T)
+            return (x_ @ p[-1].T)[..., 0]
+
+        own = gf.ReLUMLP([d, 8, 8, 8, 1], key=jax.random.PRNGKey(0))
+        own = eqx.tree_at(lambda m: list(m.layers), own, list(weights))
+        reps = {"gradflow": (own, lambda m: list(m.layers)),
+                "equinox": (gf.as_model(mlp, degree=4), lambda m: [layer.weight for layer in m.layers]),
+                "function": (gf.as_model(fn, list(weights), degree=4, batched=True), lambda m: list(m.params)),
+                "flax_nnx": (gf.as_model(Net(), degree=4), lambda m: [layer.kernel.value.T for layer in m.layers])}
+    out: dict = {"runs": {}}
+    finals = {}
+    for name, (model, layers) in reps.items():
+        r, wall = _timed(lambda m=model: gf.simulate_flow(m, (x, y), 20.0, loss="logistic", rtol=1e-10, atol=1e-12,
+                                                          sharpness=False, max_steps=100_000))
+        out["runs"][name] = _row(r, wall)
+        finals[name] = np.concatenate([np.asarray(w).ravel() for w in layers(r.model)])
+        print(f"  mlp {name:9s}: {r.status} steps {r.stats['steps']} evals {r.stats['gradient_evaluations']} "
+              f"entries {r.stats['sliding_entries']} exits {r.stats['sliding_exits']} ln(n/L) {r.accuracy[-1]:.6g} {wall:.0f} s",
+              flush=True)
+    base = finals["gradflow"]
+    out["max_parameter_difference"] = {k: float(np.max(np.abs(v - base))) for k, v in finals.items() if k != "gradflow"}
+    print("  mlp max |W − W_gradflow|:", out["max_parameter_difference"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=["wine", "reference", "cnn", "mlp"], action="append")
+    ap.add_argument("--seeds", type=int, default=20)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore", UserWarning)  # L(W₀) ≥ ℓ(0) at small init scales
+    parts = args.only or ["wine", "reference", "cnn", "mlp"]
+    results = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    for part in parts:
+        print(f"[{part}]", flush=True)
+        fn = {"wine": lambda: part_wine(args.seeds), "reference": part_reference, "cnn": part_cnn, "mlp": part_mlp}[part]
+        results[part] = fn()
+        results["machine"] = dict(cpus=os.cpu_count(), jax=jax.__version__, gradflow=gf.__version__)
+        os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+        with open(RESULTS, "w") as f:
+            json.dump(results, f, indent=1)
+    print("wrote", RESULTS)
+
+
+if __name__ == "__main__":
+    main()
