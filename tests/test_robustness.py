@@ -171,10 +171,10 @@ def test_every_run_ends_with_a_status(separable_2d, scale, loss, clock, solver, 
                                  num_save=8, max_steps=20_000, rtol=1e-6, atol=1e-9)
     assert r.status in STATUSES
     assert r.stats["steps"] <= 20_000
-    if r.status == "failed":
-        assert r.reason
-    else:
-        last = {k: v[-1] for k, v in r.diagnostics.items() if k in ("log_loss", "alpha", "norm", "grad_norm", "log_t")}
-        assert all(np.isfinite(v) for v in last.values()), last
-        if clock == "accuracy":
-            np.testing.assert_allclose(r.accuracy[-1], target, atol=1e-4)
+    # separable data, every scale: linear flows and ReLU flows (which slide along their kinks) all
+    # complete; a ReLU run stopped at max_steps is the chattering this suite once let pass
+    assert r.status == "completed", (kind, r.reason)
+    last = {k: v[-1] for k, v in r.diagnostics.items() if k in ("log_loss", "alpha", "norm", "grad_norm", "log_t")}
+    assert all(np.isfinite(v) for v in last.values()), last
+    if clock == "accuracy":
+        np.testing.assert_allclose(r.accuracy[-1], target, atol=1e-4)
