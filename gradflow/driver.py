@@ -60,8 +60,10 @@ def fingerprint(x, y, params0, config, save_points) -> dict:
         "param_shapes": shapes,
         "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
         **{k: config[k] for k in keys},
-        # a run with activation-pattern diagnostics has more columns (absent: resumable as before)
+        # a run with activation-pattern diagnostics has more columns, one with sliding more state
+        # (absent: resumable as before)
         **({"activation_patterns": True} if config.get("activation_patterns") else {}),
+        **({"sliding": True} if config.get("sliding") else {}),
     }
 
 
@@ -297,6 +299,7 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
             f"{sum(seg['stats']['num_steps'] * e + seg['start_evals'] for seg, e in zip(segments, evals, strict=True) if e is not None)}"
         ) if None in evals else "",
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        **_sliding_stats(last["final_state"]),
         **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),
@@ -309,6 +312,15 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_flow failed: {reason}", res)
     return res
+
+
+def _sliding_stats(final_state) -> dict:
+    """``stats`` of a run with sliding (gradflow.sliding): the counts of its final state."""
+    if len(final_state) < 3:
+        return {}
+    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state[2].counts))
+    return {"sliding_entries": entries, "sliding_exits": exits, "sliding_changes": changes, "sliding_normals": normals,
+            "sliding_overflow": overflow}
 
 
 def _warn_if_stalled(diag: dict, config: dict) -> None:

@@ -68,9 +68,9 @@ from .precision import x64
 from .problem import Problem, prepare_problem
 from .result import FlowResult
 from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
-from .sliding import Sliding, initial_slide, model_kinks
+from .sliding import Sliding, initial_slide, sliding_capacity
 from .solvers import get_solver, is_implicit
-from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
+from .solvers.kinks import KINK_ACCEPT, FieldKinks, field_kinks
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -121,7 +121,7 @@ def simulate_flow(
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
       solver: None (default: in the time clock 'bosh3' for models with kinks — ReLU, max-pool, abs,
-        found in the forward pass by :func:`gradflow.solvers.kinks.nonsmooth_primitives` — and
+        found in the forward pass by :func:`gradflow.solvers.kinks.field_kinks` — and
         'tsit5' otherwise; 'auto' in the accuracy clock, where long runs on small-margin data turn
         stiff), 'auto' (Bosh3 for models with kinks, else Tsit5, switching once to matrix-free
         Kvaerno5 when the flow turns stiff; see :class:`gradflow.driver.Driver`), a name ('tsit5',
@@ -152,8 +152,10 @@ def simulate_flow(
         activation switch is not rejected and retried; measured on a ReLU CNN from a random start,
         5–14× fewer gradient evaluations than Tsit5 with 'pid' at equal error, ≤ 2 % rejected
         steps: ``benchmarks/nonsmooth.py``). ``controller_options={'accept': a}`` sets a.
-      sliding: the sliding-mode (Filippov) field on the model's kinks (:mod:`gradflow.sliding`);
-        None or False (default): off.
+      sliding: the sliding-mode (Filippov) field on the model's C⁰ kinks (:mod:`gradflow.sliding`).
+        None (default): on when the forward pass has a C⁰ elementwise ``max`` site (a ReLU) and the
+        steps are adaptive; True: on (refused for a model without such a site); False: off (−∇L
+        with relu'(0) = 0).
       diagnostics: a :class:`gradflow.Diagnostics`: what is recorded besides the paper's
         diagnostics (sharpness, λ_min, activation patterns, a second run for error bars). None:
         ``Diagnostics()``, its defaults.
@@ -177,7 +179,8 @@ def simulate_flow(
         check_degree=check_bool("check_degree", check_degree), controller=check_controller_options(controller_options),
         save_params=check_bool("save_params", save_params),
         auto_explicit_steps=check_int("auto_explicit_steps", auto_explicit_steps, example=200),
-        step_control=step_control, sliding=sliding, diagnostics=diagnostics, run=run,
+        step_control=step_control, sliding=check_bool("sliding", sliding, allow_none=True),
+        diagnostics=diagnostics, run=run,
     )
     options.check()
     if diagnostics.error_check:
@@ -241,9 +244,10 @@ class _Plan(NamedTuple):
     solver: Any  # the solver as recorded in config: its name, or the instance
     solver_obj: Any  # the first segment's diffrax solver
     auto: bool  # solver='auto': explicit segments, switching to Kvaerno5 when stiff
-    kinks: tuple  # the non-smooth primitives of the forward pass
+    field: FieldKinks  # the kinks of the forward pass
     step_control: str  # 'pid' or 'kink'
     controller: dict  # the controller options, with the kink controller's acceptance threshold
+    sliding: bool  # the sliding-mode field on the C⁰ max sites (gradflow.sliding)
 
 
 def _simulate(model, data, options: _FlowOptions) -> FlowResult:
@@ -255,7 +259,7 @@ def _simulate(model, data, options: _FlowOptions) -> FlowResult:
         plan = _plan(prob, options)
         if options.run.devices is not None:
             prob = _shard(options.run.devices, prob)
-        recorded = _recorded(model, prob, options.diagnostics)
+        recorded = _recorded(prob, options.diagnostics)
         config = _config(prob, options, plan, recorded)
         segments, switches = _drive(prob, options, plan, recorded, config, acc0)
         if plan.auto:
@@ -284,8 +288,16 @@ def _check_start(prob: Problem, solve: SolveOptions) -> float:
 
 
 def _plan(prob: Problem, options: _FlowOptions) -> _Plan:
-    """The solver (the default chosen from the model's kinks and the clock) and the step control."""
-    kinks = nonsmooth_primitives(lambda p, x_: combine(p, prob.static)(x_), prob.params0, prob.x[:2])
+    """The solver (the default chosen from the model's kinks and the clock), the step control and
+    sliding (None: on wherever the forward pass has a C⁰ max site, with adaptive steps)."""
+    field = field_kinks(prob.params0, prob.static, prob.x)
+    kinks = field.jumps
+    sliding = options.sliding
+    if sliding is None:
+        sliding = bool(field.sites.sliding) and not options.constant_steps
+    elif sliding and not field.sites.sliding:
+        raise bad_argument("sliding", "is True but the model's forward pass has no C⁰ max site (ReLU) whose pairs "
+                           "could slide", "Drop sliding=True, or pass sliding=False.")
     solver = options.solver
     if solver is None:
         solver = ("bosh3" if kinks else "tsit5") if options.solve.clock == "time" else "auto"
@@ -299,7 +311,7 @@ def _plan(prob: Problem, options: _FlowOptions) -> _Plan:
     if step_control is None:
         step_control = "kink" if kinks and not is_implicit(solver_obj) and not options.constant_steps else "pid"
     controller = {"accept": KINK_ACCEPT, **options.controller} if step_control == "kink" else options.controller
-    return _Plan(solver, solver_obj, auto, kinks, step_control, controller)
+    return _Plan(solver, solver_obj, auto, field, step_control, controller, sliding)
 
 
 def _state_size(prob: Problem) -> int:
@@ -314,10 +326,12 @@ class _Recorded(NamedTuple):
     sharpness: bool  # the sharpness, and λ_min if asked (gradflow.sharpness)
 
 
-def _recorded(model, prob: Problem, diag: Diagnostics) -> _Recorded:
-    """The diagnostics' defaults resolved for this model: patterns where it has them, the sharpness
-    (sharpness=None) when it has at most SHARPNESS_DEFAULT_MAX_PARAMS parameters."""
-    patterns = diag.activation_patterns is not False and activations.has_activation_pattern(model)
+def _recorded(prob: Problem, diag: Diagnostics) -> _Recorded:
+    """The diagnostics' defaults resolved for this model: patterns where it has them (its own
+    ``activation_pattern`` or elementwise max sites), the sharpness (sharpness=None) when it has at
+    most SHARPNESS_DEFAULT_MAX_PARAMS parameters."""
+    patterns = (diag.activation_patterns is not False
+                and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
     small = _state_size(prob) - 2 <= SHARPNESS_DEFAULT_MAX_PARAMS
     return _Recorded(patterns, small if diag.sharpness is None else diag.sharpness)
 
@@ -330,8 +344,9 @@ def _config(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Record
         solver=plan.solver if isinstance(plan.solver, str) else type(plan.solver_obj).__name__,
         rtol=solve.rtol, atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=prob.degree,
         n=prob.n, max_steps=solve.max_steps, jacobian=options.jacobian, dtype=options.dtype,
-        step_control=plan.step_control, nonsmooth_primitives=plan.kinks, model_interface=prob.interface,
-        versions=_versions(), activation_patterns=recorded.patterns,
+        step_control=plan.step_control, nonsmooth_primitives=plan.field.primitives, model_interface=prob.interface,
+        versions=_versions(), kink_sites=_site_summary(plan.field.sites), sliding=plan.sliding,
+        activation_patterns=recorded.patterns,
         **(activations.pattern_sizes(combine(prob.params0, prob.static), prob.x) if recorded.patterns else {}),
         sharpness=bool(recorded.sharpness),
     )
@@ -355,11 +370,10 @@ def _drive(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorde
         if recorded.sharpness else None,
     )
     slide0 = None
-    if options.sliding:
-        site_info = model_kinks(prob.params0, prob.static, prob.x)
-        if site_info.sliding:
-            common["sliding"] = Sliding(site_info, float(solve.rtol))
-            slide0 = initial_slide(site_info, fdtype, k_params)
+    if plan.sliding:
+        slots = sliding_capacity(plan.field.sites.pairs, k_params)
+        common["sliding"] = Sliding(plan.field.sites, float(solve.rtol), slots)
+        slide0 = initial_slide(plan.field.sites, fdtype, k_params, slots)
     driver = Driver(
         common=common, f=f, t_end=solve.t_end, max_steps=solve.max_steps, auto=plan.auto,
         explicit_steps=options.auto_explicit_steps, rtol=solve.rtol, atol=solve.atol, jacobian=options.jacobian,
@@ -378,6 +392,12 @@ def _drive(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorde
     segments, _, _ = driver.run(state, chunks(save_points, run.checkpoint_every if segmented else None), store=store,
                                 progress=run.progress)
     return segments, driver.switches
+
+
+def _site_summary(sites) -> dict:
+    """The config entry of a model's elementwise-max sites (gradflow.kinkmap)."""
+    return {"c0": len(sites.sliding), "c1": len(sites.sites) - len(sites.sliding), "c0_pairs": sites.pairs,
+            "unsupported": list(sites.unsupported)}
 
 
 def _shard(devices, prob: Problem) -> Problem:

@@ -97,7 +97,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((), rtol.dtype))
     sol = diffrax.diffeqsolve(
         term,
-        SlidingSolver(solver, field_from_point(clock), clock_scale(clock)) if sliding is not None else solver,
+        SlidingSolver(solver, field_from_point(clock), clock_scale(clock), clock) if sliding is not None else solver,
         s0,
         s1,
         dt0,
