@@ -130,6 +130,8 @@ ROWS = [
     ("unknown dtype", dict(dtype="float16"), IAE, ["dtype", "float64"], ("flow", "descent")),
     ("check_degree a string", dict(check_degree="yes"), ITE, ["check_degree", "True or False"], FED),
     ("save_params a number", dict(save_params=1), ITE, ["save_params", "True or False"], FED),
+    ("sliding a string", dict(sliding="on"), ITE, ["sliding", "True or False or None"], ("flow",)),
+    ("sliding on a model without a ReLU", dict(sliding=True), IAE, ["sliding", "C⁰ max site", "sliding=False"], ("flow",)),
     ("solver 'auto' in an ensemble", dict(solver="auto"), IAE, ["solver", "auto"], ("ensemble",)),
     ("unknown steps policy", dict(steps="lockstep"), IAE, ["steps", "per_member"], ("ensemble",)),
     ("shared steps with a target", dict(steps="shared", until_accuracy=5.0), IAE, ["steps", "per_member"], ("ensemble",)),
@@ -224,6 +226,26 @@ def test_bad_option_is_refused_before_compiling(entry, row, no_solve):
             _call(entry, {k: v.make() if isinstance(v, Build) else v for k, v in options.items()}, model)
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+GOOD_CALLS = [
+    pytest.param(lambda: _call("flow", {}, _linear()), id="flow"),
+    pytest.param(lambda: _call("flow", dict(clock="accuracy", t_max=None, until_accuracy=5.0), _linear(W_GOOD)),
+                 id="flow, accuracy clock"),
+    pytest.param(lambda: _call("ensemble", {}, _linear()), id="ensemble"),
+    pytest.param(lambda: _call("ensemble", dict(steps="shared"), _linear()), id="ensemble, shared steps"),
+    pytest.param(lambda: _call("descent", {}, _linear()), id="descent"),
+    pytest.param(lambda: cli.run_config({**CLI_BASE, "name": "run"}), id="cli"),
+]
+
+
+@pytest.mark.parametrize("call", GOOD_CALLS)
+@pytest.mark.filterwarnings("ignore:L\\(W_0\\)")
+def test_good_options_reach_the_patched_solve(call, no_solve):
+    """The ``no_solve`` fixture does intercept every entry point: valid options get as far as the
+    compiled solve (so a bad option refused in the table was refused before it)."""
+    with pytest.raises(ReachedTheSolver):
+        call()
 
 
 def test_every_entry_point_has_cells():
