@@ -4,10 +4,10 @@ Setup: the ``hcnn`` of ``gradflow.figures.make_margin_model`` (1,252 parameters)
 cross-entropy, from its random initialization to t = ``--t`` (physical time), Tsit5 at rtol 1e-5,
 atol 1e-8, 30 save points. Measured in this run, side by side:
 
-* the wall time of the same solve with ``activation_patterns`` on and off (after compilation,
+* the wall time of the same solve with ``Diagnostics(activation_patterns=...)`` on and off (after compilation,
   timed alternately three times each, the minimum kept; the steps are identical), and their ratio;
 * the activation flips, max-pool switches and near-zero share along the run;
-* ``error_check=True``: the difference of W/‖W‖ and of the normalized margins from the run at
+* ``Diagnostics(error_check=True)``: the difference of W/‖W‖ and of the normalized margins from the run at
   rtol/10, at the last save point, and the cost of the second run.
 
 Writes benchmarks/results/activation_patterns.json and a plot_flow PNG next to it.
@@ -44,10 +44,11 @@ def main():
     model = gf.figures.make_margin_model("hcnn", x.shape[1:])
     opts = dict(t_max=args.t, loss="cross_entropy", rtol=1e-5, atol=1e-8, num_save=30, max_steps=200_000)
     on, off, wall_on, wall_off = timed_pair(lambda: gf.simulate_flow(model, (x, y), **opts),
-                                            lambda: gf.simulate_flow(model, (x, y), activation_patterns=False, **opts))
+                                            lambda: gf.simulate_flow(model, (x, y), diagnostics=gf.Diagnostics(activation_patterns=False),
+                                                                      **opts))
     assert on.stats["steps"] == off.stats["steps"]
     start = time.perf_counter()
-    checked = gf.simulate_flow(model, (x, y), error_check=True, **opts)  # includes its compile
+    checked = gf.simulate_flow(model, (x, y), diagnostics=gf.Diagnostics(error_check=True), **opts)  # with its compile
     wall_check = time.perf_counter() - start
     d = checked.diagnostics
     out = {

@@ -3,7 +3,7 @@
 Small models (two-layer squared ReLU of width 4 and 16 on 40 Appendix-A points), exponential
 loss, Tsit5, rtol 1e-8, t ≤ 100. For each width, in one run and after compilation (best of
 ``--repeats``, alternating): the loop, and simulate_ensemble with steps='per_member' and
-'shared', on one device and with the members split over every device (``devices='all'``). On a
+'shared', on one device and with the members split over every device (``run=RunOptions(devices='all')``). On a
 CPU the script exposes one XLA host device per core (XLA_FLAGS, set before JAX starts), so
 ``devices='all'`` is how the ensemble uses both cores of a 2-core machine; the loop, like a
 user's loop, runs on one. Also profiles the vector field alone (one member vs all members
@@ -77,7 +77,7 @@ def one_width(width: int, members: int, repeats: int, x, y) -> dict:
     models = [gf.TwoLayerSquaredReLU(3, width, key=jax.random.PRNGKey(i), signs="alternating", init_scale=0.5)
               for i in range(members)]
     opts = dict(num_save=20, rtol=1e-8, atol=1e-10, check_degree=False)
-    configs = {f"{steps}_{'all_devices' if dev else 'one_device'}": dict(steps=steps, devices=dev)
+    configs = {f"{steps}_{'all_devices' if dev else 'one_device'}": dict(steps=steps, run=gf.RunOptions(devices=dev))
                for dev in ([None, "all"] if len(jax.devices()) > 1 else [None]) for steps in ("per_member", "shared")}
 
     def loop():

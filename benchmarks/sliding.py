@@ -46,6 +46,7 @@ import gradflow as gf
 from gradflow.figures import make_margin_model
 from gradflow.reference import smoothed_flow
 
+NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "sliding.json")
 
 
@@ -82,10 +83,10 @@ def part_wine(seeds: int) -> dict:
         for seed in range(seeds):
             model = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(seed), init_scale=scale)
             runs = {
-                "time_clock": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, sharpness=False),
+                "time_clock": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, diagnostics=NO_SHARPNESS),
                 "accuracy_clock": lambda m=model: gf.simulate_flow(m, data, clock="accuracy", until_accuracy=100.0,
-                                                                   max_steps=20_000, sharpness=False),
-                "without_sliding": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, sharpness=False,
+                                                                   max_steps=20_000, diagnostics=NO_SHARPNESS),
+                "without_sliding": lambda m=model: gf.simulate_flow(m, data, 1e4, max_steps=20_000, diagnostics=NO_SHARPNESS,
                                                                     sliding=False),
             }
             for name, fn in runs.items():
@@ -120,7 +121,7 @@ def part_reference() -> dict:
                reference_uncertainty=np.abs(ref - ref_coarse).max(axis=1).tolist(), runs=[])
     for rtol in (1e-8, 1e-10):
         r, wall = _timed(lambda rt=rtol: gf.simulate_flow(model, data, 20.0, save_at=times, rtol=rt, atol=rt * 1e-2,
-                                                           save_params=True, sharpness=False, max_steps=100_000))
+                                                           save_params=True, diagnostics=NO_SHARPNESS, max_steps=100_000))
         err = np.abs(r.diagnostics["params_flat"] - ref).max(axis=1)
         row = dict(rtol=rtol, error=err.tolist(), **_row(r, wall))
         out["runs"].append(row)
@@ -133,11 +134,11 @@ def part_cnn() -> dict:
     n = 100
     x, y = gf.datasets.digits(n=n, seed=0)
     model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
-    kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, sharpness=False)
+    kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=NO_SHARPNESS)
     target = math.log(n) + 1
     T = 0.05
     ref = gf.simulate_flow(model, (x, y), T, solver="tsit5", step_control="pid", rtol=1e-9, atol=1e-12,
-                           loss="cross_entropy", sharpness=False, save_params=True, save_at=np.array([0.0, T]),
+                           loss="cross_entropy", diagnostics=NO_SHARPNESS, save_params=True, save_at=np.array([0.0, T]),
                            max_steps=200_000)
     w_ref = ref.diagnostics["params_flat"][-1]
     variants = {"default": {}, "default_without_sliding": {"sliding": False},
@@ -198,7 +199,7 @@ def part_mlp() -> dict:
     finals = {}
     for name, (model, layers) in reps.items():
         r, wall = _timed(lambda m=model: gf.simulate_flow(m, (x, y), 20.0, loss="logistic", rtol=1e-10, atol=1e-12,
-                                                          sharpness=False, max_steps=100_000))
+                                                          diagnostics=NO_SHARPNESS, max_steps=100_000))
         out["runs"][name] = _row(r, wall)
         finals[name] = np.concatenate([np.asarray(w).ravel() for w in layers(r.model)])
         print(f"  mlp {name:9s}: {r.status} steps {r.stats['steps']} evals {r.stats['gradient_evaluations']} "

@@ -15,6 +15,7 @@ from . import (
     losses,
     maxmargin,
     models,
+    options,
     progress,
     sharpness,
     theory,
@@ -41,6 +42,7 @@ from .models import (
     check_homogeneity,
     linearize,
 )
+from .options import Diagnostics, RunOptions
 from .params import Frozen, num_params
 from .plotting import plot_flow
 from .precision import enable_x64, x64
@@ -54,6 +56,7 @@ __all__ = [
     "EnsembleResult",
     "ExternalModel",
     "DeepLinear",
+    "Diagnostics",
     "Exponential",
     "FlowResult",
     "Frozen",
@@ -68,6 +71,7 @@ __all__ = [
     "Model",
     "NormalizedGD",
     "ReLUMLP",
+    "RunOptions",
     "SmallDenseNet",
     "SmallResNet",
     "SolverFailure",
@@ -88,6 +92,7 @@ __all__ = [
     "maxmargin",
     "models",
     "normalized_gd",
+    "options",
     "num_params",
     "plot_flow",
     "progress",

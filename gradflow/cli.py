@@ -12,10 +12,10 @@ unknown key or a wrong type is refused, naming the key and the fix, before anyth
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import inspect
 import json
-import math
 import os
 import sys
 import time
@@ -24,7 +24,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import numpy as np
+
+from . import datasets, figures, models
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError
+from .flow import simulate_flow
+from .models import nonhomogeneous
+from .options import Diagnostics, check_int, check_solve_options
+from .plotting import plot_flow
+from .progress import simulate_with_progress
 
 __all__ = ["main", "build_parser", "load_config", "run_config", "CONFIG_KEYS", "MODEL_TYPES"]
 
@@ -34,25 +43,31 @@ __all__ = ["main", "build_parser", "load_config", "run_config", "CONFIG_KEYS", "
 
 _NUMBER = (int, float)
 
-#: top-level keys of a ``gradflow run`` config: key -> (accepted types, description)
-CONFIG_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+#: top-level keys of a ``gradflow run`` config: key -> (accepted TOML types, description). Keys with
+#: types None are checked (types too) by the functions of :mod:`gradflow.options` that check the same
+#: options of :func:`gradflow.simulate_flow` (:func:`~gradflow.options.check_solve_options`, ...).
+CONFIG_KEYS: dict[str, tuple[tuple[type, ...] | None, str]] = {
     "model": ((dict,), "table: type = one of MODEL_TYPES, plus that model's keyword arguments"),
     "data": ((str, dict), "a bundled data set name, an .npz path with arrays x and y, or a table {name = ..., n = ..., ...}"),
     "loss": ((str,), "'exponential', 'logistic' or 'cross_entropy'"),
-    "clock": ((str,), "'time' (needs t_max) or 'accuracy' (needs until_accuracy)"),
+    "clock": (None, "'time' (needs t_max) or 'accuracy' (needs until_accuracy)"),
     "solver": ((str,), "'tsit5', 'kvaerno5', 'auto', ... (gradflow.solvers)"),
-    "rtol": (_NUMBER, "relative tolerance of the step-size controller"),
-    "atol": (_NUMBER, "absolute tolerance"),
-    "t_max": (_NUMBER, "final physical time t (clock = 'time')"),
-    "until_accuracy": (_NUMBER, "final ln(n/L)"),
-    "num_save": ((int,), "number of save points"),
-    "save_at": ((list,), "increasing save points (t, or ln(n/L) with clock = 'accuracy')"),
-    "max_steps": ((int,), "most solver steps"),
+    "rtol": (None, "relative tolerance of the step-size controller"),
+    "atol": (None, "absolute tolerance"),
+    "t_max": (None, "final physical time t (clock = 'time')"),
+    "until_accuracy": (None, "final ln(n/L)"),
+    "num_save": (None, "number of save points"),
+    "save_at": (None, "increasing save points (t, or ln(n/L) with clock = 'accuracy')"),
+    "max_steps": (None, "most solver steps"),
+    "diagnostics": ((dict,), "table of gradflow.Diagnostics fields, e.g. {sharpness = false, error_check = true}"),
     "seed": ((int,), "PRNG seed of the model initialisation"),
     "out": ((str,), "output directory (the --out option overrides it)"),
     "name": ((str,), "stem of the output files (default: the config file's stem)"),
-    "progress_segments": ((int,), "segments of the progress bar (accuracy clock only; default 8)"),
+    "progress_segments": (None, "segments of the progress bar (accuracy clock only; default 8)"),
 }
+
+# simulate_flow's defaults, for the keys a config leaves out
+_FLOW_DEFAULTS = {name: p.default for name, p in inspect.signature(simulate_flow).parameters.items()}
 
 #: model ``type`` -> (constructor name in gradflow, needs a PRNG key, description)
 MODEL_TYPES: dict[str, str] = {
@@ -90,7 +105,7 @@ def _type_error(key: str, types: tuple[type, ...], value: Any, fix: str) -> Inva
     return InvalidTypeError(f"{key}: expected {names}, got {type(value).__name__} ({value!r}). {fix}")
 
 
-def _check_table(table: dict, schema: dict[str, tuple[tuple[type, ...], str]], where: str) -> None:
+def _check_table(table: dict, schema: dict[str, tuple[tuple[type, ...] | None, str]], where: str) -> None:
     for key, value in table.items():
         if key not in schema:
             close = [k for k in schema if k.replace("_", "") == key.replace("_", "").replace("-", "") or k.startswith(key[:3])]
@@ -99,6 +114,8 @@ def _check_table(table: dict, schema: dict[str, tuple[tuple[type, ...], str]], w
                 f"{where}{key}: unknown key.{hint} Allowed keys: {', '.join(sorted(schema))}. Remove or rename it."
             )
         types, desc = schema[key]
+        if types is None:  # checked by gradflow.options
+            continue
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if float in types and int in types and isinstance(value, bool):
             ok = False
@@ -174,37 +191,40 @@ def validate_config(cfg: dict[str, Any]) -> None:
         name = data
     if not name.endswith(".npz") and name not in DATA_SETS:
         raise InvalidArgumentError(f"data: unknown data set {name!r}. Use one of {', '.join(DATA_SETS)} or an .npz path with arrays x and y.")
-    clock = cfg.get("clock", "accuracy" if "until_accuracy" in cfg and "t_max" not in cfg else "time")
-    if clock not in ("time", "accuracy"):
-        raise InvalidArgumentError(f"clock: unknown clock {clock!r}. Use 'time' or 'accuracy'.")
-    if clock == "time" and "t_max" not in cfg:
-        raise InvalidArgumentError("t_max: required with clock = 'time'. Add t_max = 1e6, or use clock = 'accuracy' with until_accuracy.")
-    if clock == "accuracy" and "until_accuracy" not in cfg:
-        raise InvalidArgumentError("until_accuracy: required with clock = 'accuracy'. Add until_accuracy = 100.0 (the final ln(n/L)).")
-    for key in ("rtol", "atol", "t_max", "until_accuracy"):
-        if key in cfg and not (math.isfinite(cfg[key]) and cfg[key] > 0):
-            raise InvalidArgumentError(f"{key}: must be positive and finite, got {cfg[key]!r}. Fix the value.")
-    for key in ("num_save", "max_steps", "progress_segments"):
-        if key in cfg and cfg[key] < (2 if key == "num_save" else 1):
-            raise InvalidArgumentError(f"{key}: must be ≥ {2 if key == 'num_save' else 1}, got {cfg[key]}. Fix the value.")
+    check_solve_options(**{name: cfg.get(name, _FLOW_DEFAULTS[name]) for name in _SOLVE_KEYS}, clock=_clock(cfg))
     if "save_at" in cfg and "num_save" in cfg:
         raise InvalidArgumentError("save_at: given together with num_save. Keep only one of them.")
-    if "save_at" in cfg and not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in cfg["save_at"]):
-        raise InvalidTypeError("save_at: expected an array of numbers. Write e.g. save_at = [1.0, 10.0, 100.0].")
+    if "progress_segments" in cfg:
+        check_int("progress_segments", cfg["progress_segments"], example=8)
+    if "diagnostics" in cfg:
+        _diagnostics(cfg["diagnostics"])
+
+
+# the keywords of check_solve_options a config may set (dt0 is simulate_flow's default)
+_SOLVE_KEYS = ("t_max", "until_accuracy", "rtol", "atol", "dt0", "max_steps", "num_save", "save_at")
+
+
+def _clock(cfg: dict[str, Any]):
+    """The config's clock: as given, else 'accuracy' when it sets until_accuracy and no t_max."""
+    return cfg.get("clock", "accuracy" if "until_accuracy" in cfg and "t_max" not in cfg else "time")
+
+
+def _diagnostics(table: dict[str, Any]) -> Diagnostics:
+    """The gradflow.Diagnostics of a ``diagnostics`` table (unknown keys refused, fields checked)."""
+    fields = [f.name for f in dataclasses.fields(Diagnostics)]
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise InvalidArgumentError(f"diagnostics.{unknown[0]}: unknown key. Allowed keys: {', '.join(fields)}. "
+                                   "Remove or rename it.")
+    return Diagnostics(**table)
 
 
 def _model_constructor(mtype: str):
-    import gradflow as gf
-
-    from .models import nonhomogeneous
-
-    return getattr(gf, mtype, None) or getattr(nonhomogeneous, mtype)
+    return getattr(models, mtype, None) or getattr(nonhomogeneous, mtype)
 
 
 def build_model(spec: dict[str, Any], seed: int = 0):
     """The model of a validated ``[model]`` table (lists become tuples)."""
-    import jax
-
     ctor = _model_constructor(spec["type"])
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "type"}
     if "key" in inspect.signature(ctor).parameters:
@@ -214,10 +234,6 @@ def build_model(spec: dict[str, Any], seed: int = 0):
 
 def build_data(spec: str | dict[str, Any]):
     """(x, y) of a validated ``data`` entry."""
-    import numpy as np
-
-    import gradflow as gf
-
     table = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = table.pop("name", None) or table.pop("path")
     table.pop("path", None)
@@ -231,7 +247,7 @@ def build_data(spec: str | dict[str, Any]):
         if "n" in table:
             x, y = x[: table["n"]], y[: table["n"]]
         return x, y
-    fn = getattr(gf.datasets, name)
+    fn = getattr(datasets, name)
     accepted = inspect.signature(fn).parameters
     extra = [k for k in table if k not in accepted]
     if extra:
@@ -244,15 +260,13 @@ def build_data(spec: str | dict[str, Any]):
 def run_config(cfg: dict[str, Any], out: str | os.PathLike | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Run a validated config: build model and data, integrate, write ``<name>.npz``,
     ``<name>.json``, ``<name>.png`` and ``<name>.pdf`` to ``out`` (or ``cfg['out']``, or '.')."""
-    import gradflow as gf
-
-    from .progress import simulate_with_progress
-
     out = os.fspath(out or cfg.get("out", "."))
     model = build_model(cfg["model"], seed=cfg.get("seed", 0))
     x, y = build_data(cfg["data"])
-    clock = cfg.get("clock", "accuracy" if "until_accuracy" in cfg and "t_max" not in cfg else "time")
+    clock = _clock(cfg)
     opts: dict[str, Any] = {k: cfg[k] for k in ("loss", "solver", "rtol", "atol", "max_steps") if k in cfg}
+    if "diagnostics" in cfg:
+        opts["diagnostics"] = _diagnostics(cfg["diagnostics"])
     start = time.perf_counter()
     if clock == "accuracy" and "save_at" not in cfg and "num_save" not in cfg:
         if "t_max" in cfg:
@@ -263,13 +277,13 @@ def run_config(cfg: dict[str, Any], out: str | os.PathLike | None = None, progre
         for k in ("t_max", "until_accuracy", "num_save", "save_at"):
             if k in cfg:
                 opts[k] = cfg[k]
-        result = gf.simulate_flow(model, (x, y), clock=clock, **opts)
+        result = simulate_flow(model, (x, y), clock=clock, **opts)
     wall = time.perf_counter() - start
     os.makedirs(out, exist_ok=True)
     stem = os.path.join(out, cfg["name"])
     files = [result.save(stem + ".npz")]
     for ext in ("png", "pdf"):
-        gf.plot_flow(result, f"{stem}.{ext}", title=f"{cfg['name']}: {cfg['model']['type']}")
+        plot_flow(result, f"{stem}.{ext}", title=f"{cfg['name']}: {cfg['model']['type']}")
         files.append(f"{stem}.{ext}")
     summary = {"status": result.status, "reason": result.reason, "final": {k: float(result.diagnostics[k][-1]) for k in
                ("accuracy", "norm", "smoothed_margin", "margin", "angle", "path_length", "train_error") if k in result.diagnostics},
@@ -327,8 +341,6 @@ def _run_example(target: str, argv: list[str]) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from . import figures
-
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
     out = args.out
     progress = False if args.no_progress else None
@@ -373,6 +385,7 @@ _RUN_EPILOG = "config keys (TOML, top level):\n" + "\n".join(f"  {k:<18} {d}" fo
     + '  model = {type = "TwoLayerSquaredReLU", in_features = 3, width = 100, signs = "alternating"}\n'
     + '  data = {name = "appendix_a_synthetic", n = 40}\n'
     + '  loss = "exponential"\n  clock = "accuracy"\n  until_accuracy = 50.0\n  solver = "tsit5"\n  rtol = 1e-6\n  seed = 0\n  out = "runs"\n'
+    + '  diagnostics = {sharpness = false}      # gradflow.Diagnostics fields\n'
 )
 
 

@@ -66,10 +66,21 @@ from .diagnostics import diagnostics, evaluate
 from .errors import InvalidTypeError, SolverFailure, bad_argument
 from .interop import final_model_and_params
 from .losses import Loss
+from .options import (
+    DTYPES,
+    Diagnostics,
+    RunOptions,
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_finite,
+    check_save_at,
+    check_target,
+    grouped_options,
+)
 from .params import combine, global_norm
 from .precision import x64
-from .problem import check_positive_finite as _check_positive_finite
-from .problem import check_sharpness_options, prepare_problem
+from .problem import prepare_problem
 from .result import FlowResult
 from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
 from .sharpness import loss_hvp as _loss_hvp
@@ -104,40 +115,26 @@ def normalized_gd(eta: float | Callable[[Any], Any] = 1.0, max_update_norm: floa
     c_k = min(1, max_update_norm/‖update‖). For the exponential loss: W ← W + c_k η_k ∇α.
     """
     _check_rate("eta", eta)
-    _check_positive_finite("max_update_norm", max_update_norm, allow_none=True)
+    check_positive_finite("max_update_norm", max_update_norm, allow_none=True, example="1.0")
     return NormalizedGD(eta=eta, max_update_norm=None if max_update_norm is None else float(max_update_norm))
 
 
 def _check_rate(name: str, rate) -> None:
     if callable(rate):
         return
-    _check_positive_finite(name, rate)
+    check_positive_finite(name, rate, example="0.1")
 
 
-def _save_iterations(steps: int, save_every, save_at, num_save: int) -> np.ndarray:
+def _save_iterations(steps: int, save_every, save_at, num_save) -> np.ndarray:
     """Sorted unique save iterations in [0, steps], always containing 0 … steps' end points as given."""
     if save_every is not None and save_at is not None:
         raise bad_argument("save_every", "and save_at are both given", "Pass only one of them.")
+    num_save = check_int("num_save", num_save, least=2, example=100)
     if save_every is not None:
-        if isinstance(save_every, bool) or not isinstance(save_every, (int, np.integer)) or save_every < 1:
-            raise bad_argument("save_every", f"must be a positive integer, got {save_every!r}", "Pass e.g. save_every=100.")
-        its = np.arange(0, steps + 1, int(save_every))
+        its = np.arange(0, steps + 1, check_int("save_every", save_every, example=100))
     elif save_at is not None:
-        try:
-            its = np.asarray(save_at)
-            ok = its.ndim == 1 and its.size > 0 and bool(np.all(np.isfinite(its))) and bool(np.all(its == np.round(its)))
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise bad_argument("save_at", "must be a nonempty 1-D array of integer iterations", "Pass e.g. save_at=[0, 10, 100].")
-        its = its.astype(np.int64)
-        if np.any(np.diff(its) <= 0):
-            raise bad_argument("save_at", "is not strictly increasing", "Sort the iterations and drop duplicates.")
-        if its[0] < 0 or its[-1] > steps:
-            raise bad_argument("save_at", f"has iterations outside [0, {steps}]", "Keep save iterations inside the run.")
+        its = check_save_at(save_at, lo=0, hi=steps, integers=True).astype(np.int64)
     else:
-        if not isinstance(num_save, (int, np.integer)) or isinstance(num_save, bool) or num_save < 2:
-            raise bad_argument("num_save", f"must be an integer ≥ 2, got {num_save!r}", "Pass e.g. num_save=100.")
         its = np.unique(np.concatenate([[0], np.round(np.geomspace(1, steps, num_save - 1))]).astype(np.int64))
     if its[-1] != steps:  # the final iterate is always reported, like the flow's final state
         its = np.concatenate([its, [steps]])
@@ -363,10 +360,14 @@ def _resolve_optimizer(optimizer, learning_rate, max_update_norm):
             f"GradientTransformation, got {type(optimizer).__name__}. Pass e.g. optimizer=optax.sgd(0.1), learning_rate=0.1."
         )
     _check_rate("learning_rate" if method == "gd" else "eta", rate)
-    clip = _check_positive_finite("max_update_norm", clip, allow_none=True)
+    clip = check_positive_finite("max_update_norm", clip, allow_none=True, example="1.0")
     const = None if callable(rate) else float(rate)
     sched = rate if callable(rate) else None
     return method, None, const, sched, math.inf if clip is None else clip, False, method
+
+
+# the fields of Diagnostics and RunOptions simulate_descent implements
+_SUPPORTS = ("sharpness", "min_eigenvalue", "sharpness_tol", "sharpness_max_iters", "throw")
 
 
 def simulate_descent(
@@ -387,11 +388,9 @@ def simulate_descent(
     save_params: bool = False,
     dtype: str = "float64",
     check_degree: bool = True,
-    throw: bool = False,
-    sharpness: bool | None = None,
-    min_eigenvalue: bool = False,
-    sharpness_tol: float = 1e-3,
-    sharpness_max_iters: int = 100,
+    diagnostics: Diagnostics | None = None,
+    run: RunOptions | None = None,
+    **deprecated: Any,
 ) -> FlowResult:
     r"""Run a discrete optimizer on L(W) = Σ_i ℓ(p_i(W)) and record the flow's diagnostics.
 
@@ -424,21 +423,25 @@ def simulate_descent(
         :func:`gradflow.compare`.
       dtype: 'float64' (default) or 'float32' (warns).
       check_degree: refuse a model whose declared homogeneity degree disagrees with a measurement.
-      throw: raise :class:`gradflow.SolverFailure` (holding the partial result) on failure.
-      sharpness: record λ_max(∇²L) (``sharpness``, ``log_sharpness``, ``sharpness_hvps``) and
-        the stability bound 2/Δt_k (``two_over_eta``, ``log_two_over_eta``; Δt_k = η_k for GD and
-        optax (nominal for adaptive ones), c_k η_k/L for normalized GD) at every save iteration, as
-        :func:`gradflow.simulate_flow` does (same power iteration, warm-started from save point to
-        save point), and the edge of stability ``result.edge_step``: the first iteration k whose
-        step is past it, λ_max(∇²L(W_k)) > 2/Δt_k, or None. With full batches it is checked at
-        *every* iteration: one warm power step per iteration (1 HVP ≈ 2–3 gradient evaluations,
-        so the run costs ≈ 3–4× plain GD) gives the Rayleigh quotient ρ_k ≤ λ_max(W_k), and
-        ρ_k > 2/Δt_k proves the edge was crossed (never a false alarm; it may fire a few
-        iterations late while the vector turns); the converged value at the save iterations is
-        checked too. With mini-batches it is checked at the save iterations only
-        (``stats["edge_resolution"]`` says which). None (default): on for models with at most
-        ``gradflow.sharpness.SHARPNESS_DEFAULT_MAX_PARAMS`` parameters. ``min_eigenvalue``,
-        ``sharpness_tol``, ``sharpness_max_iters``: as in simulate_flow.
+      diagnostics: a :class:`gradflow.Diagnostics`; its sharpness fields apply (the others are
+        refused when switched on). ``sharpness``: record λ_max(∇²L) (``sharpness``,
+        ``log_sharpness``, ``sharpness_hvps``) and the stability bound 2/Δt_k (``two_over_eta``,
+        ``log_two_over_eta``; Δt_k = η_k for GD and optax (nominal for adaptive ones), c_k η_k/L for
+        normalized GD) at every save iteration, as :func:`gradflow.simulate_flow` does (same power
+        iteration, warm-started from save point to save point), and the edge of stability
+        ``result.edge_step``: the first iteration k whose step is past it, λ_max(∇²L(W_k)) > 2/Δt_k,
+        or None. With full batches it is checked at *every* iteration: one warm power step per
+        iteration (1 HVP ≈ 2–3 gradient evaluations, so the run costs ≈ 3–4× plain GD) gives the
+        Rayleigh quotient ρ_k ≤ λ_max(W_k), and ρ_k > 2/Δt_k proves the edge was crossed (never a
+        false alarm; it may fire a few iterations late while the vector turns); the converged value
+        at the save iterations is checked too. With mini-batches it is checked at the save
+        iterations only (``stats["edge_resolution"]`` says which). None (default): on for models
+        with at most ``gradflow.sharpness.SHARPNESS_DEFAULT_MAX_PARAMS`` parameters.
+        ``min_eigenvalue``, ``sharpness_tol``, ``sharpness_max_iters``: as in simulate_flow.
+      run: a :class:`gradflow.RunOptions`; only ``throw`` applies (raise
+        :class:`gradflow.SolverFailure`, holding the partial result, on failure).
+      **deprecated: the former flat keywords ``sharpness``, ``min_eigenvalue``, ``sharpness_tol``,
+        ``sharpness_max_iters`` and ``throw`` still work, with a ``DeprecationWarning``.
 
     Returns:
       A :class:`gradflow.FlowResult` with the diagnostics of :func:`~gradflow.simulate_flow`
@@ -449,28 +452,26 @@ def simulate_descent(
       stats: steps, gradient_evaluations (= steps), diagnostic_evaluations, wall_time (s,
       including compilation on a first call).
     """
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise bad_argument("steps", f"must be a positive integer, got {steps!r}", "Pass e.g. steps=10_000.")
-    steps = int(steps)
+    diag, run = grouped_options("simulate_descent", deprecated, diagnostics, run, supports=_SUPPORTS)
+    steps = check_int("steps", steps, example="10_000")
     method, opt, eta_const, schedule, clip, read_lr, opt_name = _resolve_optimizer(optimizer, learning_rate, max_update_norm)
-    until_accuracy = _check_positive_finite("until_accuracy", until_accuracy, allow_none=True)
+    until_accuracy = check_positive_finite("until_accuracy", until_accuracy, allow_none=True, example="100.0")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise InvalidTypeError(f"seed: expected an int, got {type(seed).__name__}. Pass e.g. seed=0.")
     if not -(2**63) <= int(seed) < 2**63:
         raise bad_argument("seed", f"must fit in 64 bits, got {seed}", "Pass e.g. seed=0.")
     save_iters = _save_iterations(steps, save_every, save_at, num_save)
-    sharpness_tol = check_sharpness_options(sharpness, min_eigenvalue, sharpness_tol, sharpness_max_iters)
+    save_params = check_bool("save_params", save_params)
+    check_degree = check_bool("check_degree", check_degree)
+    dtype = check_choice("dtype", dtype, DTYPES, "Use 'float64' (default) or 'float32'.")
 
     with x64():
         prob = prepare_problem(model, data, loss, dtype, check_degree, "simulate_descent")
         n = prob.n
         if batch_size is not None:
-            if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
-                raise bad_argument("batch_size", f"must be an integer in [1, n={n}], got {batch_size!r}", "Pass e.g. batch_size=512, or None for full-batch GD.")
-            batch_size = None if int(batch_size) == n else int(batch_size)
-        acc0 = math.log(n) - prob.log_loss0
-        if until_accuracy is not None and until_accuracy <= acc0:
-            raise bad_argument("until_accuracy", f"= {until_accuracy} is not above the initial ln(n/L) = {acc0:.6g}", "Pass a larger target.")
+            batch_size = check_int("batch_size", batch_size, most=n, example="512, or None for full-batch GD")
+            batch_size = None if batch_size == n else batch_size
+        check_target(until_accuracy, math.log(n) - prob.log_loss0)
         fdtype = prob.x.dtype
         opt_state0 = () if opt is None else opt.init(prob.params0)
         if read_lr:
@@ -485,12 +486,13 @@ def simulate_descent(
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         k_params = int(ravel_pytree(prob.params0)[0].size)
-        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
+        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if diag.sharpness is None else diag.sharpness
         sharpness_opts = eigvec0 = None
         if with_sharpness:
-            sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue), batch_size is None)
+            sharpness_opts = (float(diag.sharpness_tol), int(diag.sharpness_max_iters), bool(diag.min_eigenvalue),
+                              batch_size is None)
             v0 = initial_vector(k_params, fdtype)
-            eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
+            eigvec0 = (v0, v0[::-1] if diag.min_eigenvalue else None)
         start = time.perf_counter()
         saved, params_final, k_final, hit_target, failed, edge_step = _run(
             prob.params0, opt_state0, prob.static, prob.x, prob.y, jnp.asarray(save_iters, jnp.int64),
@@ -498,7 +500,7 @@ def simulate_descent(
             f(target), jax.random.key(int(seed)),
             loss=prob.loss, degree=prob.degree, method=method, optimizer=opt, schedule=schedule,
             batch_size=batch_size, check_full_loss=batch_size is not None and until_accuracy is not None,
-            save_params=bool(save_params), read_lr=read_lr, sharpness_opts=sharpness_opts, eigvec0=eigvec0,
+            save_params=save_params, read_lr=read_lr, sharpness_opts=sharpness_opts, eigvec0=eigvec0,
         )
         jax.block_until_ready(saved)
         wall = time.perf_counter() - start
@@ -516,7 +518,7 @@ def simulate_descent(
                     None if k_edge < 0 else float(np.exp(float(edge_step[1]))))
         return _assemble_descent(
             saved, save_iters, params_final, int(k_final), bool(hit_target), bool(failed), prob, wall,
-            config=config, until_accuracy=until_accuracy, throw=throw, edge=edge,
+            config=config, until_accuracy=until_accuracy, throw=run.throw, edge=edge,
         )
 
 

@@ -17,8 +17,9 @@ Two step-size policies (``steps=``):
   times, the shared solve takes ~2× the steps of the slowest member alone (831 vs 455 for 32
   squared-ReLU members of width 16). Use it for smooth models with similar members.
 
-``devices=`` splits the members over devices (each device runs its block's loop on its own, see
-:func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more than one core.
+``run=RunOptions(devices=...)`` splits the members over devices (each device runs its block's loop
+on its own, see :func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more
+than one core.
 
 Throughput (``benchmarks/ensemble.py``, 2 CPU cores): the batched gradient of 32 small members is
 compute-bound (tiny-K matmuls and f64 elementwise loops over members × examples × width) while a
@@ -43,10 +44,19 @@ import numpy as np
 from .driver import assemble, result_name
 from .errors import InvalidTypeError, bad_argument
 from .fields import FieldArgs, make_save_fn, time_field
-from .flow import CLOCKS, _default_save_points
+from .options import (
+    Diagnostics,
+    RunOptions,
+    check_bool,
+    check_choice,
+    check_solve_options,
+    check_target,
+    grouped_options,
+    resolve_devices,
+)
 from .params import combine, partition
 from .precision import x64
-from .problem import check_positive_finite, prepare_problem, resolve_devices
+from .problem import prepare_problem
 from .result import FlowResult
 from .solve import solve
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, initial_step, nan_to_inf
@@ -209,99 +219,95 @@ def simulate_ensemble(
     max_steps: int = 100_000,
     save_at: Any = None,
     num_save: int = 100,
+    save_params: bool = False,
     jacobian: str = "matrix_free",
     check_degree: bool = True,
-    save_params: bool = False,
     steps: str | None = None,
-    devices: Any = None,
+    diagnostics: Diagnostics | None = None,
+    run: RunOptions | None = None,
+    **deprecated: Any,
 ) -> EnsembleResult:
     """Integrate the gradient flow of every model in ``models`` in one vmapped diffrax solve.
 
     ``models``: a sequence of models with the same architecture (different seeds or initial
-    scales). The options mean what they mean in :func:`gradflow.simulate_flow`; the save points
-    are shared (in the accuracy clock they start at the largest initial ln(n/L) of the members).
+    scales). The options mean what they mean in :func:`gradflow.simulate_flow` and are checked by
+    the same functions (:mod:`gradflow.options`); the save points are shared (in the accuracy
+    clock they start at the largest initial ln(n/L) of the members).
     ``steps``: 'per_member' (default) or 'shared' (time clock without ``until_accuracy`` only);
-    see the module docstring. Segmented features (``solver='auto'``,
-    checkpoints, progress) are not available here.
+    see the module docstring. Segmented features (``solver='auto'``, checkpoints, progress) and the
+    extra diagnostics of :class:`gradflow.Diagnostics` are not available here: a ``diagnostics`` or
+    ``run`` field that asks for them is refused.
 
-    ``devices``: split the *members* over devices, 'all' or a list of jax devices (None: one
-    device). Each device integrates its block of consecutive members on its own (``jax.shard_map``
-    over a 1-D mesh "members", no communication); with ``steps='shared'`` the members of a block
-    share one step size, so a result depends on how the members are blocked (to solver
-    tolerance). A member count that is not a multiple of the device count is padded with copies
-    of member 0, which are dropped. On a CPU with several cores, start Python with
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` to get one device per core.
+    ``run=gradflow.RunOptions(devices=...)``: split the *members* over devices, 'all' or a list of
+    jax devices (None: one device). Each device integrates its block of consecutive members on its
+    own (``jax.shard_map`` over a 1-D mesh "members", no communication); with ``steps='shared'``
+    the members of a block share one step size, so a result depends on how the members are blocked
+    (to solver tolerance). A member count that is not a multiple of the device count is padded with
+    copies of member 0, which are dropped. On a CPU with several cores, start Python with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` to get one device per core. The
+    former flat keyword ``devices`` still works, with a ``DeprecationWarning``.
     """
     if not isinstance(models, (list, tuple)) or len(models) == 0:
         raise InvalidTypeError("models: expected a nonempty list of models. Pass e.g. [Linear(3, key=k) for k in keys].")
-    if clock not in CLOCKS:
-        raise bad_argument("clock", f"unknown clock {clock!r}", f"Use one of {CLOCKS}.")
+    _, run = grouped_options("simulate_ensemble", deprecated, diagnostics, run, supports=("devices",))
+    solve = check_solve_options(clock=clock, t_max=t_max, until_accuracy=until_accuracy, rtol=rtol, atol=atol,
+                                dt0=dt0, max_steps=max_steps, num_save=num_save, save_at=save_at)
     if isinstance(solver, str) and solver.lower() == "auto":
         raise bad_argument("solver", "'auto' switches solvers between segments, which a vmapped ensemble cannot do",
                            "Pass 'tsit5' or 'kvaerno5'.")
-    if clock == "time":
-        t_max = check_positive_finite("t_max", t_max)
-    elif until_accuracy is None:
-        raise bad_argument("until_accuracy", "is required with clock='accuracy'", "Pass until_accuracy=K.")
-    until_accuracy = check_positive_finite("until_accuracy", until_accuracy, allow_none=True)
-    rtol, atol = check_positive_finite("rtol", rtol), check_positive_finite("atol", atol)
-    shared_ok = clock == "time" and until_accuracy is None
-    steps = steps or "per_member"
-    if steps not in ("shared", "per_member"):
-        raise bad_argument("steps", f"unknown value {steps!r}", "Use 'shared' or 'per_member'.")
-    if steps == "shared" and not shared_ok:
+    steps = check_choice("steps", steps or "per_member", ("shared", "per_member"))
+    if steps == "shared" and not (solve.clock == "time" and solve.until_accuracy is None):
         raise bad_argument("steps", "'shared' needs clock='time' without until_accuracy (members' clocks differ)",
                            "Use steps='per_member'.")
-    solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=jacobian)
+    save_params = check_bool("save_params", save_params)
+    check_degree = check_bool("check_degree", check_degree)
+    solver_obj = get_solver(solver, rtol=solve.rtol, atol=solve.atol,
+                            jacobian=check_choice("jacobian", jacobian, ("matrix_free", "dense")))
     mesh = None
-    if devices is not None:
-        devs = resolve_devices(devices)
+    if run.devices is not None:
+        devs = resolve_devices(run.devices)
         mesh = jax.sharding.Mesh(np.asarray(devs), ("members",)) if len(devs) > 1 else None
     with x64():
         first = prepare_problem(models[0], data, loss, "float64", check_degree, "simulate_ensemble")
         params0, log_loss0 = _prepare_members(models, first)
         loss_fn, n = first.loss, first.n
-        acc0 = math.log(n) - log_loss0
-        t_end = t_max if clock == "time" else until_accuracy
-        if clock == "accuracy" and until_accuracy <= acc0.max():
-            raise bad_argument("until_accuracy", f"must exceed every member's initial ln(n/L) (max {acc0.max():.6g})",
-                               "Pass a larger target.")
-        save_points = (np.asarray(save_at, np.float64) if save_at is not None
-                       else _default_save_points(clock, t_end, float(acc0.max()), num_save))
+        acc0 = float(np.max(math.log(n) - log_loss0))  # the save points start at the latest member
+        check_target(solve.until_accuracy, acc0)
+        save_points = solve.save_points(acc0)
         members_n = len(models)
-        s0 = jnp.zeros(members_n) if clock == "time" else jax.vmap(loss_fn.alpha_from_log_loss)(jnp.asarray(log_loss0))
+        s0 = jnp.zeros(members_n) if solve.clock == "time" else jax.vmap(loss_fn.alpha_from_log_loss)(jnp.asarray(log_loss0))
         if mesh is not None:
             params0, s0 = _pad_members((params0, s0), mesh.size)
-        event_kind = "log_loss" if clock == "time" and until_accuracy is not None else None
-        target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         start = time.perf_counter()
-        dt = None if dt0 is None else f(dt0)
+        dt = None if solve.dt0 is None else f(solve.dt0)
         if steps == "shared":
-            out = _shared_solve(params0, first.static, first.x, first.y, f(save_points), f(t_end), f(rtol), f(atol),
-                                dt, loss=loss_fn, degree=first.degree, solver=solver_obj, max_steps=int(max_steps),
-                                save_params=bool(save_params), controller_opts=_SHARED_PI, mesh=mesh)
+            out = _shared_solve(params0, first.static, first.x, first.y, f(save_points), f(solve.t_end), f(solve.rtol),
+                                f(solve.atol), dt, loss=loss_fn, degree=first.degree, solver=solver_obj,
+                                max_steps=solve.max_steps, save_params=save_params, controller_opts=_SHARED_PI,
+                                mesh=mesh)
         else:
             out = _ensemble_solve(
-                params0, s0, jnp.zeros((2,)), first.static, first.x, first.y, f(save_points), f(t_end), f(target),
-                f(math.inf), f(rtol), f(atol), dt, loss=loss_fn, degree=first.degree, clock=clock,
-                solver=solver_obj, max_steps=int(max_steps), event_kind=event_kind, controller_opts=(),
-                save_params=bool(save_params), defer_diagnostics=True, mesh=mesh,
+                params0, s0, jnp.zeros((2,)), first.static, first.x, first.y, f(save_points), f(solve.t_end),
+                f(solve.target_log_loss(n)), f(solve.log_t_max), f(solve.rtol), f(solve.atol), dt, loss=loss_fn,
+                degree=first.degree, clock=solve.clock, solver=solver_obj, max_steps=solve.max_steps,
+                event_kind=solve.event_kind, controller_opts=(), save_params=save_params, defer_diagnostics=True,
+                mesh=mesh,
             )
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
         saved, final_diag, final_state, result, stats = jax.tree_util.tree_map(
             lambda v: v[:members_n] if eqx.is_array(v) else v, out[:5])
-        config = dict(loss=loss_fn.name, clock=clock, solver=type(solver_obj).__name__, rtol=rtol, atol=atol,
-                      t_max=t_max, until_accuracy=until_accuracy, degree=first.degree, n=n, max_steps=int(max_steps),
-                      jacobian=jacobian, dtype="float64", ensemble_size=members_n, steps=steps,
-                      ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
+        config = dict(loss=loss_fn.name, clock=solve.clock, solver=type(solver_obj).__name__, rtol=solve.rtol,
+                      atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=first.degree,
+                      n=n, max_steps=solve.max_steps, jacobian=jacobian, dtype="float64", ensemble_size=members_n,
+                      steps=steps, ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
         # one device-to-host copy of everything, then numpy slicing per member (indexing the
         # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
         saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
         results = [_member(result, i, as_numpy=False) for i in range(members_n)]
         final_params, final_aux = jax.tree_util.tree_map(np.asarray, final_state)
-        start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=dt0 is None)
+        start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=solve.dt0 is None)
         members = []
         for i in range(members_n):
             s_i = _member(saved, i)
@@ -319,7 +325,7 @@ def simulate_ensemble(
                 solver_name=type(solver_obj).__name__,
             )
             members.append(assemble([segment], first.static, first.degree, config=dict(config, member=i),
-                                     throw=False, event_kind=event_kind))
+                                     throw=False, event_kind=solve.event_kind))
     return EnsembleResult(members=members, diagnostics=_stack(members), stats={"wall_time": wall, "members": len(members)})
 
 

@@ -1,4 +1,4 @@
-r"""Error bars for a flow: ``simulate_flow(..., error_check=True)``.
+r"""Error bars for a flow: ``simulate_flow(..., diagnostics=Diagnostics(error_check=True))``.
 
 The run is integrated twice, at the requested tolerances (rtol, atol) and at (rtol/10, atol/10),
 with the same save points. With an error-per-step controller the global error of a run scales
@@ -18,7 +18,8 @@ without a partner are NaN. The second run's statistics are in ``result.stats["er
 its tolerances and status in ``result.config["error_check"]``.
 
 Memory: both runs store W at every save point while they run (2·T·k floats); the result keeps
-``params_flat`` only when ``save_params=True`` was asked for.
+``params_flat`` only when ``save_params=True`` was asked for. With a checkpoint, the second run keeps
+its own file beside it (:func:`tight_checkpoint`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 
 from .result import FlowResult
 
-__all__ = ["TIGHTER", "error_diagnostics", "simulate_with_error_check"]
+__all__ = ["TIGHTER", "error_diagnostics", "simulate_with_error_check", "tight_checkpoint"]
 
 TIGHTER = 10.0  # the second run's tolerances are rtol/TIGHTER, atol/TIGHTER
 
@@ -82,22 +83,24 @@ def error_diagnostics(a: FlowResult, b: FlowResult) -> dict[str, np.ndarray]:
     return out
 
 
-def simulate_with_error_check(simulate: Callable[..., FlowResult], arguments: dict) -> FlowResult:
-    """Run ``simulate(**arguments)`` (simulate_flow's arguments) and again at 10× tighter tolerances;
-    return the first result with the differences added (see the module docstring)."""
-    kwargs = dict(arguments, error_check=False, save_params=True)
-    first = simulate(**kwargs)  # validates every argument before anything else runs
-    tight = dict(kwargs, rtol=float(first.config["rtol"]) / TIGHTER, atol=float(first.config["atol"]) / TIGHTER)
-    if kwargs.get("checkpoint") is not None:
-        root, ext = os.path.splitext(os.fspath(kwargs["checkpoint"]))
-        tight["checkpoint"] = f"{root}.error_check{ext or '.npz'}"
+def tight_checkpoint(path: str) -> str:
+    """The checkpoint file of the second run of a checkpointed run at ``path``: ``<root>.error_check.npz``."""
+    root, ext = os.path.splitext(os.fspath(path))
+    return f"{root}.error_check{ext or '.npz'}"
+
+
+def simulate_with_error_check(simulate: Callable[[float], FlowResult], *, keep_params: bool) -> FlowResult:
+    """``simulate(1.0)`` and ``simulate(TIGHTER)``: the flow with W saved at the save points, at the
+    requested tolerances and at tolerances ``TIGHTER`` times smaller; returns the first result with
+    the differences added (see the module docstring), and ``params_flat`` only if ``keep_params``."""
+    first = simulate(1.0)
     with warnings.catch_warnings():  # the first run has already warned about the same problem
         warnings.simplefilter("ignore")
-        second = simulate(**tight)
+        second = simulate(TIGHTER)
     first.diagnostics.update(error_diagnostics(first, second))
-    if not arguments.get("save_params", False):
+    if not keep_params:
         first.diagnostics.pop("params_flat", None)
     first.stats["error_check"] = dict(second.stats)
-    first.config["error_check"] = {"rtol": tight["rtol"], "atol": tight["atol"], "status": second.status,
-                                   "reason": second.reason}
+    first.config["error_check"] = {"rtol": second.config["rtol"], "atol": second.config["atol"],
+                                   "status": second.status, "reason": second.reason}
     return first

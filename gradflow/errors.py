@@ -18,8 +18,8 @@ class InvalidTypeError(GradflowError, TypeError):
 
 
 class SolverFailure(GradflowError, RuntimeError):
-    """Raised by ``simulate_flow(..., throw=True)`` when the solve fails; ``.result`` holds the
-    partial :class:`~gradflow.FlowResult` computed before the failure."""
+    """Raised by ``simulate_flow(..., run=RunOptions(throw=True))`` (and ``simulate_descent``) when the
+    solve fails; ``.result`` holds the partial :class:`~gradflow.FlowResult` computed before the failure."""
 
     def __init__(self, message: str, result=None):
         super().__init__(message)

@@ -61,9 +61,13 @@ import jax
 import jax.flatten_util
 import numpy as np
 
+from . import datasets
+from .descent import normalized_gd, simulate_descent
 from .errors import bad_argument
+from .flow import simulate_flow
 from .losses import get_loss
 from .maxmargin import svm_direction
+from .models import HomogeneousCNN, TwoLayerSquaredReLU
 from .models.nonhomogeneous import SmallDenseNet, SmallResNet
 from .params import combine, partition
 from .precision import x64
@@ -236,16 +240,15 @@ def figure1(
       margin_nondecreasing, disagreement_fraction, ...), ``files``, ``timings`` (seconds),
       ``results`` ({'b': FlowResult, 'c': FlowResult}) and the grid surfaces ``surfaces``.
     """
-    import gradflow as gf
 
     cfg = dict(FIGURE1_SIZES[_check_size(size)])
     cfg.update({k: v for k, v in dict(width=width, n=n, target=target).items() if v is not None})
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    x, y = gf.datasets.appendix_a_synthetic(n=cfg["n"])
+    x, y = datasets.appendix_a_synthetic(n=cfg["n"])
     m = int(cfg["width"])
     # init_scale m^(−1/4): Φ(x; W_0) = O(1) at every width (the NTK scaling of a 2-homogeneous net).
-    model = gf.TwoLayerSquaredReLU(3, m, key=jax.random.PRNGKey(seed), signs="random", init_scale=m ** -0.25)
+    model = TwoLayerSquaredReLU(3, m, key=jax.random.PRNGKey(seed), signs="random", init_scale=m ** -0.25)
     scale = float(x[0, 2])
     z1, z2, pts = _grid(int(cfg["grid"]), scale)
 
@@ -265,7 +268,7 @@ def figure1(
         acc0 = initial_accuracy(model, (x, y))
         save = acc0 + (acc_first - acc0) * np.linspace(0.0, 1.0, first_saves)
         save[0] += 1e-12 * max(1.0, abs(acc0))
-        flow_b = gf.simulate_flow(model, (x, y), clock="accuracy", until_accuracy=acc_first, save_at=save,
+        flow_b = simulate_flow(model, (x, y), clock="accuracy", until_accuracy=acc_first, save_at=save,
                                   save_params=True, solver="tsit5", **opts)
     timings["flow_b"] = time.perf_counter() - t0
     err = np.asarray(flow_b.train_error)
@@ -340,21 +343,19 @@ def figure1(
 def load_image_data(data: str = "digits", n: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, C, H, W) in [0, 1] and int labels: 'digits' (8×8×1, bundled) or 'cifar10'
     (32×32×3, the first n training images of the python batches in ``data_dir``)."""
-    import gradflow as gf
 
     if data == "digits":
-        return gf.datasets.digits(n=n, seed=seed)
+        return datasets.digits(n=n, seed=seed)
     if data == "cifar10":
         if data_dir is None:
             raise bad_argument("data_dir", "is required with data='cifar10'", "Pass --data-dir PATH holding the CIFAR-10 python batches (data_batch_1 … data_batch_5).")
-        return gf.datasets.load_cifar10(data_dir, n=n)
+        return datasets.load_cifar10(data_dir, n=n)
     raise bad_argument("data", f"unknown data set {data!r}", "Use 'digits' or 'cifar10'.")
 
 
 def make_margin_model(arch: str, input_shape: Sequence[int], num_classes: int = 10, *, seed: int = 0):
     """The network of a margin figure: 'hcnn' (HomogeneousCNN, degree 5), 'densenet' or 'resnet'
     (non-homogeneous, with biases), sized for ``input_shape`` = (C, H, W)."""
-    import gradflow as gf
 
     c, h, _w = input_shape
     key = jax.random.PRNGKey(seed)
@@ -362,7 +363,7 @@ def make_margin_model(arch: str, input_shape: Sequence[int], num_classes: int = 
         small = h <= 8
         # init_scale 2.5: outputs O(1) at initialisation (Φ scales like init_scale⁵) instead of ~0.01,
         # which would leave the flow near the saddle W = 0 for a long time.
-        return gf.HomogeneousCNN(c, h, num_classes, key=key, channels=(4, 8) if small else (6, 16),
+        return HomogeneousCNN(c, h, num_classes, key=key, channels=(4, 8) if small else (6, 16),
                                  hidden=(16, 16) if small else (32, 16), kernel_size=3 if small else 5, init_scale=2.5)
     if arch == "densenet":
         return SmallDenseNet(c, h, num_classes, key=key, stem=8, growth=4, block_layers=(2, 2))
@@ -468,7 +469,6 @@ def margin_run(
     SGD (``sgd=True``): normalized mini-batch SGD (η = 1, update norm ≤ 1) for ``steps``
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early
     at ln(n/L) = ``target`` (the paper's Figures 2–3 optimizer)."""
-    import gradflow as gf
 
     cfg = MARGIN_SIZES[_check_size(size)]
     if arch not in ARCHITECTURES:
@@ -479,7 +479,7 @@ def margin_run(
     n_ex = len(y)
     target = float(cfg["target"] if target is None else target)
     desc = f"{arch} on {data} (n={n_ex})"
-    opt = gf.normalized_gd(1.0, max_update_norm=1.0)
+    opt = normalized_gd(1.0, max_update_norm=1.0)
     with warnings.catch_warnings():
         # a random initialisation has L(W_0) ≥ ℓ(0): the runs start before Assumption 2.3 holds.
         warnings.filterwarnings("ignore", message=".*Assumption 2.3.*")
@@ -494,7 +494,7 @@ def margin_run(
                                           atol=cfg["atol"], max_steps=400_000)
             return flow
         warm_target = min(math.log(n_ex) + 1.0, target)
-        warm = gf.simulate_descent(model, (x, y), opt, int(cfg["warmup_steps"]), loss="cross_entropy",
+        warm = simulate_descent(model, (x, y), opt, int(cfg["warmup_steps"]), loss="cross_entropy",
                                    until_accuracy=warm_target, save_every=max(1, int(cfg["warmup_steps"]) // 200))
         if warm.status == "failed" or float(warm.accuracy[-1]) < warm_target:
             raise RuntimeError(f"{arch}: the normalized-GD warm-up did not reach ln(n/L) = {warm_target:.3g} in "

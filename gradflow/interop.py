@@ -42,6 +42,7 @@ from jaxtyping import Array, PyTree
 
 from .errors import InvalidTypeError, bad_argument
 from .model import Model
+from .options import check_int
 from .params import Frozen, combine, params_from_dict, params_to_dict, partition
 from .precision import x64
 
@@ -125,11 +126,8 @@ def _is_nnx(model: Any) -> bool:
 
 
 def _check_degree_arg(degree) -> None:
-    if degree is None:
-        return
-    if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)) or degree < 1:
-        raise bad_argument("degree", f"must be a positive integer or None, got {degree!r}",
-                           "Pass the homogeneity degree L (e.g. degree=2), or None for a non-homogeneous model.")
+    check_int("degree", degree, allow_none=True,
+              example="2 (the homogeneity degree L), or degree=None for a non-homogeneous model")
 
 
 def _check_batched_arg(batched) -> None:

@@ -1,9 +1,9 @@
-"""Validation shared by simulate_flow, simulate_descent and simulate_ensemble: the model, the data
-and the loss checked against each other before anything compiles."""
+"""The problem of every entry point (simulate_flow, simulate_descent, simulate_ensemble): the model,
+the data and the loss, checked against each other and cast to the run's dtype before anything
+compiles. The options of a run are checked in :mod:`gradflow.options`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,53 +14,13 @@ import numpy as np
 
 from . import interop
 from .data import as_dataset
-from .errors import InvalidTypeError, bad_argument
+from .errors import bad_argument
 from .losses import Loss, get_loss
 from .models.homogeneity import check_homogeneity, resolve_degree
 from .params import combine, partition
 from .precision import warn_if_float32
 
-__all__ = ["Problem", "prepare_problem", "check_positive_finite", "check_declared_degree", "resolve_devices", "check_sharpness_options"]
-
-
-def check_positive_finite(name: str, value, *, allow_none: bool = False):
-    """``value`` as a positive finite float, or an error naming ``name``."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidTypeError(f"{name}: expected a positive number, got {type(value).__name__}. Pass e.g. {name}=1e6.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise bad_argument(name, f"must be positive and finite, got {value}", f"Pass a positive finite {name}.")
-    return value
-
-
-def check_sharpness_options(sharpness, min_eigenvalue, tol, max_iters) -> float:
-    """The sharpness options of simulate_flow and simulate_descent; returns ``tol`` as a float."""
-    if sharpness not in (None, True, False) or min_eigenvalue not in (True, False):
-        raise bad_argument("sharpness" if sharpness not in (None, True, False) else "min_eigenvalue",
-                           "must be True, False (or None for sharpness: on for small models)", "Pass sharpness=True or False.")
-    tol = check_positive_finite("sharpness_tol", tol)
-    if isinstance(max_iters, bool) or not isinstance(max_iters, (int, np.integer)) or max_iters < 1:
-        raise bad_argument("sharpness_max_iters", f"must be a positive integer, got {max_iters!r}", "Pass e.g. sharpness_max_iters=100.")
-    return tol
-
-
-def resolve_devices(devices) -> list:
-    """``devices`` ('all' or a sequence of jax devices) as a nonempty list of distinct devices."""
-    if isinstance(devices, str):
-        if devices != "all":
-            raise bad_argument("devices", f"unknown value {devices!r}", "Pass 'all' or a list of jax devices.")
-        return list(jax.devices())
-    try:
-        devs = list(devices)
-    except TypeError:
-        raise InvalidTypeError(f"devices: expected 'all' or a list of jax devices, got {type(devices).__name__}. "
-                               "Pass devices='all'.") from None
-    if not devs or not all(isinstance(d, jax.Device) for d in devs) or len(set(devs)) != len(devs):
-        raise bad_argument("devices", "expected a nonempty list of distinct jax devices",
-                           "Pass devices='all' or e.g. jax.devices()[:2].")
-    return devs
+__all__ = ["Problem", "prepare_problem", "check_declared_degree"]
 
 
 def check_declared_degree(model, x, degree) -> None:
@@ -94,13 +54,12 @@ class Problem:
 
 
 def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str) -> Problem:
-    """The checks of ``simulate_flow`` on (model, data, loss, dtype), run before any compile.
+    """The checks of (model, data, loss) against each other, run before any compile; ``dtype``
+    ('float64' or 'float32', checked by the caller: :data:`gradflow.options.DTYPES`) is the run's.
 
     Call inside ``x64()``. Returns float arrays cast to ``dtype`` and labels in the loss' format."""
     data = as_dataset(data)
     loss_fn = get_loss(loss)
-    if dtype not in ("float64", "float32"):
-        raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
     if dtype == "float32":
         warn_if_float32(jnp.float32, who)
     wrapped = interop.wrap(model)  # any model type accepted here (gradflow.interop); else a clear error

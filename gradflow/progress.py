@@ -37,6 +37,7 @@ from .descent import simulate_descent
 from .errors import bad_argument
 from .flow import simulate_flow
 from .losses import get_loss
+from .options import check_int, check_positive_finite, check_target
 from .params import combine, partition
 from .precision import x64
 from .result import FlowResult
@@ -175,16 +176,13 @@ def simulate_with_progress(
     for key in _RESERVED:
         if key in flow_options:
             raise bad_argument(key, "is set by simulate_with_progress", f"Drop {key}=...; pass until_accuracy and saves_per_segment.")
-    if isinstance(segments, bool) or not isinstance(segments, int) or segments < 1:
-        raise bad_argument("segments", f"must be a positive integer, got {segments!r}", "Pass e.g. segments=8.")
-    if isinstance(saves_per_segment, bool) or not isinstance(saves_per_segment, int) or saves_per_segment < 2:
-        raise bad_argument("saves_per_segment", f"must be an integer ≥ 2, got {saves_per_segment!r}", "Pass e.g. 16.")
+    segments = check_int("segments", segments, example=8)
+    saves_per_segment = check_int("saves_per_segment", saves_per_segment, least=2, example=16)
+    target = check_positive_finite("until_accuracy", until_accuracy, example="100.0")
     data = as_dataset(data)
     loss = flow_options.get("loss", "exponential")
     acc0 = initial_accuracy(model, data, loss)
-    target = float(until_accuracy)
-    if not math.isfinite(target) or target <= acc0:
-        raise bad_argument("until_accuracy", f"= {until_accuracy} is not above the initial ln(n/L) = {acc0:.6g}", "Pass a larger target.")
+    check_target(target, acc0)
     bounds = acc0 + (target - acc0) * np.linspace(0.0, 1.0, segments + 1)
     bar = _bar(target - acc0, desc, progress_enabled(progress), "ln(n/L)")
     parts: list[FlowResult] = []
@@ -240,10 +238,8 @@ def descend_with_progress(
     for key in ("save_at", "save_every", "num_save"):
         if key in descent_options:
             raise bad_argument(key, "is set by descend_with_progress", "Pass saves_per_chunk instead.")
-    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
-        raise bad_argument("chunks", f"must be a positive integer, got {chunks!r}", "Pass e.g. chunks=8.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise bad_argument("steps", f"must be a positive integer, got {steps!r}", "Pass e.g. steps=1000.")
+    chunks = check_int("chunks", chunks, example=8)
+    steps = check_int("steps", steps, example=1000)
     chunks = min(chunks, steps)
     per = math.ceil(steps / chunks)
     bar = _bar(steps, desc, progress_enabled(progress), "it")

@@ -42,7 +42,7 @@ class FlowResult:
       activation_flips, pool_switches, near_zero_share: the activation pattern's changes since
         the previous save point (models with ``activation_pattern``; :mod:`gradflow.activations`).
       error_direction, error_margins, error_smoothed_margin(_rel): differences from a run at
-        10× tighter tolerances (``error_check=True``; :mod:`gradflow.error_check`).
+        10× tighter tolerances (``Diagnostics(error_check=True)``; :mod:`gradflow.error_check`).
     model: the model at the final state. params: its trainable leaves as numpy arrays.
     status: "completed", "stopped at target" or "failed"; reason: why (empty when completed).
     stats: steps, accepted/rejected steps, gradient evaluations, wall time (s), ...

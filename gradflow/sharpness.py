@@ -58,7 +58,7 @@ from .params import combine
 __all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector",
            "SHARPNESS_DEFAULT_MAX_PARAMS"]
 
-# sharpness=None records the sharpness for models with at most this many parameters.
+# Diagnostics(sharpness=None), the default, records the sharpness for models with at most this many parameters.
 SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
 
 _PROBE_WEIGHT = 1e-2

@@ -44,7 +44,11 @@ def _numpy_window_argmax(z):
 
 
 MLP_OPTS = dict(t_max=50.0, until_accuracy=6.0, save_params=True, num_save=40, rtol=1e-6, atol=1e-9, solver="auto",
-                auto_explicit_steps=15, checkpoint_every=7)
+                auto_explicit_steps=15)
+
+
+def _checkpointed(path) -> gf.RunOptions:
+    return gf.RunOptions(checkpoint=path, checkpoint_every=7)
 
 
 def _mlp_data():
@@ -60,7 +64,7 @@ def mlp_case(tmp_path_factory):
     x, y = _mlp_data()
     model = gf.ReLUMLP((3, 8, 8, 1), key=jax.random.PRNGKey(0), init_scale=2.0)
     path = tmp_path_factory.mktemp("act") / "mlp.npz"
-    res = gf.simulate_flow(model, (x, y), checkpoint=str(path), **MLP_OPTS)
+    res = gf.simulate_flow(model, (x, y), run=_checkpointed(path), **MLP_OPTS)
     return model, x, res
 
 
@@ -82,9 +86,9 @@ def test_counts_survive_an_interrupted_run(mlp_case, tmp_path, monkeypatch):
     monkeypatch.setattr(CheckpointStore, "save", save_then_stop)
     path = str(tmp_path / "resume.npz")
     with pytest.raises(KeyboardInterrupt):
-        gf.simulate_flow(model, (x, y), checkpoint=path, **MLP_OPTS)
+        gf.simulate_flow(model, (x, y), run=_checkpointed(path), **MLP_OPTS)
     monkeypatch.setattr(CheckpointStore, "save", save)
-    resumed = gf.simulate_flow(model, (x, y), checkpoint=path, **MLP_OPTS)
+    resumed = gf.simulate_flow(model, (x, y), run=_checkpointed(path), **MLP_OPTS)
     np.testing.assert_array_equal(resumed.activation_flips, res.activation_flips)
     np.testing.assert_array_equal(resumed.near_zero_share, res.near_zero_share)
 
@@ -105,10 +109,10 @@ def test_flip_count_equals_brute_force(mlp_case):
 def test_switch_off_and_bad_flag(mlp_case):
     model, x, _ = mlp_case
     y = np.sign(x[:, 0] + 0.3)
-    res = gf.simulate_flow(model, (x, y), t_max=0.5, num_save=4, activation_patterns=False)
+    res = gf.simulate_flow(model, (x, y), t_max=0.5, num_save=4, diagnostics=gf.Diagnostics(activation_patterns=False))
     assert "activation_flips" not in res.diagnostics and not res.config["activation_patterns"]
     with pytest.raises(gf.InvalidTypeError, match="activation_patterns"):
-        gf.simulate_flow(model, (x, y), t_max=1.0, activation_patterns="yes")
+        gf.Diagnostics(activation_patterns="yes")
     assert not has_activation_pattern(gf.Linear(3, key=jax.random.PRNGKey(0)))
 
 

@@ -26,8 +26,8 @@ SCRIPT = textwrap.dedent(
     u = gf.maxmargin.svm_direction(x, y).direction
     with gf.x64():
         model = eqx.tree_at(lambda m: m.w, model, jnp.asarray(u) * 600.0 + jnp.array([0.5, -0.5, 0.0]))
-    kwargs = dict(rtol=1e-8, atol=1e-11, save_at=np.geomspace(1e-2, 1e3, 12), checkpoint=sys.argv[1],
-                  checkpoint_every=1)
+    kwargs = dict(rtol=1e-8, atol=1e-11, save_at=np.geomspace(1e-2, 1e3, 12),
+                  run=gf.RunOptions(checkpoint=sys.argv[1], checkpoint_every=1))
     r = gf.simulate_flow(model, (x, y), 1e3, **kwargs)
     r.save(sys.argv[1] + ".result")
     """
@@ -82,11 +82,11 @@ def test_chunked_equals_single_run_and_resume_in_process(tmp_path):
     ts = np.geomspace(1e-2, 1e6, 12)
     single = gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12)
     path = tmp_path / "c.npz"
-    chunked = gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, checkpoint=path, checkpoint_every=3)
+    chunked = gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))
     assert chunked.stats["segments"] == 4
     np.testing.assert_allclose(chunked.norm, single.norm, rtol=1e-7)
     np.testing.assert_allclose(chunked.path_length, single.path_length, rtol=1e-6, atol=1e-12)
-    again = gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, checkpoint=path, checkpoint_every=3)
+    again = gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))
     np.testing.assert_array_equal(again.norm, chunked.norm)
     assert again.stats["steps"] == chunked.stats["steps"]
 
@@ -95,11 +95,11 @@ def test_mismatched_or_corrupt_checkpoint(tmp_path):
     m, x, y = _tiny()
     ts = np.geomspace(1e-2, 1e6, 12)
     path = tmp_path / "c.npz"
-    gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, checkpoint=path, checkpoint_every=3)
+    gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))
     with pytest.raises(gf.InvalidArgumentError, match="different run.*data_sha256"):
-        gf.simulate_flow(m, (x * 1.1, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, checkpoint=path, checkpoint_every=3)
+        gf.simulate_flow(m, (x * 1.1, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))
     with pytest.raises(gf.InvalidArgumentError, match="different run.*rtol"):
-        gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-8, atol=1e-12, checkpoint=path, checkpoint_every=3)
+        gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-8, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))
     path.write_bytes(b"not an npz")
     with pytest.raises(gf.InvalidArgumentError, match="not a readable gradflow checkpoint"):
-        gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, checkpoint=path, checkpoint_every=3)
+        gf.simulate_flow(m, (x, y), 1e6, save_at=ts, rtol=1e-9, atol=1e-12, run=gf.RunOptions(checkpoint=path, checkpoint_every=3))

@@ -71,6 +71,7 @@ rtol = 1e-6
 atol = 1e-9
 seed = 0
 progress_segments = 2
+diagnostics = {sharpness = false}
 """
 
 
@@ -116,6 +117,7 @@ def test_run_config_writes_outputs(tmp_path):
         assert (tmp_path / "out" / f"cfg.{ext}").is_file(), ext
     res = gf.load_result(tmp_path / "out" / "cfg.npz")
     assert res.accuracy[-1] == pytest.approx(6.0, rel=1e-3)
+    assert res.config["sharpness"] is False and "sharpness" not in res.diagnostics  # the [diagnostics] table
     assert np.all(np.diff(res.path_length) >= 0) and np.all(np.diff(res.log_t) > 0)
     summary = json.loads((tmp_path / "out" / "cfg.json").read_text())
     assert summary["status"] != "failed"

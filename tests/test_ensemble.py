@@ -37,8 +37,24 @@ def test_ensemble_rejects_mixed_architectures(separable_2d):
     with pytest.raises(gf.InvalidArgumentError, match="auto"):
         gf.simulate_ensemble([a], (x, y), 10.0, solver="auto")
     with pytest.raises(gf.InvalidArgumentError, match="devices"):
-        gf.simulate_ensemble([a], (x, y), 10.0, devices="gpus")
+        gf.simulate_ensemble([a], (x, y), 10.0, run=gf.RunOptions(devices="gpus"))
     with pytest.raises(gf.InvalidArgumentError, match="devices"):
-        gf.simulate_ensemble([a], (x, y), 10.0, devices=["cpu:0"])
+        gf.simulate_ensemble([a], (x, y), 10.0, run=gf.RunOptions(devices=["cpu:0"]))
     with pytest.raises(gf.InvalidArgumentError, match="steps"):
         gf.simulate_ensemble([a], (x, y), 10.0, until_accuracy=5.0, steps="shared")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_ensemble_accuracy_clock_stops_at_t_max(separable_2d):
+    """t_max in the accuracy clock stops every member where t reaches it, as in its own simulate_flow
+    (the horizon is resolved by the same gradflow.options.SolveOptions for both)."""
+    x, y = separable_2d
+    models = [gf.Linear(3, key=jax.random.PRNGKey(i), init_scale=3.0) for i in range(2)]
+    opts = dict(clock="accuracy", until_accuracy=40.0, num_save=6, rtol=1e-9, atol=1e-12, solver="tsit5")
+    ens = gf.simulate_ensemble(models, (x, y), 5.0, **opts)
+    for i, m in enumerate(models):
+        ref = gf.simulate_flow(m, (x, y), 5.0, **opts)
+        assert ens[i].status == ref.status == "stopped at target" and ens[i].reason == ref.reason == "t_max reached"
+        np.testing.assert_allclose(ens[i].t[-1], ref.t[-1], rtol=1e-6)
+        np.testing.assert_allclose(ens[i].accuracy[-1], ref.accuracy[-1], rtol=1e-6)
+        assert ens[i].accuracy[-1] < 40.0

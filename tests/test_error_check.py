@@ -1,4 +1,4 @@
-"""simulate_flow(..., error_check=True): the reported differences shrink with the tolerance and
+"""simulate_flow(..., diagnostics=Diagnostics(error_check=True)): the reported differences shrink with the tolerance and
 estimate the run's actual error."""
 
 import jax
@@ -13,7 +13,8 @@ def runs(separable_2d):
     model = gf.Linear(3, key=jax.random.PRNGKey(0))
     opts = dict(t_max=1e4, num_save=30)
     with pytest.warns(UserWarning, match="Assumption 2.3"):
-        out = {rtol: gf.simulate_flow(model, separable_2d, rtol=rtol, atol=rtol * 1e-2, error_check=True,
+        out = {rtol: gf.simulate_flow(model, separable_2d, rtol=rtol, atol=rtol * 1e-2,
+                                      diagnostics=gf.Diagnostics(error_check=True),
                                       save_params=rtol == 1e-5, **opts) for rtol in (1e-5, 1e-6)}
         ref = gf.simulate_flow(model, separable_2d, rtol=1e-10, atol=1e-12, save_params=True, **opts)
     return out, ref
@@ -47,9 +48,9 @@ def test_second_run_recorded(runs):
                                rtol=1e-3)
 
 
-def test_bad_flag(separable_2d):
+def test_bad_flag():
     with pytest.raises(gf.InvalidTypeError, match="error_check"):
-        gf.simulate_flow(gf.Linear(3, key=jax.random.PRNGKey(0)), separable_2d, t_max=1.0, error_check=1)
+        gf.Diagnostics(error_check=1)
 
 
 def test_plot_flow_error_panel(runs):

@@ -149,7 +149,7 @@ def test_failure_keeps_partial_results(squared_relu_model, separable_2d):
     assert 1 <= len(r) < 60
     assert np.all(np.isfinite(r.smoothed_margin))
     with pytest.raises(gf.SolverFailure) as info:
-        gf.simulate_flow(squared_relu_model, separable_2d, 1e8, max_steps=20, rtol=1e-8, atol=1e-10, num_save=60, throw=True)
+        gf.simulate_flow(squared_relu_model, separable_2d, 1e8, max_steps=20, rtol=1e-8, atol=1e-10, num_save=60, run=gf.RunOptions(throw=True))
     assert info.value.result is not None and len(info.value.result) == len(r)
 
 

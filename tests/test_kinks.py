@@ -162,7 +162,7 @@ def test_kink_rule_picks_the_default_solver(rule_cases, kind):
     y = np.where(x[:, 0] > 0, 1.0, -1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        r = gf.simulate_flow(model, (x, y), 0.05, num_save=2, sharpness=False)
+        r = gf.simulate_flow(model, (x, y), 0.05, num_save=2, diagnostics=gf.Diagnostics(sharpness=False))
     assert r.status == "completed", r.reason
     assert (r.config["solver"], r.config["step_control"]) == (("bosh3", "kink") if jumps else ("tsit5", "pid"))
     # abs slides like a ReLU (|x| = max(x, −x)); the squared ReLU's site is C¹ and never slides

@@ -31,4 +31,5 @@ def test_readme_snippet_runs(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # snippets may warn (e.g. a measured degree); errors still fail
+        warnings.filterwarnings("error", message="simulate_", category=DeprecationWarning)  # the README uses the current API
         exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})

@@ -98,7 +98,7 @@ def test_auto_segments_share_one_compile_and_max_steps_bounds_the_run(wine_large
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         r = gf.simulate_flow(model, data, loss="exponential", clock="accuracy", until_accuracy=6.0, solver="auto",
-                             auto_explicit_steps=10, progress=False, num_save=12, max_steps=20_000)
+                             auto_explicit_steps=10, num_save=12, max_steps=20_000)
         assert r.status == "completed", r.reason
         assert r.stats["segments"] >= 5
         assert counter.calls <= 1 + len(r.config["switches"]), (counter.calls, r.stats["segments"])

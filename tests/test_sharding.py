@@ -27,14 +27,14 @@ SCRIPT = textwrap.dedent(
     # fixed steps: both runs take the same steps, so only the summation order differs
     fixed = dict(num_save=10, check_degree=False, dt0=0.01, controller_options={"constant": True}, max_steps=3000)
     one = gf.simulate_flow(relu, (x, y), 20.0, **fixed)
-    four = gf.simulate_flow(relu, (x, y), 20.0, devices="all", **fixed)
+    four = gf.simulate_flow(relu, (x, y), 20.0, run=gf.RunOptions(devices="all"), **fixed)
     out = {"fixed": rel(one, four), "steps": [one.stats["steps"], four.stats["steps"]]}
     out["sharding"] = str(four.model.w.sharding)
     # adaptive steps: the ReLU kinks make steps fail, and rounding may flip an accept/reject
     # decision; the agreement is then to tolerance
     adaptive = dict(rtol=1e-8, atol=1e-10, num_save=10, check_degree=False)
     out["adaptive_relu"] = rel(gf.simulate_flow(relu, (x, y), 20.0, **adaptive),
-                               gf.simulate_flow(relu, (x, y), 20.0, devices="all", **adaptive))
+                               gf.simulate_flow(relu, (x, y), 20.0, run=gf.RunOptions(devices="all"), **adaptive))
     # a smooth flow (deep linear, linearly separable data): the same accepted and rejected steps
     rng = np.random.default_rng(1)
     xs = rng.normal(size=(200, 3))
@@ -42,16 +42,16 @@ SCRIPT = textwrap.dedent(
     ys = np.sign(xs @ np.array([1.0, -2.0, 0.5]))
     deep = gf.DeepLinear(3, [3, 3, 3], key=jax.random.PRNGKey(2))
     a = gf.simulate_flow(deep, (xs, ys), 1e4, **adaptive)
-    b = gf.simulate_flow(deep, (xs, ys), 1e4, devices="all", **adaptive)
+    b = gf.simulate_flow(deep, (xs, ys), 1e4, run=gf.RunOptions(devices="all"), **adaptive)
     out["adaptive_smooth"] = rel(a, b)
     out["adaptive_smooth_steps"] = [a.stats["steps"], b.stats["steps"], a.stats["rejected_steps"]]
     # ensembles: 5 members over 4 devices (padded to 8)
     members = [gf.DeepLinear(3, [3, 3, 3], key=jax.random.PRNGKey(10 + i)) for i in range(5)]
     e1 = gf.simulate_ensemble(members, (xs, ys), 1e3, **adaptive)
-    e4 = gf.simulate_ensemble(members, (xs, ys), 1e3, devices="all", **adaptive)
+    e4 = gf.simulate_ensemble(members, (xs, ys), 1e3, run=gf.RunOptions(devices="all"), **adaptive)
     out["ensemble_devices"] = [m.config["ensemble_devices"] for m in (e1[0], e4[0])]
     out["ensemble_per_member"] = max(rel(p, q)["norm"] for p, q in zip(e1, e4))
-    es = gf.simulate_ensemble(members, (xs, ys), 1e3, steps="shared", devices="all", **adaptive)
+    es = gf.simulate_ensemble(members, (xs, ys), 1e3, steps="shared", run=gf.RunOptions(devices="all"), **adaptive)
     refs = [gf.simulate_flow(m, (xs, ys), 1e3, **adaptive) for m in members]
     out["ensemble_shared_vs_own"] = max(rel(p, q)["norm"] for p, q in zip(es, refs))
     out["ensemble_shared_steps"] = [m.stats["steps"] for m in es]

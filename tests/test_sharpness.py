@@ -89,14 +89,16 @@ def test_log_sharpness_where_the_loss_underflows():
 @pytest.fixture(scope="module")
 def iris_flows(iris_mlp, tmp_path_factory):
     model, x, y = iris_mlp
-    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True, checkpoint_every=3)
+    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True)
     where = tmp_path_factory.mktemp("sharpness")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        on = gf.simulate_flow(model, (x, y), 2.0, sharpness=True, min_eigenvalue=True, checkpoint=str(where / "on"), **kw)
-        off = gf.simulate_flow(model, (x, y), 2.0, sharpness=False, checkpoint=str(where / "off"), **kw)
+        on = gf.simulate_flow(model, (x, y), 2.0, diagnostics=gf.Diagnostics(sharpness=True, min_eigenvalue=True),
+                              run=gf.RunOptions(checkpoint=str(where / "on"), checkpoint_every=3), **kw)
+        off = gf.simulate_flow(model, (x, y), 2.0, diagnostics=gf.Diagnostics(sharpness=False),
+                               run=gf.RunOptions(checkpoint=str(where / "off"), checkpoint_every=3), **kw)
     return on, off
 
 
@@ -169,7 +171,7 @@ def test_edge_flag_constant_step(lam0, factor, expected):
     towards its value 8 at the minimum, checked on the iterates)."""
     eta = factor * 2.0 / lam0
     r = gf.simulate_descent(_linear(), (_X, _Y), "gd", 60, learning_rate=eta, save_every=1, save_params=True,
-                            sharpness_tol=1e-7)
+                            diagnostics=gf.Diagnostics(sharpness_tol=1e-7))
     lam = _dense_sharpness(r.params_flat)
     np.testing.assert_allclose(r.sharpness, lam, rtol=1e-6)
     np.testing.assert_allclose(r.two_over_eta, 2.0 / eta, rtol=1e-12)
@@ -188,7 +190,7 @@ def test_edge_flag_per_iteration_with_a_growing_step(lam0):
 
     steps = 32
     dense = gf.simulate_descent(_linear(), (_X, _Y), "gd", steps, learning_rate=schedule, save_every=1, save_params=True,
-                                sharpness=False)
+                                diagnostics=gf.Diagnostics(sharpness=False))
     lam = _dense_sharpness(dense.params_flat)
     eta = base * 1.1 ** np.arange(steps + 1)
     crossed = np.flatnonzero(lam[:-1] > 2.0 / eta[:-1])
@@ -213,7 +215,7 @@ def test_compare_reports_distance_at_the_edge_and_at_the_end(lam0):
     b = gf.simulate_descent(_linear(), (_X, _Y), "gd", 32, learning_rate=schedule, save_at=[0, k_e, 32], save_params=True)
     eta_a = base / 8
     a = gf.simulate_descent(_linear(), (_X, _Y), "gd", int(b.t[-1] / eta_a) + 2, learning_rate=eta_a, save_every=1,
-                            save_params=True, sharpness=False)
+                            save_params=True, diagnostics=gf.Diagnostics(sharpness=False))
     out = gf.compare(a, b)
     t_e = b.stats["edge_t"]
     np.testing.assert_allclose(t_e, base * (1.1**k_e - 1) / 0.1, rtol=1e-12)  # Σ_{j<k_e} η_j

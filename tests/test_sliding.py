@@ -7,9 +7,9 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 from scipy.optimize import lsq_linear
 
 import gradflow as gf
@@ -19,6 +19,7 @@ from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
 from gradflow.sliding import DRIFT, Sliding, initial_slide, model_kinks, sliding_capacity
 
+NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 C = 0.5  # the toy's slope on the off side
 
 
@@ -81,7 +82,7 @@ SMALL_TIMES = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0])
 def small_run(small):
     model, data = small
     return gf.simulate_flow(model, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, save_params=True,
-                            sharpness=False)
+                            diagnostics=NO_SHARPNESS)
 
 
 def test_entries_and_exits_match_the_smoothed_reference(small, small_run):
@@ -176,7 +177,7 @@ def test_representations_slide_alike(small, small_run):
     final = [np.asarray(w) for w in small_run.model.layers]
     for user, layers in ((gf.as_model(mlp, degree=2), lambda m: [m.layers[0].weight, m.layers[1].weight]),
                          (gf.as_model(Net(), degree=2), lambda m: [m.hidden.kernel.value.T, m.out.kernel.value.T])):
-        r = gf.simulate_flow(user, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, sharpness=False)
+        r = gf.simulate_flow(user, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, diagnostics=NO_SHARPNESS)
         assert r.status == "completed" and r.config["sliding"], r.reason
         assert r.stats["sliding_entries"] == small_run.stats["sliding_entries"]
         assert r.stats["sliding_exits"] == small_run.stats["sliding_exits"]
@@ -197,7 +198,7 @@ def test_fixed_pattern_is_bit_for_bit_the_flow_without_sliding():
     with gf.x64():
         model = gf.ReLUMLP((3, 6, 1), key=jax.random.PRNGKey(1))
         model = jax.tree_util.tree_map(lambda w: jnp.abs(w) + 1.0 if eqx.is_inexact_array(w) else w, model)
-    kw = dict(loss="logistic", rtol=1e-8, sharpness=False, save_params=True, num_save=5)
+    kw = dict(loss="logistic", rtol=1e-8, diagnostics=NO_SHARPNESS, save_params=True, num_save=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         on = gf.simulate_flow(model, (x, y), 0.2, **kw)
@@ -231,7 +232,7 @@ def test_relu_net_from_random_starts_reaches_late_training(wine_one_vs_rest, see
     """The issue's case: 8 bias-free ReLU units on wine (class 2 against the rest), exponential loss,
     default solver. Without sliding, 10 random starts of 10 stopped at max_steps = 20,000."""
     model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=1.0)
-    r = gf.simulate_flow(model, wine_one_vs_rest, 100.0, max_steps=20_000, sharpness=False)
+    r = gf.simulate_flow(model, wine_one_vs_rest, 100.0, max_steps=20_000, diagnostics=NO_SHARPNESS)
     assert r.status == "completed", r.reason
     assert r.diagnostics["train_error"][-1] == 0 and r.accuracy[-1] > 9.0
     assert r.diagnostics["sliding_pairs"][-1] >= 1

@@ -21,7 +21,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from gradflow.activations import ActivationPattern, maxpool_argmax
 from gradflow.errors import bad_argument
 from gradflow.model import Model
-from gradflow.models.linear import _check_init_scale, _check_key, _check_positive_int, _draw
+from gradflow.models.linear import _check_init_scale, _check_key, _draw
+from gradflow.options import check_int
 from gradflow.precision import x64
 
 __all__ = ["HomogeneousCNN"]
@@ -64,7 +65,7 @@ class HomogeneousCNN(Model):
         init_scale: float = 1.0,
     ):
         _check_key(key)
-        c_in = _check_positive_int(in_channels, "in_channels")
+        c_in = check_int("in_channels", in_channels, example=4)
         bad_size = bad_argument(
             "image_size", f"must be positive multiples of 4, got {image_size!r}", "Pass e.g. image_size=8 or 32."
         )
@@ -80,7 +81,7 @@ class HomogeneousCNN(Model):
         ):
             raise bad_size
         size = tuple(int(s) for s in size)
-        k_out = _check_positive_int(num_classes, "num_classes")
+        k_out = check_int("num_classes", num_classes, example=4)
         channels, hidden = tuple(channels), tuple(hidden)
         if len(channels) != 2:
             raise bad_argument("channels", f"must have length 2, got {channels}", "Pass channels=(c1, c2).")
@@ -88,8 +89,8 @@ class HomogeneousCNN(Model):
             raise bad_argument("hidden", f"must have length 2, got {hidden}", "Pass hidden=(h1, h2).")
         for name, seq in (("channels", channels), ("hidden", hidden)):
             for i, h in enumerate(seq):
-                _check_positive_int(h, f"{name}[{i}]")
-        if _check_positive_int(kernel_size, "kernel_size") % 2 == 0:
+                check_int(f"{name}[{i}]", h, example=4)
+        if check_int("kernel_size", kernel_size, example=4) % 2 == 0:
             raise bad_argument("kernel_size", f"must be odd (for 'same' padding), got {kernel_size}", "Pass 3 or 5.")
         init_scale = _check_init_scale(init_scale)
 

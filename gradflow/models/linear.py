@@ -11,7 +11,6 @@ losses do) to compute in float64.
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 
 import jax
@@ -20,6 +19,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from gradflow.errors import InvalidTypeError, bad_argument
 from gradflow.model import Model
+from gradflow.options import check_int
 from gradflow.precision import x64
 
 __all__ = ["DeepLinear", "Linear"]
@@ -41,16 +41,6 @@ def _draw(key: PRNGKeyArray, shapes: Sequence[tuple[int, ...]], *, uniform: bool
         out.append(flat[start : start + size].reshape(shape))
         start += size
     return out
-
-
-def _check_positive_int(value: int, name: str) -> int:
-    try:
-        ivalue = operator.index(value)
-    except TypeError:
-        ivalue = None
-    if isinstance(value, bool) or ivalue is None or ivalue < 1:
-        raise bad_argument(name, f"must be a positive integer, got {value!r}", f"Pass e.g. {name}=4.")
-    return ivalue
 
 
 def _check_init_scale(init_scale: float) -> float:
@@ -111,7 +101,7 @@ class Linear(Model):
 
     def __init__(self, in_features: int, *, key: PRNGKeyArray, init_scale: float = 1.0):
         _check_key(key)
-        d = _check_positive_int(in_features, "in_features")
+        d = check_int("in_features", in_features, example=4)
         init_scale = _check_init_scale(init_scale)
         with x64():
             (w,) = _draw(key, [(d,)])
@@ -148,7 +138,7 @@ class DeepLinear(Model):
         init_scale: float = 1.0,
     ):
         _check_key(key)
-        depth = _check_positive_int(depth, "depth")
+        depth = check_int("depth", depth, example=4)
         widths = _check_widths(widths)
         if len(widths) != depth:
             raise bad_argument(
@@ -157,7 +147,7 @@ class DeepLinear(Model):
                 "Pass widths=(d, h_1, ..., h_{L-1}); the last layer maps h_{L-1} to 1.",
             )
         for i, h in enumerate(widths):
-            _check_positive_int(h, f"widths[{i}]")
+            check_int(f"widths[{i}]", h, example=4)
         init_scale = _check_init_scale(init_scale)
         dims = (*widths, 1)
         shapes = [(dims[i + 1], dims[i]) for i in range(depth)]

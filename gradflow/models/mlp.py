@@ -15,10 +15,10 @@ from gradflow.models.linear import (
     _check_init_scale,
     _check_input,
     _check_key,
-    _check_positive_int,
     _check_widths,
     _draw,
 )
+from gradflow.options import check_int
 from gradflow.precision import x64
 
 __all__ = ["ReLUMLP"]
@@ -42,7 +42,7 @@ class ReLUMLP(Model):
         if len(widths) < 2:
             raise bad_argument("widths", f"needs at least (d, out), got {widths}", "Pass widths=(d, h_1, ..., out).")
         for i, h in enumerate(widths):
-            _check_positive_int(h, f"widths[{i}]")
+            check_int(f"widths[{i}]", h, example=4)
         init_scale = _check_init_scale(init_scale)
         num_layers = len(widths) - 1
         shapes = [(widths[i + 1], widths[i]) for i in range(num_layers)]

@@ -33,7 +33,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from gradflow.activations import ActivationPattern
 from gradflow.errors import bad_argument
 from gradflow.model import Model
-from gradflow.models.linear import _check_init_scale, _check_positive_int
+from gradflow.models.linear import _check_init_scale
+from gradflow.options import check_int
 from gradflow.precision import x64
 
 __all__ = ["SmallDenseNet", "SmallResNet"]
@@ -47,11 +48,11 @@ def _scaled(layer: eqx.Module, init_scale: float) -> eqx.Module:
 
 
 def _check_image(in_channels: int, image_size: int | Sequence[int], num_classes: int, min_size: int) -> tuple[int, tuple[int, int], int]:
-    c_in = _check_positive_int(in_channels, "in_channels")
+    c_in = check_int("in_channels", in_channels, example=4)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < min_size for s in size):
         raise bad_argument("image_size", f"must be integers ≥ {min_size}, got {image_size!r}", "Pass e.g. image_size=8 or 32.")
-    return c_in, size, _check_positive_int(num_classes, "num_classes")
+    return c_in, size, check_int("num_classes", num_classes, example=4)
 
 
 def _float_dtype(x: Array, weight: Array):
@@ -106,10 +107,10 @@ class SmallDenseNet(Model):
         c_in, size, k_out = _check_image(in_channels, image_size, num_classes, 2 ** len(block_layers))
         if any(s % 2 ** len(block_layers) for s in size):
             raise bad_argument("image_size", f"must be divisible by {2 ** len(block_layers)}", "Use fewer blocks or another size.")
-        stem = _check_positive_int(stem, "stem")
-        growth = _check_positive_int(growth, "growth")
+        stem = check_int("stem", stem, example=4)
+        growth = check_int("growth", growth, example=4)
         for i, k in enumerate(block_layers):
-            _check_positive_int(k, f"block_layers[{i}]")
+            check_int(f"block_layers[{i}]", k, example=4)
         init_scale = _check_init_scale(init_scale)
         f64 = jnp.float64
         keys = iter(jax.random.split(key, 2 + sum(block_layers) + len(block_layers)))
@@ -209,8 +210,8 @@ class SmallResNet(Model):
         if any(s % 2 ** len(channels) for s in size):
             raise bad_argument("image_size", f"must be divisible by {2 ** len(channels)}", "Use fewer stages or another size.")
         for i, c in enumerate(channels):
-            _check_positive_int(c, f"channels[{i}]")
-        per = _check_positive_int(blocks_per_stage, "blocks_per_stage")
+            check_int(f"channels[{i}]", c, example=4)
+        per = check_int("blocks_per_stage", blocks_per_stage, example=4)
         init_scale = _check_init_scale(init_scale)
         f64 = jnp.float64
         keys = iter(jax.random.split(key, 2 + 3 * per * len(channels)))

@@ -22,9 +22,9 @@ from gradflow.models.linear import (
     _check_init_scale,
     _check_input,
     _check_key,
-    _check_positive_int,
     _draw,
 )
+from gradflow.options import check_int
 from gradflow.params import Frozen
 from gradflow.precision import x64
 
@@ -33,7 +33,7 @@ __all__ = ["FrozenActivation", "TwoLayerSquaredReLU", "alternating_signs", "line
 
 def alternating_signs(width: int) -> Int8[Array, " m"]:
     """s_j = (−1)^j for j = 1, …, m (eq. (4.5)): ``[-1, 1, -1, 1, …]`` as int8."""
-    width = _check_positive_int(width, "width")
+    width = check_int("width", width, example=4)
     return jnp.asarray(np.where(np.arange(1, width + 1) % 2 == 0, 1, -1), dtype=jnp.int8)
 
 
@@ -70,8 +70,8 @@ class TwoLayerSquaredReLU(Model):
         init_scale: float = 1.0,
     ):
         _check_key(key)
-        d = _check_positive_int(in_features, "in_features")
-        m = _check_positive_int(width, "width")
+        d = check_int("in_features", in_features, example=4)
+        m = check_int("width", width, example=4)
         init_scale = _check_init_scale(init_scale)
         random_signs = isinstance(signs, str) and signs == "random"
         if isinstance(signs, str) and not random_signs:
