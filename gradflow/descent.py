@@ -71,7 +71,7 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import check_sharpness_options, prepare_problem
 from .result import FlowResult
-from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
+from .sharpness import initial_vector, resolve_sharpness
 from .sharpness import loss_hvp as _loss_hvp
 from .sharpness import sharpness as _sharpness
 
@@ -485,10 +485,12 @@ def simulate_descent(
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         k_params = int(ravel_pytree(prob.params0)[0].size)
-        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
+        plan = resolve_sharpness(sharpness, k_params, tol=sharpness_tol, max_iters=sharpness_max_iters,
+                                 min_eigenvalue=min_eigenvalue, entry="descent")
+        with_sharpness = plan is not None
         sharpness_opts = eigvec0 = None
         if with_sharpness:
-            sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue), batch_size is None)
+            sharpness_opts = (plan.tol, plan.max_iters, plan.negative, batch_size is None)
             v0 = initial_vector(k_params, fdtype)
             eigvec0 = (v0, v0[::-1] if min_eigenvalue else None)
         start = time.perf_counter()

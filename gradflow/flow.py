@@ -55,7 +55,7 @@ from .precision import x64
 from .problem import check_positive_finite as _check_positive_finite
 from .problem import check_sharpness_options, prepare_problem, resolve_devices
 from .result import FlowResult
-from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
+from .sharpness import initial_vector, resolve_sharpness
 from .sliding import Sliding, initial_slide, model_kinks
 from .solvers import get_solver, is_implicit
 from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
@@ -207,7 +207,7 @@ def simulate_flow(
       error_check: integrate a second time at rtol/10, atol/10 and report the differences at
         every save point (``error_direction``, ``error_margins``, ``error_smoothed_margin``; see
         :mod:`gradflow.error_check`). About doubles the cost, or more.
-      sharpness: record ``diagnostics["sharpness"]`` = λ_max(∇²L) of the loss as defined (the sum,
+      sharpness: True: record ``diagnostics["sharpness"]`` = λ_max(∇²L) of the loss as defined (the sum,
         physical units), ``log_sharpness`` = ln λ_max (finite at any ln L, NaN if λ_max < 0) and
         ``sharpness_hvps`` at every save point and the final state (see :mod:`gradflow.sharpness`).
         Computed inside the compiled solve after the integration loop: the states at the save
@@ -216,8 +216,11 @@ def simulate_flow(
         save point: ``sharpness_hvps`` Hessian-vector products (≈ 2–3 gradient evaluations each),
         1–3 once warm when the top eigenvector moves slowly, at most ``sharpness_max_iters`` (twice
         that when the dominant eigenvalue is negative); the total is ``stats["sharpness_hvps"]``.
-        None (default): on when the model has at most ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000
-        parameters (then the scan's memory and its HVPs are small beside the solve), off above.
+        None (default; :func:`gradflow.sharpness.resolve_sharpness`): for models with at most
+        ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000 parameters, the same converged values (λ_max to
+        ~1e-6 relative) at as many save points as 5 % of the solve's gradient evaluations buy,
+        spread evenly and always including the last one reached; NaN at the others
+        (:func:`gradflow.sharpness.budget_points`). Off above 20,000 parameters. False: off.
       min_eigenvalue: also record λ_min(∇²L) as ``diagnostics["min_eigenvalue"]`` (off by
         default: it converges more slowly, ≤ ``sharpness_max_iters`` more HVPs per save point).
       sharpness_tol, sharpness_max_iters: the power iteration stops when ‖Hv − ρv‖ ≤ tol·|ρ| (ρ then
@@ -333,8 +336,9 @@ def simulate_flow(
             x, y, params0, static = _shard(devices, x, y, params0, static)
         patterns = bool(activation_patterns) and activations.has_activation_pattern(model)
         k_params = state_size - 2
-        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if sharpness is None else sharpness
-        sharpness_opts = (float(sharpness_tol), int(sharpness_max_iters), bool(min_eigenvalue)) if with_sharpness else None
+        sharpness_opts = resolve_sharpness(sharpness, k_params, tol=sharpness_tol, max_iters=sharpness_max_iters,
+                                           min_eigenvalue=min_eigenvalue, entry="flow")
+        with_sharpness = sharpness_opts is not None
         common = dict(
             static=static, x=x, y=y, target_log_loss=f(target_log_loss), log_t_max=f(log_t_max),
             rtol=f(rtol), atol=f(atol), loss=loss_fn, degree=degree, clock=clock,
@@ -357,6 +361,7 @@ def simulate_flow(
             activation_patterns=patterns,
             **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
             sharpness=bool(with_sharpness),
+            **({"sharpness_budget": sharpness_opts.budget} if with_sharpness and sharpness_opts.budget else {}),
         )
         driver = Driver(
             common=common, f=f, t_end=t_end, max_steps=int(max_steps), auto=auto,

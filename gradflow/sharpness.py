@@ -55,11 +55,26 @@ from jaxtyping import Array, PyTree
 from .losses import Loss
 from .params import combine
 
-__all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector",
-           "SHARPNESS_DEFAULT_MAX_PARAMS"]
+__all__ = ["Eigenpair", "Sharpness", "SharpnessPlan", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness",
+           "initial_vector", "resolve_sharpness", "budget_points", "SHARPNESS_DEFAULT_MAX_PARAMS", "SHARPNESS_BUDGET",
+           "HVP_COST", "WARM_HVPS"]
 
-# sharpness=None records the sharpness for models with at most this many parameters.
+# sharpness=None records the sharpness only for models with at most this many parameters (the
+# states at the save points are kept for it: memory T·k per segment).
 SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
+
+# sharpness=None in simulate_flow: the HVPs may cost at most this share of the solve's gradient
+# evaluations (see :func:`budget_points`).
+SHARPNESS_BUDGET = 0.05
+
+# One HVP (``jax.jvp`` of ``jax.grad``) in gradient evaluations, measured by benchmarks/hvp_cost.py
+# (benchmarks/results/hvp_cost.json).
+HVP_COST = 2.0
+
+# HVPs per save point of a warm-started power iteration (tol 1e-3) when only every s-th save point
+# is evaluated: 2.4 at every point, 3.3 at every 5th, 3.8 at every 10th, 4.4 at every 20th, measured
+# along the squared-ReLU flow of benchmarks/defaults.py (benchmarks/results/defaults.json).
+WARM_HVPS = 4.0
 
 _PROBE_WEIGHT = 1e-2
 
@@ -72,6 +87,64 @@ class Eigenpair(NamedTuple):
     vector: Array
     residual: Array
     hvps: Array
+
+
+class SharpnessPlan(NamedTuple):
+    """How a run records the sharpness (hashable: part of the compiled solve's static options).
+
+    tol, max_iters, negative: the power iteration's residual tolerance, its HVP cap and whether
+    λ_min is computed too. budget: None, at every save point (``sharpness=True``); or a share f
+    of the solve's gradient evaluations the HVPs may cost (``sharpness=None`` in simulate_flow),
+    which selects the save points evaluated (:func:`budget_points`); the others get NaN."""
+
+    tol: float
+    max_iters: int
+    negative: bool
+    budget: float | None = None
+
+
+def resolve_sharpness(sharpness, k_params: int, *, tol, max_iters, min_eigenvalue, entry: str) -> SharpnessPlan | None:
+    r"""The one rule for whether and how a run records λ_max(∇²L), for simulate_flow
+    (``entry='flow'``) and simulate_descent (``entry='descent'``).
+
+    * ``sharpness=False``: None (off). ``sharpness=True``: converged at every save point.
+    * ``sharpness=None`` (default), models with more than ``SHARPNESS_DEFAULT_MAX_PARAMS``
+      parameters: off (the scan keeps W at every save point: memory T·k).
+    * ``sharpness=None``, smaller models, flow: a budget of ``SHARPNESS_BUDGET`` = 5 % of the
+      solve's gradient evaluations (:func:`budget_points`). Why: converged at all 100 save points
+      of the squared-ReLU flow of benchmarks/defaults.py (width 1,000, t ≤ 1e4, rtol 1e-6) the
+      power iteration took 237 HVPs ≈ 474 gradient evaluations, 19 % of the solve's 2,451; one
+      warm HVP per point (a Rayleigh-quotient estimate) still 100 HVPs ≈ 8 %, and it was 70 % off
+      where the spectrum turns fast (benchmarks/results/defaults.json). The budget keeps the same
+      converged values (λ_max to ~1e-6 relative) at fewer save points, always including the last.
+    * ``sharpness=None``, smaller models, descent: at every save iteration, with the per-iteration
+      edge-of-stability check (the purpose of the sharpness there).
+    """
+    if sharpness is False:
+        return None
+    if sharpness is None and k_params > SHARPNESS_DEFAULT_MAX_PARAMS:
+        return None
+    budget = SHARPNESS_BUDGET if (sharpness is None and entry == "flow") else None
+    return SharpnessPlan(float(tol), int(max_iters), bool(min_eigenvalue), budget)
+
+
+def budget_points(reached: Array, gradient_evaluations: Array, budget: float) -> Array:
+    r"""The save points a sharpness budget evaluates: a boolean mask over the save points.
+
+    With G the solve's gradient evaluations, the HVPs may cost f·G gradient evaluations
+    (f = ``budget``), i.e. B = f·G/c HVPs (c = ``HVP_COST``), which buys P = ⌊B/h⌋ warm-started
+    power iterations (h = ``WARM_HVPS``). Of the R save points reached, the P chosen are
+    spread evenly by index, point i taken when ⌊(i+1)P/R⌋ > ⌊iP/R⌋: the last point reached is
+    always among them when P ≥ 1; P ≥ R takes every point, P = 0 none. The cost is f·G on
+    average (h is the measured mean); a slow first power iteration from the fixed start vector
+    can exceed it (``stats['sharpness_hvps']`` is the count)."""
+    count = jnp.sum(reached.astype(jnp.int32))
+    per_point = HVP_COST * WARM_HVPS
+    points = jnp.floor(gradient_evaluations * (budget / per_point)).astype(jnp.int32)
+    points = jnp.clip(points, 0, count)
+    i = jnp.arange(reached.shape[0], dtype=jnp.int32)
+    safe = jnp.maximum(count, 1)
+    return reached & ((i + 1) * points // safe > i * points // safe)
 
 
 class Sharpness(NamedTuple):

@@ -15,9 +15,19 @@ import jax.numpy as jnp
 from . import activations
 from .fields import FieldArgs, accuracy_field, clock_scale, field_from_point, make_save_fn, time_field
 from .params import combine
+from .sharpness import budget_points
 from .sharpness import sharpness as _sharpness
 from .sliding import SlidingSolver
-from .solvers import IMPLICIT_CONTROLLER, finite_rms_norm, initial_step, is_implicit, step_controller
+from .solvers import (
+    IMPLICIT_CONTROLLER,
+    JVP_COST,
+    evaluations_per_step,
+    finite_rms_norm,
+    initial_step,
+    is_implicit,
+    step_controller,
+)
+from .solvers.counting import CountingSolver, add_work, countable, strip_work
 from .solvers.step_guard import StepGuard
 
 __all__ = ["solve", "top_eigenvalue"]
@@ -69,11 +79,20 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     opts = dict(controller_opts)
     y0 = (params0, aux0)
     norm = finite_rms_norm
+    work = None
+    # implicit solves count their Newton–GMRES work in a Work slot of the state (gradflow.solvers.counting)
+    counting = is_implicit(solver) and countable(solver) and sliding is None
     if sliding is not None:
         # the sliding state (A, λ) has zero derivative and is set between steps: it is not part of
         # the error norm, nor of the initial step's scales
         y0 = (params0, aux0, slide0)
         norm = _state_norm
+        work = _slide_work
+    elif counting:
+        # the Work slot likewise: zero derivative, set by CountingSolver after each step
+        y0 = add_work(y0, aux0.dtype)
+        norm = _state_norm
+        work = _counted_work
     if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
@@ -81,8 +100,8 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
         controller = step_controller(rtol, atol, {"norm": norm, **opts})
         field2, y02 = term.vector_field, y0
-        if sliding is not None:
-            field2 = lambda t, y2, a: term.vector_field(t, (*y2, slide0), a)[:2]  # noqa: E731
+        if len(y0) > 2:  # the sliding state or the Work slot: held fixed
+            field2 = lambda t, y2, a: term.vector_field(t, (*y2, *y0[2:]), a)[:2]  # noqa: E731
             y02 = y0[:2]
         if dt0 is None:
             dt0 = initial_step(field2, s0, y02, args, solver.error_order(term), rtol, atol, s1 - s0)
@@ -92,12 +111,18 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     if budget is not None:
         # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
         # controller state is the inner controller's, without the guard's step count
-        controller = StepGuard(controller, budget, rtol, atol, norm, _slide_work if sliding is not None else None)
+        controller = StepGuard(controller, budget, rtol, atol, norm, work)
         if controller_state is not None:
-            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((), rtol.dtype))
+            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((2,), rtol.dtype))
+    if sliding is not None:
+        solver_used = SlidingSolver(solver, field_from_point(clock), clock_scale(clock))
+    elif counting:
+        solver_used = CountingSolver(solver)
+    else:
+        solver_used = solver
     sol = diffrax.diffeqsolve(
         term,
-        SlidingSolver(solver, field_from_point(clock), clock_scale(clock)) if sliding is not None else solver,
+        solver_used,
         s0,
         s1,
         dt0,
@@ -115,9 +140,10 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
-    final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
+    final_state = strip_work(jax.tree_util.tree_map(lambda v: v[0], final_state))
     controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
-    extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((), x.dtype)
+    # [gradient evaluations, JVPs] beyond the explicit stages, over every attempted step
+    extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((2,), x.dtype)
     pattern_carry = None
     if patterns:  # gradflow.activations: counted after the loop from W at the save points
         unravel = jax.flatten_util.ravel_pytree(params0)[1]
@@ -132,14 +158,19 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
     if sharpness_opts is not None:
         saved, final_diag, initial_diag, eigvec = _sharpness_along(
-            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
-    stats = dict(sol.stats, extra_evaluations=extra_work)
+            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts,
+            _gradient_evaluations(sol, solver, extra_work))
+    stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1])
     return (saved, final_diag, final_state, sol.result, stats, sol.ts[1], sol.solver_state, controller_state_out,
             initial_diag, pattern_carry, eigvec)
 
 
 def _slide_work(y) -> jax.Array:
-    return y[2].work
+    return jnp.stack([y[2].work, jnp.zeros_like(y[2].work)])
+
+
+def _counted_work(y) -> jax.Array:
+    return y[-1].counts
 
 
 def _state_norm(tree) -> jax.Array:
@@ -147,13 +178,23 @@ def _state_norm(tree) -> jax.Array:
     return finite_rms_norm(tree[:2])
 
 
-def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
+def _gradient_evaluations(sol, solver, extra_work):
+    """The solve's gradient evaluations, traced (as the driver counts them, less the ≤ 3 before
+    the first step): for the sharpness budget."""
+    per_step = evaluations_per_step(solver) or 0
+    return sol.stats["num_steps"] * per_step + extra_work[0] + JVP_COST * extra_work[1]
+
+
+def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, plan,
+                     gradient_evaluations):
     """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
     iteration from the previous point's eigenvector), at the segment's start (reported when no save
     point was reached) and at its final state, in that (chronological) order; the save points the
-    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
-    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
-    tol, max_iters, negative = opts
+    solve did not reach (diffrax fills them with inf) are skipped and get NaN. With a budget
+    (:class:`gradflow.sharpness.SharpnessPlan`) only the save points :func:`gradflow.sharpness.budget_points`
+    selects are evaluated, and neither the start nor the final state. Returns the diagnostics
+    with the sharpness keys added and the eigenvector(s) for the next segment."""
+    tol, max_iters, negative, budget = plan
 
     def at(params, vecs):
         v, v_min = vecs
@@ -170,14 +211,22 @@ def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, 
             out["min_eigenvalue"] = nan
         return out, vecs
 
-    def step(vecs, params):
-        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
-        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
+    def finite(params):
+        return jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
+
+    def step(vecs, item):
+        params, take = item
+        out, new = jax.lax.cond(take, lambda: at(params, vecs), lambda: skipped(vecs))
         return new, out
 
-    vecs, first = step(eigvec, initial_params)
-    vecs, rows = jax.lax.scan(step, vecs, saved_params)
-    vecs, last = step(vecs, final_params)
+    reached = jax.vmap(finite)(saved_params)
+    if budget is None:
+        take, ends = reached, True
+    else:
+        take, ends = budget_points(reached, gradient_evaluations, budget), False
+    vecs, first = step(eigvec, (initial_params, finite(initial_params) & ends))
+    vecs, rows = jax.lax.scan(step, vecs, (saved_params, take))
+    vecs, last = step(vecs, (final_params, finite(final_params) & ends))
     saved = {**saved, **rows}
     final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
     initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
