@@ -14,7 +14,10 @@ estimate jumps by ~10⁶ at the first step that crosses a switch; see :mod:`grad
 
 A model takes part by having a method ``activation_pattern(x) -> ActivationPattern`` (the
 :class:`HasActivationPattern` protocol): gradflow's ``ReLUMLP``, ``HomogeneousCNN``,
-``SmallDenseNet`` and ``SmallResNet`` do; other models simply get none of these diagnostics.
+``SmallDenseNet`` and ``SmallResNet`` do. Any other model whose forward pass has elementwise
+``max`` sites (ReLUs of an Equinox, Flax NNX or ``as_model`` network) gets the ReLU counts from
+those sites (:func:`gradflow.kinkmap.apply_with_kinks`: z = a − b of each ``max(a, b)``), but no
+``pool_switches``: a max-pool window is not an elementwise ``max``.
 
 What is counted between two consecutive save points W_a, W_b (for the first save point of a run:
 between W₀ and it):
@@ -54,6 +57,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .kinkmap import apply_with_kinks, find_kinks
 from .params import combine
 
 __all__ = [
@@ -66,6 +70,7 @@ __all__ = [
     "maxpool_argmax",
     "near_zero_share",
     "pattern_counts",
+    "pattern_of",
     "pattern_sizes",
     "pattern_state",
     "pool_switches",
@@ -97,9 +102,24 @@ class HasActivationPattern(Protocol):
     def activation_pattern(self, x: Array) -> ActivationPattern: ...
 
 
-def has_activation_pattern(model) -> bool:
-    """Whether ``model`` provides ``activation_pattern(x)``."""
-    return callable(getattr(model, "activation_pattern", None))
+def has_activation_pattern(model, x=None) -> bool:
+    """Whether ``model`` provides ``activation_pattern(x)``, or (given inputs ``x``) its forward
+    pass has elementwise ``max`` sites whose z the counts can be taken from."""
+    if callable(getattr(model, "activation_pattern", None)):
+        return True
+    if x is None:
+        return False
+    arrays, rest = eqx.partition(model, eqx.is_array)
+    return bool(find_kinks(lambda a, x_: eqx.combine(a, rest)(x_), arrays, x).sites)
+
+
+def pattern_of(model, x) -> ActivationPattern:
+    """``model.activation_pattern(x)``, or the z of every elementwise ``max`` of its forward pass."""
+    if callable(getattr(model, "activation_pattern", None)):
+        return model.activation_pattern(x)
+    arrays, rest = eqx.partition(model, eqx.is_array)
+    _, zs = apply_with_kinks(lambda a, x_: eqx.combine(a, rest)(x_), arrays, x)
+    return ActivationPattern(tuple(zs))
 
 
 def maxpool_argmax(z: Array, size: int = 2) -> Array:
@@ -145,7 +165,7 @@ def pattern_counts(prev: PatternState, pattern: ActivationPattern) -> tuple[dict
 
 def pattern_sizes(model, x) -> dict[str, int]:
     """(example, unit) pairs and (example, channel, window) triples of ``model`` on ``x`` (no compute)."""
-    shape = jax.eval_shape(model.activation_pattern, x)
+    shape = eqx.filter_eval_shape(pattern_of, model, x)
     sizes = {"activation_units": sum(int(z.size) for z in shape.pre_activations)}
     if shape.pool_argmax:
         sizes["pool_windows"] = sum(int(a.size) for a in shape.pool_argmax)
@@ -155,7 +175,7 @@ def pattern_sizes(model, x) -> dict[str, int]:
 @eqx.filter_jit
 def state_at(params, static, x) -> PatternState:
     """The pattern state of combine(params, static) on x (the carry a run starts from)."""
-    return pattern_state(combine(params, static).activation_pattern(x))
+    return pattern_state(pattern_of(combine(params, static), x))
 
 
 def _scan_counts(pattern_at, params_seq, valid, prev: PatternState):
@@ -186,7 +206,7 @@ def segment_counts(params_seq, valid, params0, params_final, prev: PatternState,
     reports the start as the segment's row)."""
 
     def pattern_at(p):
-        return combine(p, static).activation_pattern(x)
+        return pattern_of(combine(p, static), x)
 
     rows, last = _scan_counts(pattern_at, params_seq, valid, prev)
     initial, start = pattern_counts(prev, pattern_at(params0))

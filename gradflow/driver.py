@@ -60,8 +60,10 @@ def fingerprint(x, y, params0, config, save_points) -> dict:
         "param_shapes": shapes,
         "save_points_sha256": hashlib.sha256(np.ascontiguousarray(save_points).tobytes()).hexdigest(),
         **{k: config[k] for k in keys},
-        # a run with activation-pattern diagnostics has more columns (absent: resumable as before)
+        # a run with activation-pattern diagnostics has more columns, one with sliding more state
+        # (absent: resumable as before)
         **({"activation_patterns": True} if config.get("activation_patterns") else {}),
+        **({"sliding": True} if config.get("sliding") else {}),
         # the default sharpness budget evaluates fewer save points than sharpness=True
         **({"sharpness_budget": config["sharpness_budget"]} if config.get("sharpness_budget") else {}),
     }
@@ -218,7 +220,7 @@ class Driver:
             saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
             result_name=result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
-            evals_per_step=evaluations_per_step(state.solver, counted=self.common.get("sliding") is None),
+            evals_per_step=evaluations_per_step(state.solver),
             implicit_segments=int(is_implicit(state.solver)),
             controller_state=controller_state,
             start_evals=self._start_evaluations(state), eigvec=eigvec,
@@ -302,13 +304,14 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
         "jacobian_vector_products": jvps,
         "implicit_segments": sum(seg.get("implicit_segments", int(e is None)) for seg, e in zip(segments, evals, strict=True)),
         "gradient_evaluations_note": (
-            "not counted: implicit segments with sliding, or with a root finder other than gradflow's, whose Newton "
-            "and GMRES iterations diffrax does not report; the other segments used "
+            "not counted: implicit segments with a root finder other than gradflow's (whose Newton and GMRES "
+            "iterations diffrax does not report); the other segments used "
             f"{_as_count(sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True) if e is not None))}"
         ) if None in evals else (
             f"includes {jvps} Jacobian-vector products of the field (Newton–GMRES) at {JVP_COST:g} gradient "
             "evaluation(s) each" if jvps else ""),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        **_sliding_stats(last["final_state"]),
         **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
         "wall_time": sum(seg["wall"] for seg in segments),
         "segments": len(segments),
@@ -326,6 +329,15 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
 def _as_count(value):
     """A gradient-evaluation total as an int when it is whole (JVP_COST may make it fractional)."""
     return int(value) if float(value).is_integer() else float(value)
+
+
+def _sliding_stats(final_state) -> dict:
+    """``stats`` of a run with sliding (gradflow.sliding): the counts of its final state."""
+    if len(final_state) < 3:
+        return {}
+    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state[2].counts))
+    return {"sliding_entries": entries, "sliding_exits": exits, "sliding_changes": changes, "sliding_normals": normals,
+            "sliding_overflow": overflow}
 
 
 def _warn_if_stalled(diag: dict, config: dict) -> None:

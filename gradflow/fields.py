@@ -23,9 +23,10 @@ from jax import lax
 
 from .diagnostics import Point, diagnostics, evaluate
 from .losses import Loss
-from .sliding import Sliding, active_count, any_fixed
+from .sliding import DRIFT, SlideState, Sliding, active_count, any_fixed, project
 
-__all__ = ["FieldArgs", "field_point", "time_field", "accuracy_field", "field_from_point", "clock_scale", "make_save_fn"]
+__all__ = ["FieldArgs", "field_point", "time_field", "accuracy_field", "field_from_point", "clock_scale", "make_save_fn",
+           "sliding_diagnostics"]
 
 
 class FieldArgs(NamedTuple):
@@ -47,8 +48,8 @@ def field_point(state, args: FieldArgs, clock: str = "time") -> Point:
         return evaluate(params, args.static, args.x, args.y, args.loss)
     slide = state[2]
     return lax.cond(any_fixed(slide),
-                    lambda: args.sliding.project(params, args.static, args.x, args.y, args.loss, slide,
-                                                 clock_scale(clock))[0],
+                    lambda: project(args.sliding, params, args.static, args.x, args.y, args.loss, slide,
+                                    clock_scale(clock))[0],
                     lambda: evaluate(params, args.static, args.x, args.y, args.loss))
 
 
@@ -87,11 +88,51 @@ def field_from_point(clock: str):
     return _time_from_point if clock == "time" else _accuracy_from_point
 
 
+def _speed(pt: Point):
+    return jnp.exp(pt.log_neg_dloss)
+
+
+def _inverse_square(pt: Point):
+    return 1.0 / pt.grad_norm**2
+
+
 def clock_scale(clock: str):
-    """κ(pt) with dW/ds = κ · ∇α in the clock s: |ℓ'(α)| (time), 1/‖∇α‖² (accuracy)."""
-    if clock == "time":
-        return lambda pt: jnp.exp(pt.log_neg_dloss)
-    return lambda pt: 1.0 / pt.grad_norm**2
+    """κ(pt) with dW/ds = κ · ∇α in the clock s: |ℓ'(α)| (time), 1/‖∇α‖² (accuracy). The same
+    function object for a clock every time (it is a static argument of compiled code)."""
+    return _speed if clock == "time" else _inverse_square
+
+
+def sliding_diagnostics(state, args: FieldArgs, clock: str, pt: Point) -> dict:
+    r"""The sliding diagnostics at a save point (``pt``: the field's Point there).
+
+    * ``sliding_pairs``: |A|, the pairs sliding along their kink surface;
+    * ``sliding_drift``: max over A of |z_s| / rms(z of its site), how far the state is from the
+      surfaces it slides on (0 without sliding pairs);
+    * ``chain_rule_residual``: |D_Ẇ α / ⟨v, Ẇ⟩ − 1|, the chain rule of the paper's Lemma B.9,
+      dL/dt = −‖dW/dt‖² (equivalently dα/ds = ⟨v, dW/ds⟩ in either clock), with D_Ẇ α the
+      one-sided directional derivative of the model's own α along the velocity Ẇ = κ v: at every
+      pair within the band of :data:`gradflow.sliding.DRIFT` of its surface the side Ẇ moves into
+      is taken (from one JVP of z), elsewhere the model's own derivative. For the minimum-norm
+      velocity (tangent to the surfaces) it vanishes to rounding; a one-sided gradient used where
+      the flow should slide makes it O(1)."""
+    sliding = args.sliding
+    params, slide = state[0], state[2]
+    v = pt.grad_alpha
+    kappa = clock_scale(clock)(pt)
+    wdot = jax.tree_util.tree_map(lambda g: kappa * g, v)
+    z, dz = jax.jvp(lambda p: sliding.kink_values(p, args.static, args.x, slide), (params,), (wdot,))
+    scale = [jnp.sqrt(jnp.mean(zz**2)) for zz in z]
+    near = tuple(jnp.abs(zz) <= DRIFT * sliding.rtol * sc for zz, sc in zip(z, scale, strict=True))
+    sides = SlideState(tuple(jnp.zeros_like(zz) for zz in z), slide.lam,
+                       tuple(jnp.where(nr, jnp.where(d > 0, 1.0, -1.0), 0.0) for nr, d in zip(near, dz, strict=True)),
+                       *slide[3:])
+
+    _, d_alpha = jax.jvp(lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss, sides), (params,), (wdot,))
+    rate = kappa * pt.grad_norm**2
+    drift = jnp.max(jnp.stack([jnp.max(jnp.where(a > 0.5, jnp.abs(zz) / sc, 0.0))
+                               for a, zz, sc in zip(slide.active, z, scale, strict=True)]))
+    return {"sliding_pairs": active_count(slide), "sliding_drift": drift,
+            "chain_rule_residual": jnp.abs(d_alpha / rate - 1.0)}
 
 
 def make_save_fn(clock: str, degree, save_params: bool):
@@ -106,8 +147,7 @@ def make_save_fn(clock: str, degree, save_params: bool):
             out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
         out["t"] = jnp.exp(out["log_t"])
         if args.sliding is not None:
-            out["sliding_pairs"] = active_count(state[2])
-            out["sliding_counts"] = state[2].counts
+            out.update(sliding_diagnostics(state, args, clock, pt))
         if save_params:
             out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
         return out

@@ -56,9 +56,9 @@ from .problem import check_positive_finite as _check_positive_finite
 from .problem import check_sharpness_options, prepare_problem, resolve_devices
 from .result import FlowResult
 from .sharpness import initial_vector, resolve_sharpness
-from .sliding import Sliding, initial_slide, model_kinks
+from .sliding import Sliding, initial_slide, sliding_capacity
 from .solvers import get_solver, is_implicit
-from .solvers.kinks import KINK_ACCEPT, nonsmooth_primitives
+from .solvers.kinks import KINK_ACCEPT, field_kinks
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -264,6 +264,9 @@ def simulate_flow(
         raise bad_argument("max_steps", f"must be a positive integer, got {max_steps!r}", "Pass e.g. max_steps=100_000.")
     if dtype not in ("float64", "float32"):
         raise bad_argument("dtype", f"unknown dtype {dtype!r}", "Use 'float64' (default) or 'float32'.")
+    if sliding not in (None, True, False):
+        raise bad_argument("sliding", f"must be None, True or False, got {sliding!r}",
+                           "Pass sliding=False to integrate −∇L with relu'(0) = 0, or leave the default (None).")
     if step_control not in (None, "pid", "kink"):
         raise bad_argument("step_control", f"unknown value {step_control!r}", "Use None (chosen from the model), 'pid' or 'kink'.")
     if step_control == "kink" and opts.get("constant", False):
@@ -280,7 +283,13 @@ def simulate_flow(
         loss_fn, degree, params0, static, x, y, n, log_loss0 = (
             prob.loss, prob.degree, prob.params0, prob.static, prob.x, prob.y, prob.n, prob.log_loss0)
         state_size = sum(int(a.size) for a in jax.tree_util.tree_leaves(params0)) + 2  # W, ζ, u
-        kinks = nonsmooth_primitives(lambda p, x_: combine(p, static)(x_), params0, x[:2])
+        field = field_kinks(params0, static, x)
+        kinks = field.jumps
+        if sliding is None:  # on wherever the forward pass has a C⁰ max site, with adaptive steps
+            sliding = bool(field.sites.sliding) and not opts.get("constant", False)
+        elif sliding and not field.sites.sliding:
+            raise bad_argument("sliding", "is True but the model's forward pass has no C⁰ max site (ReLU) whose pairs "
+                               "could slide", "Drop sliding=True, or pass sliding=False.")
         if default_solver:
             solver = ("bosh3" if kinks else "tsit5") if clock == "time" else "auto"
             auto = solver == "auto"
@@ -334,7 +343,7 @@ def simulate_flow(
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         if devices is not None:
             x, y, params0, static = _shard(devices, x, y, params0, static)
-        patterns = bool(activation_patterns) and activations.has_activation_pattern(model)
+        patterns = bool(activation_patterns) and activations.has_activation_pattern(combine(params0, static), x)
         k_params = state_size - 2
         sharpness_opts = resolve_sharpness(sharpness, k_params, tol=sharpness_tol, max_iters=sharpness_max_iters,
                                            min_eigenvalue=min_eigenvalue, entry="flow")
@@ -348,16 +357,16 @@ def simulate_flow(
         )
         slide0 = None
         if sliding:
-            site_info = model_kinks(params0, static, x)
-            if site_info.sliding:
-                common["sliding"] = Sliding(site_info, float(rtol))
-                slide0 = initial_slide(site_info, fdtype, k_params)
+            slots = sliding_capacity(field.sites.pairs, k_params)
+            common["sliding"] = Sliding(field.sites, float(rtol), slots)
+            slide0 = initial_slide(field.sites, fdtype, k_params, slots)
         s_start = 0.0 if clock == "time" else float(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0, fdtype)))
         config = dict(
             loss=loss_fn.name, clock=clock, solver=solver if isinstance(solver, str) else type(solver_obj).__name__,
             rtol=rtol, atol=atol, t_max=t_max, until_accuracy=until_accuracy, degree=degree, n=n,
             max_steps=int(max_steps), jacobian=jacobian, dtype=dtype, step_control=step_control,
-            nonsmooth_primitives=kinks, model_interface=prob.interface, versions=_versions(),
+            nonsmooth_primitives=field.primitives, model_interface=prob.interface, versions=_versions(),
+            kink_sites=_site_summary(field.sites), sliding=bool(sliding),
             activation_patterns=patterns,
             **(activations.pattern_sizes(combine(params0, static), x) if patterns else {}),
             sharpness=bool(with_sharpness),
@@ -380,6 +389,12 @@ def simulate_flow(
         if auto:
             config["switches"] = driver.switches
         return assemble(segments, static, degree, config=config, throw=throw, event_kind=event_kind)
+
+
+def _site_summary(sites) -> dict:
+    """The config entry of a model's elementwise-max sites (gradflow.kinkmap)."""
+    return {"c0": len(sites.sliding), "c1": len(sites.sites) - len(sites.sliding), "c0_pairs": sites.pairs,
+            "unsupported": list(sites.unsupported)}
 
 
 def _shard(devices, x, y, params, static):

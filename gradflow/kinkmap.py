@@ -33,6 +33,7 @@ argmax switches are handled by step control alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -89,7 +90,7 @@ class Kinks(NamedTuple):
     @property
     def pairs(self) -> int:
         """The number of C⁰ pairs (examples × units over all C⁰ sites)."""
-        return sum(int(jnp.prod(jnp.asarray(self.sites[i].shape))) if self.sites[i].shape else 1 for i in self.sliding)
+        return sum(math.prod(self.sites[i].shape) for i in self.sliding)
 
 
 def _is_max(eqn) -> bool:

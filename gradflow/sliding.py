@@ -25,8 +25,12 @@ multiplier form
     v = ∇_W [α(W; relu'_A = 0) + Σ_s λ_s z_s(W)],    with λ such that dz_A/ds = −z_A/τ,
 
 and σ_s = λ_s / c_s, read from the same backward pass (c_s with the λ terms, top layer first).
-The −z_A/τ (Baumgarte stabilisation, τ = :data:`TAU_STEPS` steps) pulls a pair that entered with
-an overshoot, or drifted by integration error, back onto its surface.
+The −z_A/τ (Baumgarte stabilisation, τ = :data:`TAU_STEPS` steps) pulls the state back to the
+surfaces it slides on; at every change of A, and whenever a sliding pair ends a step farther than
+:data:`DRIFT` · rtol · rms(z of its site) from its surface, the state is projected back onto the
+surfaces (one Gauss–Newton step, W ← W − Nᵀ(N Nᵀ)⁻¹ z_A). So at the end of every step
+|z_s| ≤ DRIFT · rtol · rms(z) on A (measured on an 8-unit ReLU net on wine at rtol 1e-8: ~1e-16
+at the save points; the diagnostic ``sliding_drift`` reports it).
 
 **How it is computed** (:meth:`Sliding.project`, at every stage of every step). One gradient
 gives v(λ₀) for the λ₀ of the state, with the exact normals of the current W inside it
@@ -42,8 +46,8 @@ gradient; a change of A costs one VJP per new normal and one more gradient.
 **Entries and exits** (:class:`SlidingSolver`, after every attempted step). A free pair enters A
 when its z changed sign over the step and the field on its new side points back at the surface
 (dz_s/ds · z_s < 0, from one JVP along the step's last stage), or when it approaches its
-surface so fast that it would reach it within one more step (it may bounce off an attracting
-surface inside a step, where no sign change shows it). The entering pairs start at λ = ω c
+surface (within the band below) so fast that it would reach it within a fraction of one more
+step (it may bounce off an attracting surface inside a step, where no sign change shows it). The entering pairs start at λ = ω c
 (ω their current relu', so the field is continuous), and λ of the whole set is solved on its
 Gram matrix with σ ∈ [0, 1] enforced by a dense box-constrained solve (Lawson–Hanson style, the
 worst violator fixed at its bound per pass). A pair whose σ ends at a bound leaves A and *keeps*
@@ -78,15 +82,21 @@ from .kinkmap import Kinks, apply_with_kinks, find_kinks
 from .params import combine
 
 __all__ = ["Sliding", "SlideState", "SlidingSolver", "initial_slide", "active_count", "any_fixed", "model_kinks",
-           "DRIFT", "MAX_PAIRS", "TAU_STEPS"]
+           "DRIFT", "MAX_PAIRS", "TAU_STEPS", "sliding_capacity", "project"]
 
 # A pair is on its surface while |z| ≤ DRIFT · rtol · rms(z) of its site: the band in which a pair
-# that left A keeps its bound's derivative. A sliding pair beyond REBUILD_DRIFT · rtol · rms(z)
-# makes the normals be recomputed (the Baumgarte term keeps z_A well inside it otherwise).
+# that left A keeps its bound's derivative, and the bound of the sliding pairs' drift at the end of
+# every step (beyond it the state is projected back; the Baumgarte term keeps z_A inside it
+# otherwise). A sliding pair beyond REBUILD_DRIFT · rtol · rms(z) makes the normals be recomputed.
 DRIFT = 10.0
 REBUILD_DRIFT = 1000.0
-# the most pairs that slide at once (the rows of the dense normals N kept in the state)
+# a free pair approaches its surface when |z| ≤ APPROACH · |Δz| of the step (it would reach it
+# within a fraction APPROACH of one more such step)
+APPROACH = 0.25
+# the most pairs that slide at once (the rows of the dense normals N kept in the state), and the
+# most floats those rows may take (MAX_PAIRS × k for k parameters)
 MAX_PAIRS = 128
+MAX_NORMALS = 2**24
 # most passes of the box-constrained solve (each fixes the worst violator at its bound)
 MAX_PASSES = 16
 # relative ridge of the Gram matrix N Nᵀ (coinciding normals: duplicate examples, ties)
@@ -118,6 +128,12 @@ class SlideState(NamedTuple):
     tau: jax.Array
     counts: jax.Array
     work: jax.Array
+
+
+def sliding_capacity(pairs: int, num_params: int) -> int:
+    """How many pairs may slide at once: :data:`MAX_PAIRS`, at most the model's C⁰ pairs, and at
+    most :data:`MAX_NORMALS` / k (the dense normals are |A| × k)."""
+    return max(1, min(MAX_PAIRS, pairs, MAX_NORMALS // max(num_params, 1)))
 
 
 def initial_slide(kinks: Kinks, dtype, num_params: int, max_pairs: int = MAX_PAIRS) -> SlideState:
@@ -212,6 +228,12 @@ class Sliding(eqx.Module):
         _, zs = self._apply(params, static, x, *self._site_lists(slide))
         return tuple(zs[i] for i in self.kinks.sliding)
 
+    def alpha(self, params, static, x, y, loss, slide: SlideState):
+        """α(W) with the fixed derivatives (and smooth branches) of ``slide`` (one forward pass):
+        its JVP is the directional derivative on the sides ``slide`` fixes."""
+        outputs, _ = self._apply(params, static, x, *self._site_lists(slide))
+        return loss.alpha_from_log_loss(loss.log_loss(outputs, y))
+
     def evaluate(self, params, static, x, y, loss, slide: SlideState):
         """(Point, z, c) at W with the multipliers λ₀ of ``slide``: the Point of
         v(λ₀) = ∇[α(W; relu'_A = 0) + Σ λ₀ z] (``grad_alpha`` = v; α, L and the outputs are those
@@ -272,6 +294,13 @@ class Sliding(eqx.Module):
             return lax.cond(which[k], compute, lambda: rows)
 
         return lax.fori_loop(0, slots.shape[0], row, normals)
+
+
+def project(sliding: Sliding, params, static, x, y, loss, slide: SlideState, kappa: Callable):
+    """:meth:`Sliding.project` (inlined: ``equinox.internal.noinline`` halved the XLA compile time
+    of a small solve, 22 s → 11 s, but runs the field through a host callback, which loses the
+    scoped float64 and would cost a device round trip per evaluation on a GPU)."""
+    return sliding.project(params, static, x, y, loss, slide, kappa)
 
 
 def _ridge(gram, valid):
@@ -343,11 +372,13 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
 
     ``from_point``: (Point, state) → dy/ds, the clock's vector field from the point's gradient
     (:func:`gradflow.fields.field_from_point`); ``clock_scale``: (Point) → κ with dW/ds = κ v
-    (:func:`gradflow.fields.clock_scale`)."""
+    (:func:`gradflow.fields.clock_scale`); ``clock``: 'time' or 'accuracy' (in the accuracy
+    clock a projection of W is followed by a step along v that restores α(W) = α, the clock)."""
 
     solver: diffrax.AbstractSolver
     from_point: Callable = eqx.field(static=True)
     clock_scale: Callable = eqx.field(static=True)
+    clock: str = eqx.field(static=True, default="time")
 
     @property
     def term_structure(self):
@@ -374,26 +405,27 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
         inner_state, z0 = solver_state
         y1, y_error, dense_info, inner_state, result = self.solver.step(
             terms, t0, t1, y0, args, inner_state, made_jump)
-        y1, z1, f1, changed = self._update(t1 - t0, y1, z0, inner_state[1], args)
+        y1, z1, f1, changed = self._update(t1, t1 - t0, y1, z0, inner_state[1], args)
         first, fsal = inner_state
         inner_state = (first, jax.tree_util.tree_map(lambda new, old: jnp.where(changed, new, old), f1, fsal))
         return y1, y_error, dense_info, (inner_state, z1), result
 
     def _field(self, params, aux, slide, args):
         """The field of the state at W, and λ, z, c and κ there."""
-        pt, lam, z, c = args.sliding.project(params, args.static, args.x, args.y, args.loss, slide, self.clock_scale)
+        pt, lam, z, c = project(args.sliding, params, args.static, args.x, args.y, args.loss, slide, self.clock_scale)
         return self.from_point(pt, (params, aux, slide)), lam, z, c, self.clock_scale(pt)
 
-    def _update(self, h, y1, z0, f1, args):
+    def _update(self, t1, h, y1, z0, f1, args):
         """The sliding state at the step's end (y1, with the last stage f1), the z there, the new
         last stage and whether it changed. Work: one projection (or a forward pass while no pair
         slides), one JVP when a pair crossed or approaches its surface, and :meth:`_change`."""
         sliding: Sliding = args.sliding
-        params, aux, slide = y1
+        (params, aux, slide), rest = y1[:3], y1[3:]  # rest: the Work slot of an implicit solve (gradflow.solvers.counting)
         static, x = args.static, args.x
         masks = tuple(a > 0.5 for a in slide.active)
         dtype = _dtype(params)
         had_fixed = any_fixed(slide)
+        rest_zero = _tmap(jnp.zeros_like, f1[3:])
 
         def projected():
             return self._field(params, aux, slide, args)[1:]
@@ -407,9 +439,10 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
         near = tuple(jnp.abs(z) <= DRIFT * sliding.rtol * sc for z, sc in zip(z1, scale, strict=True))
         free = tuple(~m & (sd == 0) for m, sd in zip(masks, slide.side, strict=True))
         crossed = tuple(f & (jnp.sign(b) != jnp.sign(a)) & (b != 0) for f, a, b in zip(free, z0, z1, strict=True))
-        # a free pair that would reach its surface within one more step at this step's rate
-        approach = tuple(f & (jnp.sign(b) == jnp.sign(a)) & (jnp.abs(b) < jnp.abs(a)) & (jnp.abs(b) <= jnp.abs(a - b))
-                         for f, a, b in zip(free, z0, z1, strict=True))
+        # a free pair within the band of its surface and about to reach it at this step's rate
+        # (APPROACH): entering it now moves W by at most the band when it is projected
+        approach = tuple(f & nr & (jnp.sign(b) == jnp.sign(a)) & (jnp.abs(b) < jnp.abs(a))
+                         & (jnp.abs(b) <= APPROACH * jnp.abs(a - b)) for f, nr, a, b in zip(free, near, z0, z1, strict=True))
         # a pair that keeps a side is released once it is clear of its surface: on its own side
         # the field does not change; on the other side it does, and the last stage is recomputed
         released = tuple((sd != 0) & ~nr for sd, nr in zip(slide.side, near, strict=True))
@@ -417,15 +450,11 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
         slide = slide._replace(side=tuple(jnp.where(r, 0.0, sd) for r, sd in zip(released, slide.side, strict=True)))
         sigma = tuple(lm / jnp.where(c < 0, c, -1.0) for lm, c in zip(lam1, c1, strict=True))
         leaving = tuple(m & ((c >= 0) | (sg < 0) | (sg > 1)) for m, c, sg in zip(masks, c1, sigma, strict=True))
-        drift = tuple(m & (jnp.abs(z) > REBUILD_DRIFT * sliding.rtol * sc) for m, z, sc in zip(masks, z1, scale, strict=True))
+        # a sliding pair off its band is projected back (normals recomputed when far off)
+        drift = tuple(m & ~nr for m, nr in zip(masks, near, strict=True))
+        far = tuple(m & (jnp.abs(z) > REBUILD_DRIFT * sliding.rtol * sc) for m, z, sc in zip(masks, z1, scale, strict=True))
         stiff = had_fixed & (h > slide.tau / 2.0)
         must = _any(leaving) | _any(drift) | stiff
-
-        def refresh(work):
-            return slide._replace(work=work + 1.0), self._field(params, aux, slide, args)[0], jnp.ones((), bool)
-
-        def unchanged(work):
-            return lax.cond(wrong_side, lambda: refresh(work), lambda: (slide._replace(work=work), f1, jnp.zeros((), bool)))
 
         def update():
             # one JVP along the step's last stage: dz/ds of every pair on its current side
@@ -435,14 +464,20 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
             entries = tuple((cr & (d * z < 0)) | (ap & (cc <= 0))
                             for cr, ap, d, z, cc in zip(crossed, approach, dz1, z1, c1, strict=True))
             return lax.cond(_any(entries) | must,
-                            lambda: self._change(h, params, aux, slide, lam1, z1, c1, kappa1, dz1, entries, approach,
-                                                 _any(drift), had_fixed, 2.0, args),
-                            lambda: unchanged(2.0))
+                            lambda: self._change(t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries,
+                                                 approach, _any(far), had_fixed, h, args),
+                            lambda: (slide._replace(work=jnp.full((), 2.0, dtype)), params, wrong_side))
 
-        new_slide, f1, changed = lax.cond(_any(crossed) | _any(approach) | must, update, lambda: unchanged(1.0))
-        return (params, aux, new_slide), z1, f1, changed
+        new_slide, params, refresh = lax.cond(_any(crossed) | _any(approach) | must, update,
+                                              lambda: (slide._replace(work=jnp.ones((), dtype)), params, wrong_side))
+        # one evaluation of the field where the state changed (the new last stage, z there)
+        f1, z1 = lax.cond(refresh, lambda: (lambda r: ((*r[0], *rest_zero), r[2]))(self._field(params, aux, new_slide, args)),
+                          lambda: (f1, z1))
+        new_slide = new_slide._replace(work=new_slide.work + refresh.astype(dtype))
+        return (params, aux, new_slide, *rest), z1, f1, refresh
 
-    def _change(self, h, params, aux, slide, lam1, z1, c1, kappa1, dz1, entries, approach, rebuild, had_fixed, work, args):
+    def _change(self, t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries, approach, rebuild, had_fixed, h,
+                args):
         """A new sliding set at the step's end. The entering pairs join A with λ = ω c (the field of
         their side, ω = 1[z > 0]); then κ (N Nᵀ) Δλ = −(dz_A/ds + z_A/τ) is solved with
         σ = λ/c ∈ [0, 1] (box-constrained, dense). Pairs that end at a bound leave A and keep that
@@ -457,7 +492,7 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
             return c, self.clock_scale(pt)
 
         c, kappa = lax.cond(had_fixed, lambda: (c1, kappa1), fresh)
-        work = work + jnp.where(had_fixed, 0.0, 1.0)
+        work = 2.0 + jnp.where(had_fixed, 0.0, 1.0)
         masks = tuple(a > 0.5 for a in slide.active)
         lam = tuple(jnp.where(m, lm, jnp.where(en, (z > 0).astype(dtype) * cc, 0.0))
                     for m, en, lm, z, cc in zip(masks, entries, lam1, z1, c, strict=True))
@@ -502,9 +537,22 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
                          sliding.unflat(side_flat), new_slots.astype(dtype), new_normals,
                          jnp.linalg.cholesky(_ridge(new_normals @ new_normals.T, new_valid)), tau, counts,
                          jnp.zeros((), dtype))
-        # work: one VJP per new normal and the new field
-        work = work + jnp.sum(which) + 1.0
-        return new._replace(work=work), self._field(params, aux, new, args)[0], jnp.ones((), bool)
+        # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
+        # a pair that entered across its surface, and drift, so that the Baumgarte term only has
+        # the integration error of later steps to correct
+        flat, unravel = ravel_pytree(params)
+        z_a = jnp.where(new_valid, _flat(z1)[jnp.where(new_valid, new_slots, 0)], 0.0)
+        step_back = new_normals.T @ jax.scipy.linalg.cho_solve((new.chol, True), z_a)
+        params = unravel(flat - step_back)
+        if self.clock == "accuracy":
+            # the projection moved α(W) off the clock value; one step along dW/dα = v/‖v‖² (the
+            # last stage's direction) restores it
+            alpha = sliding.alpha(params, static, x, args.y, args.loss, new)
+            params = _tmap(lambda w, d: w + (t1 - alpha) * d, params, f1[0])
+            work = work + 1.0
+        # work: one VJP per new normal (the new field is counted by the caller)
+        work = work + jnp.sum(which)
+        return new._replace(work=work), params, jnp.ones((), bool)
 
 
 def model_kinks(params, static, x) -> Kinks:

@@ -80,19 +80,20 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     y0 = (params0, aux0)
     norm = finite_rms_norm
     work = None
-    # implicit solves count their Newton–GMRES work in a Work slot of the state (gradflow.solvers.counting)
-    counting = is_implicit(solver) and countable(solver) and sliding is None
+    # implicit solves count their Newton–GMRES work in a Work slot at the end of the state
+    # (gradflow.solvers.counting); with sliding after the sliding state, and both works add
+    counting = is_implicit(solver) and countable(solver)
     if sliding is not None:
         # the sliding state (A, λ) has zero derivative and is set between steps: it is not part of
         # the error norm, nor of the initial step's scales
         y0 = (params0, aux0, slide0)
         norm = _state_norm
         work = _slide_work
-    elif counting:
+    if counting:
         # the Work slot likewise: zero derivative, set by CountingSolver after each step
         y0 = add_work(y0, aux0.dtype)
         norm = _state_norm
-        work = _counted_work
+        work = _slide_and_counted_work if sliding is not None else _counted_work
     if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
@@ -114,12 +115,11 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         controller = StepGuard(controller, budget, rtol, atol, norm, work)
         if controller_state is not None:
             controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((2,), rtol.dtype))
+    solver_used = solver
     if sliding is not None:
-        solver_used = SlidingSolver(solver, field_from_point(clock), clock_scale(clock))
-    elif counting:
-        solver_used = CountingSolver(solver)
-    else:
-        solver_used = solver
+        solver_used = SlidingSolver(solver_used, field_from_point(clock), clock_scale(clock), clock)
+    if counting:  # outermost: it reads the ESDIRK's stages from dense_info, which SlidingSolver passes on
+        solver_used = CountingSolver(solver_used)
     sol = diffrax.diffeqsolve(
         term,
         solver_used,
@@ -171,6 +171,10 @@ def _slide_work(y) -> jax.Array:
 
 def _counted_work(y) -> jax.Array:
     return y[-1].counts
+
+
+def _slide_and_counted_work(y) -> jax.Array:
+    return _slide_work(y) + _counted_work(y)
 
 
 def _state_norm(tree) -> jax.Array:

@@ -172,21 +172,22 @@ def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free
 
 def evaluations_at_start(solver, *, fresh_solver_state: bool, choose_step: bool) -> int:
     """Field evaluations of a solve before its first step: the first stage of an FSAL method when
-    the solver state is fresh, and two for :func:`initial_step` when the step is chosen there."""
+    the solver state is fresh, and two for :func:`initial_step` when the step is chosen there.
+    An ESDIRK's first stage is a root find on the first step (diagonal 0), whose Newton
+    iterations :mod:`gradflow.solvers.counting` counts with the step's other stages."""
     tableau = getattr(solver, "tableau", None)
-    fsal = tableau is not None and tableau.fsal and fresh_solver_state
+    fsal = tableau is not None and tableau.fsal and fresh_solver_state and not countable(solver)
     return int(bool(fsal)) + (2 if choose_step else 0)
 
 
-def evaluations_per_step(solver, *, counted: bool = False) -> int | None:
+def evaluations_per_step(solver) -> int | None:
     """Vector-field evaluations per attempted step that the solve does not count itself: the
     stages of an explicit RK solver (less the first-same-as-last one); 0 for an implicit ESDIRK
     whose work the solve counts (:mod:`gradflow.solvers.counting`; its explicit first stage is the
     FSAL one), 1 for implicit Euler (its explicit predictor). None if unknown: an implicit solver
-    without a :class:`~gradflow.solvers.counting.CountingNewton`, or unless ``counted`` (the solve
-    counted it: :func:`gradflow.solve.solve` does without sliding)."""
+    without a :class:`~gradflow.solvers.counting.CountingNewton` root finder."""
     if is_implicit(solver):
-        if not (counted and countable(solver)):
+        if not countable(solver):
             return None
         return 1 if isinstance(solver, diffrax.ImplicitEuler) else 0
     tableau = getattr(solver, "tableau", None)

@@ -300,7 +300,7 @@ class CountingSolver(diffrax.AbstractAdaptiveSolver):
 
     @staticmethod
     def _clear_state(state):
-        """The FSAL stage (an ESDIRK's solver state (first, f1)) with Work = 0."""
-        if isinstance(state, tuple) and len(state) == 2 and has_work(state[1]):
-            return state[0], _clear(state[1])
-        return state
+        """The solver state (an ESDIRK's (first, FSAL stage), inside a SlidingSolver's state) with
+        every Work slot set to 0."""
+        return jtu.tree_map(lambda w: Work(jnp.zeros_like(w.counts)) if isinstance(w, Work) else w, state,
+                            is_leaf=lambda v: isinstance(v, Work))

@@ -1,0 +1,227 @@
+"""The flow through sliding modes (issue 18): closed form, minimum norm, entries and exits against an
+independent reference, bit-for-bit agreement where nothing slides, model representations, and
+ReLU nets from random starts (several seeds, status asserted)."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+import gradflow as gf
+from gradflow.kinkmap import apply_with_kinks
+from gradflow.losses import get_loss
+from gradflow.params import combine, partition
+from gradflow.reference import smoothed_flow
+from gradflow.sliding import DRIFT, Sliding, initial_slide, model_kinks, sliding_capacity
+
+C = 0.5  # the toy's slope on the off side
+
+
+def _toy_apply(p, xi):
+    """L = e^(−Φ) = (1 + C) relu(w₁) − C w₁ + ½ w₂²: dw₁/dt = −1 for w₁ > 0, +C for w₁ < 0, so the
+    flow reaches w₁ = 0 at t = w₁(0) and slides there (σ = C/(1 + C)); w₂ = w₂(0) e^(−t)."""
+    w1, w2 = p["w"][0], p["w"][1]
+    return -jnp.log((1 + C) * jax.nn.relu(w1 * xi[0]) - C * w1 * xi[0] + 0.5 * w2**2)
+
+
+def _toy_exact(t):
+    t = np.asarray(t)
+    return np.stack([np.maximum(1.0 - t, 0.0), np.exp(-t)], axis=-1)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return gf.as_model(_toy_apply, {"w": jnp.array([1.0, 1.0])}, degree=None), (np.ones((1, 1)), np.ones(1))
+
+
+def test_toy_slides_as_the_closed_form_in_both_clocks(toy):
+    model, data = toy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W₀) = 1.5 > ℓ(0)
+        ts = np.array([0.0, 0.5, 0.9, 1.2, 2.0, 3.0])
+        tim = gf.simulate_flow(model, data, 3.0, save_at=ts, rtol=1e-9, atol=1e-11, save_params=True)
+        acc = gf.simulate_flow(model, data, clock="accuracy", until_accuracy=6.5, rtol=1e-9, atol=1e-11,
+                               save_params=True, num_save=12)
+    for r in (tim, acc):
+        assert r.status == ("completed" if r is tim else "completed"), r.reason
+        assert r.config["sliding"] and r.stats["sliding_entries"] == 1 and r.stats["sliding_exits"] == 0
+        np.testing.assert_allclose(r.diagnostics["params_flat"], _toy_exact(r.t), atol=1e-7)
+        sliding = r.t > 1.0 + 1e-6
+        assert np.all(r.diagnostics["sliding_pairs"][sliding] == 1) and np.all(r.diagnostics["sliding_pairs"][r.t < 0.99] == 0)
+        assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-9
+    # ln(n/L) in the sliding phase is 2t + ln 2 (L = ½ e^(−2t)): the accuracy clock's t
+    late = acc.t > 1.01
+    np.testing.assert_allclose(acc.accuracy[late], 2 * acc.t[late] + np.log(2.0), atol=1e-7)
+
+
+# ------------------------------------------------------------------ a small two-unit problem
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A bias-free 2-unit ReLU net on 12 points in R³ whose flow from this start enters sliding
+    modes 4 times and leaves them twice by t = 10 (seed 8 of 40 drawn; 4 of those 40 do both)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 3))
+    x[:, 2] = 1.0
+    x /= np.linalg.norm(x, axis=1).max()
+    y = np.sign(x @ np.array([1.0, -0.7, 0.1]))
+    return gf.ReLUMLP([3, 2, 1], key=jax.random.PRNGKey(8), init_scale=1.0), (x, y)
+
+
+SMALL_TIMES = np.array([0.0, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0])
+
+
+@pytest.fixture(scope="module")
+def small_run(small):
+    model, data = small
+    return gf.simulate_flow(model, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, save_params=True,
+                            sharpness=False)
+
+
+def test_entries_and_exits_match_the_smoothed_reference(small, small_run):
+    """Against scipy's Radau on the flow with every relu replaced by ε·softplus(z/ε), extrapolated
+    linearly to ε → 0 from ε = 1e-6 and 1e-7 (no gradflow solver code involved)."""
+    model, data = small
+    r = small_run
+    assert r.status == "completed", r.reason
+    assert r.stats["sliding_entries"] >= 2 and r.stats["sliding_exits"] >= 1
+    fine, coarse = (smoothed_flow(model, data, SMALL_TIMES, eps=e) for e in (1e-7, 1e-6))
+    reference = (10 * fine - coarse) / 9
+    err = np.max(np.abs(r.diagnostics["params_flat"] - reference), axis=1)
+    # measured: ≤ 7.1e-7, where the reference's own two extrapolations (ε = 1e-5…1e-7) differ by 1.9e-6
+    assert np.max(err) < 3e-6, err
+    assert np.max(r.diagnostics["sliding_drift"]) <= DRIFT * 1e-10
+    assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = gf.simulate_flow(model, data, 10.0, rtol=1e-10, atol=1e-12, sharpness=False, sliding=False, max_steps=20_000)
+    assert plain.status == "failed"  # −∇L with relu'(0) = 0 chatters on the same flow
+
+
+def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
+    """At the end state, with A = the pairs on their surfaces: the projected velocity against a
+    brute-force minimisation of ‖∇α(σ)‖ over σ ∈ [0, 1]^A (L-BFGS-B, derivatives at A set to σ)."""
+    model, data = small
+    with gf.x64():
+        params, static = partition(gf.interop.wrap(small_run.model))
+        x = jnp.asarray(data[0])
+        y = jnp.asarray(data[1])
+        loss = get_loss("exponential")
+        sites = model_kinks(params, static, x)
+        z = np.asarray(apply_with_kinks(lambda p, x_: combine(p, static)(x_), params, x)[1][0])
+        on_surface = np.abs(z) < 1e-9 * np.sqrt(np.mean(z**2))
+        assert on_surface.sum() == small_run.diagnostics["sliding_pairs"][-1] >= 1
+        k = sum(a.size for a in jax.tree_util.tree_leaves(params))
+        sliding = Sliding(sites, 1e-10, sliding_capacity(sites.pairs, k))
+        slide = initial_slide(sites, jnp.float64, k, sliding.max_pairs)
+        slide = slide._replace(active=(jnp.asarray(on_surface, jnp.float64),), tau=jnp.asarray(jnp.inf))
+        slots = jnp.nonzero(jnp.asarray(on_surface).ravel(), size=sliding.max_pairs, fill_value=-1)[0]
+        normals = sliding.normal_rows(params, static, x, slide, slots, slots >= 0, slide.normals)
+        gram = normals @ normals.T + jnp.diag(jnp.where(slots >= 0, 0.0, 1.0))
+        slide = slide._replace(slots=slots.astype(jnp.float64), normals=normals, chol=jnp.linalg.cholesky(gram))
+        pt, lam, _, c = sliding.project(params, static, x, y, loss, slide, lambda p: 1.0)
+        v = jax.flatten_util.ravel_pytree(pt.grad_alpha)[0]
+
+        def grad_alpha(sigma):
+            w = jnp.zeros(z.shape).at[np.nonzero(on_surface)].set(sigma)
+
+            def alpha(p):
+                out, _ = apply_with_kinks(lambda p_, x_: combine(p_, static)(x_), p, x, active=[jnp.asarray(on_surface)],
+                                          weights=[w])
+                return loss.alpha(out, y)
+
+            return jax.flatten_util.ravel_pytree(jax.grad(alpha)(params))[0]
+
+        objective = jax.jit(jax.value_and_grad(lambda s: jnp.sum(grad_alpha(s) ** 2)))
+        m = int(on_surface.sum())
+        best = minimize(lambda s: tuple(np.asarray(a, np.float64) for a in objective(jnp.asarray(s))), np.full(m, 0.5),
+                        jac=True, bounds=[(0.0, 1.0)] * m, method="L-BFGS-B", options={"ftol": 1e-30, "gtol": 1e-14})
+        brute = np.asarray(grad_alpha(jnp.asarray(best.x)))
+    np.testing.assert_allclose(np.linalg.norm(v), np.linalg.norm(brute), rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(v), brute, atol=1e-7 * np.linalg.norm(brute))
+    sigma = (np.asarray(lam[0]) / np.asarray(c[0]))[on_surface]
+    np.testing.assert_allclose(sigma, best.x, atol=1e-6)
+    assert np.all((sigma > 0) & (sigma < 1))
+
+
+def test_representations_slide_alike(small, small_run):
+    """The same net as an Equinox MLP (one example in, vmapped) and a Flax NNX module: the jaxprs
+    differ (the pre-activations are (units, n) in the first), the sliding flows agree."""
+    nnx = pytest.importorskip("flax.nnx")
+    model, data = small
+    a, v = (np.asarray(w) for w in (model.layers[0], model.layers[1]))
+    mlp = eqx.nn.MLP(3, "scalar", 2, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.PRNGKey(0))
+    mlp = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[1].weight), mlp, (jnp.asarray(a), jnp.asarray(v)))
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.hidden = nnx.Linear(3, 2, use_bias=False, rngs=nnx.Rngs(0))
+            self.out = nnx.Linear(2, 1, use_bias=False, rngs=nnx.Rngs(0))
+            self.hidden.kernel.value = jnp.asarray(a.T)
+            self.out.kernel.value = jnp.asarray(v.T)
+
+        def __call__(self, x):
+            return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
+
+    final = [np.asarray(w) for w in small_run.model.layers]
+    for user, layers in ((gf.as_model(mlp, degree=2), lambda m: [m.layers[0].weight, m.layers[1].weight]),
+                         (gf.as_model(Net(), degree=2), lambda m: [m.hidden.kernel.value.T, m.out.kernel.value.T])):
+        r = gf.simulate_flow(user, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, sharpness=False)
+        assert r.status == "completed" and r.config["sliding"], r.reason
+        assert r.stats["sliding_entries"] == small_run.stats["sliding_entries"]
+        assert r.stats["sliding_exits"] == small_run.stats["sliding_exits"]
+        np.testing.assert_allclose(r.accuracy, small_run.accuracy, rtol=1e-9)
+        for got, want in zip(layers(r.model), final, strict=True):
+            np.testing.assert_allclose(np.asarray(got), want, atol=1e-8)
+
+
+def test_fixed_pattern_is_bit_for_bit_the_flow_without_sliding():
+    """A ReLU net whose pre-activations stay positive (positive weights and inputs): no pair ever
+    reaches its surface, and the flow with sliding (the default) is exactly the one without."""
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.normal(size=(10, 3))) + 0.2
+    x /= np.linalg.norm(x, axis=1).max()
+    y = np.where(np.arange(10) % 2 == 0, 1.0, -1.0)
+    model = gf.ReLUMLP([3, 4, 1], key=jax.random.PRNGKey(0))
+    model = jax.tree_util.tree_map(lambda w: jnp.abs(w) if eqx.is_inexact_array(w) else w, model)
+    model = eqx.tree_at(lambda m: m.layers[1], model, model.layers[1] * jnp.array([[1.0, -1.0, 1.0, -1.0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        on = gf.simulate_flow(model, (x, y), 1.0, rtol=1e-8, sharpness=False)
+        off = gf.simulate_flow(model, (x, y), 1.0, rtol=1e-8, sharpness=False, sliding=False)
+    assert on.config["sliding"] and not off.config["sliding"]
+    assert on.status == off.status == "completed"
+    assert np.all(on.diagnostics["activation_flips"] == 0)
+    assert on.stats["steps"] == off.stats["steps"]
+    for key, val in off.diagnostics.items():
+        np.testing.assert_array_equal(on.diagnostics[key], val, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def wine_one_vs_rest():
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relu_net_from_random_starts_reaches_late_training(wine_one_vs_rest, seed):
+    """The issue's case: 8 bias-free ReLU units on wine (class 2 against the rest), exponential loss,
+    default solver. Without sliding, 10 random starts of 10 stopped at max_steps = 20,000."""
+    model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=1.0)
+    r = gf.simulate_flow(model, wine_one_vs_rest, 100.0, max_steps=20_000, sharpness=False)
+    assert r.status == "completed", r.reason
+    assert r.diagnostics["train_error"][-1] == 0 and r.accuracy[-1] > 9.0
+    assert r.diagnostics["sliding_pairs"][-1] >= 1
+    assert np.max(r.diagnostics["sliding_drift"]) <= DRIFT * r.config["rtol"]
+    assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-6
+    assert r.stats["gradient_evaluations"] > 3 * r.stats["steps"]
