@@ -326,9 +326,9 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
     return res
 
 
-def _as_count(value):
-    """A gradient-evaluation total as an int when it is whole (JVP_COST may make it fractional)."""
-    return int(value) if float(value).is_integer() else float(value)
+def _as_count(value) -> int:
+    """A gradient-evaluation total, rounded to an int (JVPs at JVP_COST may make it fractional)."""
+    return int(round(float(value)))
 
 
 def _sliding_stats(final_state) -> dict:

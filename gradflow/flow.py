@@ -218,9 +218,10 @@ def simulate_flow(
         that when the dominant eigenvalue is negative); the total is ``stats["sharpness_hvps"]``.
         None (default; :func:`gradflow.sharpness.resolve_sharpness`): for models with at most
         ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000 parameters, the same converged values (λ_max to
-        ~1e-6 relative) at as many save points as 5 % of the solve's gradient evaluations buy,
-        spread evenly and always including the last one reached; NaN at the others
-        (:func:`gradflow.sharpness.budget_points`). Off above 20,000 parameters. False: off.
+        tol = 1e-3 relative at worst) at up to 10 save points (every ⌈num_save/10⌉-th, counted back
+        from the last), as many of them as 2.5 % of the solve's gradient evaluations buy and the
+        last one reached always; NaN at the others (:func:`gradflow.sharpness.budget_subset`,
+        :func:`gradflow.sharpness.budget_points`). Off above 20,000 parameters. False: off.
       min_eigenvalue: also record λ_min(∇²L) as ``diagnostics["min_eigenvalue"]`` (off by
         default: it converges more slowly, ≤ ``sharpness_max_iters`` more HVPs per save point).
       sharpness_tol, sharpness_max_iters: the power iteration stops when ‖Hv − ρv‖ ≤ tol·|ρ| (ρ then

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from . import activations
 from .fields import FieldArgs, accuracy_field, clock_scale, field_from_point, make_save_fn, time_field
 from .params import combine
-from .sharpness import budget_points
+from .sharpness import budget_points, budget_subset
 from .sharpness import sharpness as _sharpness
 from .sliding import SlidingSolver
 from .solvers import (
@@ -47,6 +47,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
     save_fn = make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
+    sharp_idx = None if sharpness_opts is None or sharpness_opts.budget is None else budget_subset(ts.shape[0])
     # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
     # them after the loop (still inside this compiled function). Under vmap the save branch of
     # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
@@ -57,7 +58,9 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
             # sharpness: the bare W at the save points, for the warm-started scan after the loop
-            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
+            # (a budgeted run keeps W only at a static subset of them: gradflow.sharpness.budget_subset)
+            *([diffrax.SubSaveAt(ts=ts if sharp_idx is None else ts[sharp_idx], fn=lambda s, state, args: state[0])]
+              if sharpness_opts is not None else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -159,7 +162,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     if sharpness_opts is not None:
         saved, final_diag, initial_diag, eigvec = _sharpness_along(
             sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts,
-            _gradient_evaluations(sol, solver, extra_work))
+            _gradient_evaluations(sol, solver, extra_work), sharp_idx)
     stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1])
     return (saved, final_diag, final_state, sol.result, stats, sol.ts[1], sol.solver_state, controller_state_out,
             initial_diag, pattern_carry, eigvec)
@@ -190,13 +193,14 @@ def _gradient_evaluations(sol, solver, extra_work):
 
 
 def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, plan,
-                     gradient_evaluations):
+                     gradient_evaluations, subset=None):
     """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
     iteration from the previous point's eigenvector), at the segment's start (reported when no save
     point was reached) and at its final state, in that (chronological) order; the save points the
     solve did not reach (diffrax fills them with inf) are skipped and get NaN. With a budget
     (:class:`gradflow.sharpness.SharpnessPlan`) only the save points :func:`gradflow.sharpness.budget_points`
-    selects are evaluated, and neither the start nor the final state. Returns the diagnostics
+    selects are evaluated, and neither the start nor the final state; ``saved_params`` then holds
+    W only at the save points ``subset`` (static indices), the others get NaN. Returns the diagnostics
     with the sharpness keys added and the eigenvector(s) for the next segment."""
     tol, max_iters, negative, budget = plan
 
@@ -231,6 +235,10 @@ def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, 
     vecs, first = step(eigvec, (initial_params, finite(initial_params) & ends))
     vecs, rows = jax.lax.scan(step, vecs, (saved_params, take))
     vecs, last = step(vecs, (final_params, finite(final_params) & ends))
+    if subset is not None:  # back onto all save points: NaN (0 HVPs) where W was not kept
+        num = saved["log_loss"].shape[0]
+        rows = {k: jnp.full((num,), 0 if k == "sharpness_hvps" else jnp.nan, v.dtype).at[subset].set(v)
+                for k, v in rows.items()}
     saved = {**saved, **rows}
     final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
     initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}

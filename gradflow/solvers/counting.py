@@ -3,12 +3,11 @@ Newton–GMRES stage solves, inside the compiled solve.
 
 diffrax (0.7.2) reports steps, not root-finder iterations: the stage solves' Newton and GMRES
 counts stay inside ``optimistix.root_find`` and ``lineax.linear_solve``, whose statistics diffrax
-drops. JAX has no side channel out of a compiled loop that is cheap enough: a host callback cost
-~150 µs per call here (``jax.experimental.io_callback`` in a ``fori_loop`` on this 2-core machine),
-more than a gradient of the width-1,000 squared-ReLU net (~110 µs); mutable ``jax.Ref`` counters
-do not pass equinox's ``filter_jit`` boundaries (diffrax, optimistix) as arguments or closures. So
-the count travels in the ODE state, the way :class:`gradflow.sliding.SlidingSolver` reports its
-work:
+drops. A host callback (``jax.experimental.io_callback``) per evaluation would leave the compiled
+loop for the host at every Newton and GMRES iteration (tests/test_counting.py uses one as the
+independent check of these counts); mutable ``jax.Ref`` counters do not pass equinox's
+``filter_jit`` boundaries (diffrax, optimistix) as arguments or closures. So the count travels in
+the ODE state, the way :class:`gradflow.sliding.SlidingSolver` reports its work:
 
 * the state of an implicit solve gets a last element :class:`Work` (two numbers), whose
   derivative is zero in the vector field and which the error norm and the Newton tests ignore;
@@ -25,6 +24,12 @@ work:
   Work, and clears the Work slot of the error estimate, of the dense output and of the FSAL stage;
 * :class:`gradflow.solvers.step_guard.StepGuard` adds y1_candidate's Work over every attempted
   step, rejected ones included (diffrax keeps a solver's own state only on accepted steps).
+
+With sliding (:mod:`gradflow.sliding`) the state is (W, aux, slide, Work): CountingSolver wraps
+the SlidingSolver (which passes the inner ESDIRK's ``dense_info`` and the Work slot through) and
+StepGuard adds both works. On an ESDIRK's first step its explicit first stage is a root find too
+(diagonal 0), so it is counted here and not as a start evaluation
+(:func:`gradflow.solvers.evaluations_at_start`).
 
 Units: ``stats["gradient_evaluations"]`` counts a field evaluation (one gradient ∇α) as 1 and a
 JVP of the field (a Hessian-vector product) as ``JVP_COST`` gradient evaluations, the cost measured
@@ -50,9 +55,10 @@ from lineax._solver.misc import preconditioner_and_y0
 __all__ = ["Work", "CountingGMRES", "CountingNewton", "CountingSolver", "JVP_COST", "add_work", "strip_work",
            "countable"]
 
-# One operator application of the Newton–GMRES solves (a JVP of the linearised field) in gradient
-# evaluations, measured by benchmarks/hvp_cost.py (benchmarks/results/hvp_cost.json).
-JVP_COST = 1.0
+# One operator application of the Newton–GMRES solves (a JVP of the linearised field: a
+# Hessian-vector product) in gradient evaluations: 1.16 measured by benchmarks/hvp_cost.py on the
+# squared-ReLU net of benchmarks/defaults.py (CPU, float64; benchmarks/results/hvp_cost.json).
+JVP_COST = 1.2
 
 
 class Work(eqx.Module):
