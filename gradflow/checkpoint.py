@@ -64,6 +64,10 @@ class CheckpointStore:
             "wall": sum(seg["wall"] for seg in segments),
             "num_save": sum(seg["num_save"] for seg in segments),
             "evals_per_step": [seg["evals_per_step"] for seg in segments],
+            # explicit stage evaluations of all segments (their evals_per_step differ: Bosh3, then Kvaerno5)
+            "stage_evaluations": None if any(seg["evals_per_step"] is None for seg in segments) else sum(
+                seg["stats"]["num_steps"] * seg["evals_per_step"] for seg in segments),
+            "implicit_segments": sum(seg.get("implicit_segments", 0) for seg in segments),
             "start_evals": sum(seg["start_evals"] for seg in segments),
             "result_name": segments[-1]["result_name"],
             "reason": segments[-1]["reason"],
@@ -129,16 +133,25 @@ class CheckpointStore:
             state = state._replace(slide=jax.tree_util.tree_unflatten(
                 slide_def, [jnp.asarray(files[f"state/slide/{i}"], dtype) for i in range(len(slide_leaves))]))
         evals = meta["evals_per_step"]
+        stats = dict(meta["stats"])
+        if None in evals:
+            per_step = None
+        elif meta.get("stage_evaluations") is not None:  # the stage evaluations as counted work
+            per_step = 0
+            stats["extra_evaluations"] = stats.get("extra_evaluations", 0) + meta["stage_evaluations"]
+        else:  # written before the stage count was kept
+            per_step = max(evals)
         segment = {
             "saved": {k[5:]: v for k, v in files.items() if k.startswith("diag/")},
             "final_diag": {k[6:]: v for k, v in files.items() if k.startswith("final/")},
             "final_state": (params, state.aux) if state.slide is None else (params, state.aux, state.slide),
             "result_name": meta["result_name"],
             "reason": meta["reason"],
-            "stats": meta["stats"],
+            "stats": stats,
             "wall": meta["wall"],
             "num_save": meta["num_save"],
-            "evals_per_step": None if None in evals else max(evals),
+            "evals_per_step": per_step,
+            "implicit_segments": meta.get("implicit_segments", int(None in evals)),
             "start_evals": meta.get("start_evals", 0),
             "solver_name": meta["solver_name"],
             "resumed": True,

@@ -82,7 +82,7 @@ from .params import combine, global_norm
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
-from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
+from .sharpness import initial_vector, resolve_sharpness
 from .sharpness import loss_hvp as _loss_hvp
 from .sharpness import sharpness as _sharpness
 
@@ -486,11 +486,12 @@ def simulate_descent(
         target = math.log(n) - until_accuracy if until_accuracy is not None else -math.inf
         f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
         k_params = int(ravel_pytree(prob.params0)[0].size)
-        with_sharpness = (k_params <= SHARPNESS_DEFAULT_MAX_PARAMS) if diag.sharpness is None else diag.sharpness
+        plan = resolve_sharpness(diag.sharpness, k_params, tol=diag.sharpness_tol, max_iters=diag.sharpness_max_iters,
+                                 min_eigenvalue=diag.min_eigenvalue, entry="descent")
+        with_sharpness = plan is not None
         sharpness_opts = eigvec0 = None
         if with_sharpness:
-            sharpness_opts = (float(diag.sharpness_tol), int(diag.sharpness_max_iters), bool(diag.min_eigenvalue),
-                              batch_size is None)
+            sharpness_opts = (plan.tol, plan.max_iters, plan.negative, batch_size is None)
             v0 = initial_vector(k_params, fdtype)
             eigvec0 = (v0, v0[::-1] if diag.min_eigenvalue else None)
         start = time.perf_counter()

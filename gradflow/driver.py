@@ -21,7 +21,7 @@ from .interop import final_model_and_params
 from .params import params_to_dict
 from .result import FlowResult
 from .solve import solve, top_eigenvalue
-from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
+from .solvers import JVP_COST, evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 from .solvers.step_guard import STALL_ULPS, fresh_controller_state
 
 
@@ -64,6 +64,8 @@ def fingerprint(x, y, params0, config, save_points) -> dict:
         # (absent: resumable as before)
         **({"activation_patterns": True} if config.get("activation_patterns") else {}),
         **({"sliding": True} if config.get("sliding") else {}),
+        # the default sharpness budget evaluates fewer save points than sharpness=True
+        **({"sharpness_budget": config["sharpness_budget"]} if config.get("sharpness_budget") else {}),
     }
 
 
@@ -218,7 +220,9 @@ class Driver:
             saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=final_state,
             result_name=result_name(result), reason=diffrax.RESULTS[result], stats=stats, wall=wall,
             s_final=s_final, solver_name=type(state.solver).__name__, num_save=len(points),
-            evals_per_step=evaluations_per_step(state.solver), controller_state=controller_state,
+            evals_per_step=evaluations_per_step(state.solver),
+            implicit_segments=int(is_implicit(state.solver)),
+            controller_state=controller_state,
             start_evals=self._start_evaluations(state), eigvec=eigvec,
             # next step size for a following segment: the segment's mean accepted step
             dt_next=(s_final - state.s) / accepted if s_final > state.s else state.dt_next,
@@ -283,21 +287,29 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
         status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
     evals = [seg["evals_per_step"] for seg in segments]
+    jvps = sum(seg["stats"].get("extra_jvps", 0) for seg in segments)
+
+    def counted(seg, e):
+        # explicit RK: stages per attempted step; implicit: the Newton–GMRES work the solve counted
+        # (gradflow.solvers.counting), JVPs at JVP_COST gradient evaluations each; + the segment's start
+        return (seg["stats"]["num_steps"] * e + seg["start_evals"] + seg["stats"].get("extra_evaluations", 0)
+                + JVP_COST * seg["stats"].get("extra_jvps", 0))
+
     stats_out = {
         "steps": sum(seg["stats"]["num_steps"] for seg in segments),
         "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
         "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
-        # explicit RK: stages per attempted step + the segment's start; implicit: unknown here
-        "gradient_evaluations": None if None in evals else sum(
-            seg["stats"]["num_steps"] * e + seg["start_evals"] + seg["stats"].get("extra_evaluations", 0)
-            for seg, e in zip(segments, evals, strict=True)),
-        "implicit_segments": sum(e is None for e in evals),
-        # why gradient_evaluations can be None: diffrax reports steps, not Newton–GMRES iterations
+        "gradient_evaluations": None if None in evals else _as_count(
+            sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True))),
+        "jacobian_vector_products": jvps,
+        "implicit_segments": sum(seg.get("implicit_segments", int(e is None)) for seg, e in zip(segments, evals, strict=True)),
         "gradient_evaluations_note": (
-            "not counted: implicit segments' Newton and GMRES iterations (each a Jacobian-vector product) are "
-            "not reported by diffrax; explicit segments alone used "
-            f"{sum(seg['stats']['num_steps'] * e + seg['start_evals'] for seg, e in zip(segments, evals, strict=True) if e is not None)}"
-        ) if None in evals else "",
+            "not counted: implicit segments with a root finder other than gradflow's (whose Newton and GMRES "
+            "iterations diffrax does not report); the other segments used "
+            f"{_as_count(sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True) if e is not None))}"
+        ) if None in evals else (
+            f"includes {jvps} Jacobian-vector products of the field (Newton–GMRES) at {JVP_COST:g} gradient "
+            "evaluation(s) each" if jvps else ""),
         "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
         **_sliding_stats(last["final_state"]),
         **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
@@ -312,6 +324,11 @@ def assemble(segments, static, degree, *, config, throw, event_kind):
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_flow failed: {reason}", res)
     return res
+
+
+def _as_count(value) -> int:
+    """A gradient-evaluation total, rounded to an int (JVPs at JVP_COST may make it fractional)."""
+    return int(round(float(value)))
 
 
 def _sliding_stats(final_state) -> dict:

@@ -8,8 +8,8 @@ With sliding (:mod:`gradflow.sliding`) ∇α is the sliding gradient v, the mini
 the Clarke subdifferential of α on the kink surfaces the flow slides along, and the same formulas
 hold with v in place of ∇α (the chain rule dα/dt = ⟨v, dW/dt⟩ of the paper's Lemma B.9).
 
-State: ``(W, aux)`` with aux = [ζ, u] (u unused in the time clock), plus ``slide`` with sliding;
-``args`` is a :class:`FieldArgs`.
+State: ``(W, aux)`` with aux = [ζ, u] (u unused in the time clock), plus ``slide`` with sliding
+or the :class:`gradflow.solvers.counting.Work` slot of an implicit solve; ``args`` is a :class:`FieldArgs`.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ def field_point(state, args: FieldArgs, clock: str = "time") -> Point:
 
 
 def _out(state, dparams, daux):
-    if len(state) == 2:
-        return dparams, daux
-    return dparams, daux, jax.tree_util.tree_map(jnp.zeros_like, state[2])
+    """(dW, daux) and a zero derivative for the rest of the state (the sliding state, the Work
+    slot of an implicit solve: both held fixed by the field and set between steps)."""
+    return (dparams, daux, *(jax.tree_util.tree_map(jnp.zeros_like, rest) for rest in state[2:]))
 
 
 def _time_from_point(pt: Point, state):

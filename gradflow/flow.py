@@ -67,7 +67,7 @@ from .params import combine
 from .precision import x64
 from .problem import Problem, prepare_problem
 from .result import FlowResult
-from .sharpness import SHARPNESS_DEFAULT_MAX_PARAMS, initial_vector
+from .sharpness import SharpnessPlan, initial_vector, resolve_sharpness
 from .sliding import Sliding, initial_slide, sliding_capacity
 from .solvers import get_solver, is_implicit
 from .solvers.kinks import KINK_ACCEPT, FieldKinks, field_kinks
@@ -323,17 +323,19 @@ class _Recorded(NamedTuple):
     """Which optional diagnostics the solve computes."""
 
     patterns: bool  # activation patterns (gradflow.activations)
-    sharpness: bool  # the sharpness, and λ_min if asked (gradflow.sharpness)
+    sharpness: SharpnessPlan | None  # the sharpness, and λ_min if asked (gradflow.sharpness); None: off
 
 
 def _recorded(prob: Problem, diag: Diagnostics) -> _Recorded:
     """The diagnostics' defaults resolved for this model: patterns where it has them (its own
-    ``activation_pattern`` or elementwise max sites), the sharpness (sharpness=None) when it has at
-    most SHARPNESS_DEFAULT_MAX_PARAMS parameters."""
+    ``activation_pattern`` or elementwise max sites), the sharpness by
+    :func:`gradflow.sharpness.resolve_sharpness` (sharpness=None: on a budget for models with at
+    most SHARPNESS_DEFAULT_MAX_PARAMS parameters)."""
     patterns = (diag.activation_patterns is not False
                 and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
-    small = _state_size(prob) - 2 <= SHARPNESS_DEFAULT_MAX_PARAMS
-    return _Recorded(patterns, small if diag.sharpness is None else diag.sharpness)
+    plan = resolve_sharpness(diag.sharpness, _state_size(prob) - 2, tol=diag.sharpness_tol,
+                             max_iters=diag.sharpness_max_iters, min_eigenvalue=diag.min_eigenvalue, entry="flow")
+    return _Recorded(patterns, plan)
 
 
 def _config(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorded) -> dict:
@@ -348,7 +350,8 @@ def _config(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Record
         versions=_versions(), kink_sites=_site_summary(plan.field.sites), sliding=plan.sliding,
         activation_patterns=recorded.patterns,
         **(activations.pattern_sizes(combine(prob.params0, prob.static), prob.x) if recorded.patterns else {}),
-        sharpness=bool(recorded.sharpness),
+        sharpness=recorded.sharpness is not None,
+        **({"sharpness_budget": recorded.sharpness.budget} if recorded.sharpness and recorded.sharpness.budget else {}),
     )
 
 
@@ -366,8 +369,7 @@ def _drive(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorde
         log_t_max=f(solve.log_t_max), rtol=f(solve.rtol), atol=f(solve.atol), loss=prob.loss, degree=prob.degree,
         clock=solve.clock, event_kind=solve.event_kind, controller_opts=tuple(sorted(plan.controller.items())),
         save_params=options.save_params, patterns=recorded.patterns,
-        sharpness_opts=(float(diag.sharpness_tol), int(diag.sharpness_max_iters), bool(diag.min_eigenvalue))
-        if recorded.sharpness else None,
+        sharpness_opts=recorded.sharpness,
     )
     slide0 = None
     if plan.sliding:

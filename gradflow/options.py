@@ -297,10 +297,14 @@ class Diagnostics(eqx.Module):
         the previous save point's eigenvector. Cost per save point: ``sharpness_hvps`` HVPs (≈ 2–3
         gradient evaluations each), 1–3 once warm, at most ``sharpness_max_iters`` (twice that when
         the dominant eigenvalue is negative); memory T·k per segment for the states at the save
-        points. None (default): on when the model has at most
-        ``gradflow.sharpness.SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000 parameters, off above (and
-        off in :func:`gradflow.simulate_ensemble`, which does not compute it). True: on (an error
-        in simulate_ensemble). False: off.
+        points. True: at every save point (an error in simulate_ensemble). None (default;
+        :func:`gradflow.sharpness.resolve_sharpness`): in simulate_flow, for models with at most
+        ``SHARPNESS_DEFAULT_MAX_PARAMS`` = 20,000 parameters, the same converged values (λ_max to
+        tol = 1e-3 relative at worst) at up to 10 save points (every ⌈num_save/10⌉-th, counted back
+        from the last), as many of them as 2.5 % of the solve's gradient evaluations buy and the
+        last one reached always; NaN at the others (:func:`gradflow.sharpness.budget_subset`,
+        :func:`gradflow.sharpness.budget_points`); in simulate_descent at every save iteration;
+        off above 20,000 parameters and in :func:`gradflow.simulate_ensemble`. False: off.
       min_eigenvalue: also record λ_min(∇²L) as ``diagnostics["min_eigenvalue"]`` (converges more
         slowly: ≤ ``sharpness_max_iters`` more HVPs per save point).
       sharpness_tol: the power iteration stops when ‖Hv − ρv‖ ≤ tol·|ρ| (ρ then within

@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
@@ -55,11 +56,35 @@ from jaxtyping import Array, PyTree
 from .losses import Loss
 from .params import combine
 
-__all__ = ["Eigenpair", "Sharpness", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness", "initial_vector",
-           "SHARPNESS_DEFAULT_MAX_PARAMS"]
+__all__ = ["Eigenpair", "Sharpness", "SharpnessPlan", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness",
+           "initial_vector", "resolve_sharpness", "budget_points", "SHARPNESS_DEFAULT_MAX_PARAMS", "SHARPNESS_BUDGET",
+           "HVP_COST", "POINT_COST", "BUDGET_POINTS", "budget_subset"]
 
-# Diagnostics(sharpness=None), the default, records the sharpness for models with at most this many parameters.
+# Diagnostics(sharpness=None), the default, records the sharpness only for models with at most this
+# many parameters (the states at the save points are kept for it: memory T·k per segment).
 SHARPNESS_DEFAULT_MAX_PARAMS = 20_000
+
+# sharpness=None in simulate_flow: W is kept at most at this many save points (budget_subset).
+# Keeping W at every save point is not free: on benchmarks/defaults.py's flow save_params=True
+# took 0.605 s of CPU against 0.590 s without (benchmarks/results/defaults.json).
+BUDGET_POINTS = 10
+
+# sharpness=None in simulate_flow: the sharpness may cost at most this share of the solve's
+# gradient evaluations (see :func:`budget_points`).
+SHARPNESS_BUDGET = 0.025
+
+# One HVP (``jax.jvp`` of ``jax.grad``) in gradient evaluations: 1.07 measured by
+# benchmarks/hvp_cost.py on the squared-ReLU net of benchmarks/defaults.py (CPU, float64;
+# benchmarks/results/hvp_cost.json), rounded up.
+HVP_COST = 1.1
+
+# The time of the sharpness at one evaluated save point, in gradient evaluations, that the budget
+# plans with. Above HVP_COST × the HVPs: the power iteration's loop and the forward pass for ln L
+# add to them. Measured apart from the solve by benchmarks/defaults.py (``sharpness_cost_per_point``
+# in benchmarks/results/defaults.json, CPU time): 3.8 per point at every save point (2.4 HVPs
+# each), 7.0 at every 11th (3.9 HVPs each: the eigenvector moves farther between points); 4.6–5.8
+# in earlier runs of the same benchmark on this shared machine.
+POINT_COST = 6.0
 
 _PROBE_WEIGHT = 1e-2
 
@@ -72,6 +97,77 @@ class Eigenpair(NamedTuple):
     vector: Array
     residual: Array
     hvps: Array
+
+
+class SharpnessPlan(NamedTuple):
+    """How a run records the sharpness (hashable: part of the compiled solve's static options).
+
+    tol, max_iters, negative: the power iteration's residual tolerance, its HVP cap and whether
+    λ_min is computed too. budget: None, at every save point (``sharpness=True``); or a share f
+    of the solve's gradient evaluations the HVPs may cost (``sharpness=None`` in simulate_flow),
+    which selects the save points evaluated (:func:`budget_points`); the others get NaN."""
+
+    tol: float
+    max_iters: int
+    negative: bool
+    budget: float | None = None
+
+
+def resolve_sharpness(sharpness, k_params: int, *, tol, max_iters, min_eigenvalue, entry: str) -> SharpnessPlan | None:
+    r"""The one rule for whether and how a run records λ_max(∇²L), for simulate_flow
+    (``entry='flow'``) and simulate_descent (``entry='descent'``).
+
+    * ``sharpness=False``: None (off). ``sharpness=True``: converged at every save point.
+    * ``sharpness=None`` (default), models with more than ``SHARPNESS_DEFAULT_MAX_PARAMS``
+      parameters: off (the scan keeps W at every save point: memory T·k).
+    * ``sharpness=None``, smaller models, flow: W kept at ``BUDGET_POINTS`` = 10 save points
+      (:func:`budget_subset`) and the sharpness evaluated at as many of them as a budget of
+      ``SHARPNESS_BUDGET`` = 2.5 % of the solve's gradient evaluations buys (:func:`budget_points`),
+      the last one always. Why: on the squared-ReLU flow of benchmarks/defaults.py (width 1,000,
+      t ≤ 1e4, rtol 1e-6, 2,451 gradient evaluations) ``sharpness=True`` (236 HVPs at 100 points)
+      took 0.414 s against 0.352 s with ``sharpness=False``; the default (37 HVPs at 10 points)
+      0.370 s (benchmarks/results/defaults.json). Accuracy: where the default reports a value it
+      is the same converged power iteration as ``sharpness=True`` (residual ≤ tol·|ρ|: λ_max
+      within tol = 1e-3 relative, and within ~tol²·λ/gap once the gap to the next eigenvalue
+      exceeds the residual); the other save points are NaN.
+    * ``sharpness=None``, smaller models, descent: at every save iteration, with the per-iteration
+      edge-of-stability check (the purpose of the sharpness there).
+    """
+    if sharpness is False:
+        return None
+    if sharpness is None and k_params > SHARPNESS_DEFAULT_MAX_PARAMS:
+        return None
+    budget = SHARPNESS_BUDGET if (sharpness is None and entry == "flow") else None
+    return SharpnessPlan(float(tol), int(max_iters), bool(min_eigenvalue), budget)
+
+
+def budget_subset(num_save: int) -> np.ndarray:
+    """The save points (indices, static) whose W a budgeted run keeps for the sharpness: every
+    s-th one counted back from the last, s = ⌈num_save / BUDGET_POINTS⌉, so at most
+    ``BUDGET_POINTS`` (all of them when num_save ≤ BUDGET_POINTS). Why a static subset: keeping W
+    at all 100 save points costs ~10 % of the solve on benchmarks/defaults.py's flow, more than
+    the power iterations the budget buys (see ``BUDGET_POINTS``)."""
+    stride = -(-num_save // BUDGET_POINTS)
+    return np.arange(num_save - 1, -1, -stride)[::-1].copy()
+
+
+def budget_points(reached: Array, gradient_evaluations: Array, budget: float) -> Array:
+    r"""The save points a sharpness budget evaluates: a boolean mask over the save points.
+
+    With G the solve's gradient evaluations, the sharpness may cost f·G gradient evaluations
+    (f = ``budget``), which buys P = ⌊f·G/c⌋ evaluated save points at c = ``POINT_COST`` gradient
+    evaluations each (measured in wall time). Of the R save points reached, the P chosen are
+    spread evenly by index, point i taken when ⌊(i+1)P/R⌋ > ⌊iP/R⌋, with P at least 1 (a short
+    run still reports its last point) and at most R: the last point reached is always among them,
+    P = R takes every point. A slow first power
+    iteration from the fixed start vector can exceed the budget (``stats['sharpness_hvps']`` is
+    the HVP count)."""
+    count = jnp.sum(reached.astype(jnp.int32))
+    points = jnp.floor(gradient_evaluations * (budget / POINT_COST)).astype(jnp.int32)
+    points = jnp.clip(points, 1, jnp.maximum(count, 1))  # at least the last point reached
+    i = jnp.arange(reached.shape[0], dtype=jnp.int32)
+    safe = jnp.maximum(count, 1)
+    return reached & ((i + 1) * points // safe > i * points // safe)
 
 
 class Sharpness(NamedTuple):

@@ -420,11 +420,12 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
         last stage and whether it changed. Work: one projection (or a forward pass while no pair
         slides), one JVP when a pair crossed or approaches its surface, and :meth:`_change`."""
         sliding: Sliding = args.sliding
-        params, aux, slide = y1
+        (params, aux, slide), rest = y1[:3], y1[3:]  # rest: the Work slot of an implicit solve (gradflow.solvers.counting)
         static, x = args.static, args.x
         masks = tuple(a > 0.5 for a in slide.active)
         dtype = _dtype(params)
         had_fixed = any_fixed(slide)
+        rest_zero = _tmap(jnp.zeros_like, f1[3:])
 
         def projected():
             return self._field(params, aux, slide, args)[1:]
@@ -470,10 +471,10 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
         new_slide, params, refresh = lax.cond(_any(crossed) | _any(approach) | must, update,
                                               lambda: (slide._replace(work=jnp.ones((), dtype)), params, wrong_side))
         # one evaluation of the field where the state changed (the new last stage, z there)
-        f1, z1 = lax.cond(refresh, lambda: (lambda r: (r[0], r[2]))(self._field(params, aux, new_slide, args)),
+        f1, z1 = lax.cond(refresh, lambda: (lambda r: ((*r[0], *rest_zero), r[2]))(self._field(params, aux, new_slide, args)),
                           lambda: (f1, z1))
         new_slide = new_slide._replace(work=new_slide.work + refresh.astype(dtype))
-        return (params, aux, new_slide), z1, f1, refresh
+        return (params, aux, new_slide, *rest), z1, f1, refresh
 
     def _change(self, t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries, approach, rebuild, had_fixed, h,
                 args):

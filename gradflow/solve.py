@@ -15,9 +15,19 @@ import jax.numpy as jnp
 from . import activations
 from .fields import FieldArgs, accuracy_field, clock_scale, field_from_point, make_save_fn, time_field
 from .params import combine
+from .sharpness import budget_points, budget_subset
 from .sharpness import sharpness as _sharpness
 from .sliding import SlidingSolver
-from .solvers import IMPLICIT_CONTROLLER, finite_rms_norm, initial_step, is_implicit, step_controller
+from .solvers import (
+    IMPLICIT_CONTROLLER,
+    JVP_COST,
+    evaluations_per_step,
+    finite_rms_norm,
+    initial_step,
+    is_implicit,
+    step_controller,
+)
+from .solvers.counting import CountingSolver, add_work, countable, strip_work
 from .solvers.step_guard import StepGuard
 
 __all__ = ["solve", "top_eigenvalue"]
@@ -37,6 +47,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         s1 = loss.alpha_from_log_loss(jnp.log(n) - t_end)
         ts = jnp.clip(loss.alpha_from_log_loss(jnp.log(n) - save_points), s0, s1)
     save_fn = make_save_fn(clock, degree, save_params or patterns)  # patterns: W at the save points
+    sharp_idx = None if sharpness_opts is None or sharpness_opts.budget is None else budget_subset(ts.shape[0])
     # defer_diagnostics: save the bare states at the save points and evaluate the diagnostics on
     # them after the loop (still inside this compiled function). Under vmap the save branch of
     # diffrax's loop runs for every member at every step, so deferring is much cheaper there.
@@ -47,7 +58,9 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             diffrax.SubSaveAt(t1=True),
             diffrax.SubSaveAt(t0=True, fn=save_fn),
             # sharpness: the bare W at the save points, for the warm-started scan after the loop
-            *([diffrax.SubSaveAt(ts=ts, fn=lambda s, state, args: state[0])] if sharpness_opts is not None else []),
+            # (a budgeted run keeps W only at a static subset of them: gradflow.sharpness.budget_subset)
+            *([diffrax.SubSaveAt(ts=ts if sharp_idx is None else ts[sharp_idx], fn=lambda s, state, args: state[0])]
+              if sharpness_opts is not None else []),
         ],
         solver_state=True,
         controller_state=True,
@@ -69,11 +82,21 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     opts = dict(controller_opts)
     y0 = (params0, aux0)
     norm = finite_rms_norm
+    work = None
+    # implicit solves count their Newton–GMRES work in a Work slot at the end of the state
+    # (gradflow.solvers.counting); with sliding after the sliding state, and both works add
+    counting = is_implicit(solver) and countable(solver)
     if sliding is not None:
         # the sliding state (A, λ) has zero derivative and is set between steps: it is not part of
         # the error norm, nor of the initial step's scales
         y0 = (params0, aux0, slide0)
         norm = _state_norm
+        work = _slide_work
+    if counting:
+        # the Work slot likewise: zero derivative, set by CountingSolver after each step
+        y0 = add_work(y0, aux0.dtype)
+        norm = _state_norm
+        work = _slide_and_counted_work if sliding is not None else _counted_work
     if opts.get("constant", False):
         controller = diffrax.ConstantStepSize()
     else:
@@ -81,8 +104,8 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
         controller = step_controller(rtol, atol, {"norm": norm, **opts})
         field2, y02 = term.vector_field, y0
-        if sliding is not None:
-            field2 = lambda t, y2, a: term.vector_field(t, (*y2, slide0), a)[:2]  # noqa: E731
+        if len(y0) > 2:  # the sliding state or the Work slot: held fixed
+            field2 = lambda t, y2, a: term.vector_field(t, (*y2, *y0[2:]), a)[:2]  # noqa: E731
             y02 = y0[:2]
         if dt0 is None:
             dt0 = initial_step(field2, s0, y02, args, solver.error_order(term), rtol, atol, s1 - s0)
@@ -92,12 +115,17 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     if budget is not None:
         # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
         # controller state is the inner controller's, without the guard's step count
-        controller = StepGuard(controller, budget, rtol, atol, norm, _slide_work if sliding is not None else None)
+        controller = StepGuard(controller, budget, rtol, atol, norm, work)
         if controller_state is not None:
-            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((), rtol.dtype))
+            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((2,), rtol.dtype))
+    solver_used = solver
+    if sliding is not None:
+        solver_used = SlidingSolver(solver_used, field_from_point(clock), clock_scale(clock), clock)
+    if counting:  # outermost: it reads the ESDIRK's stages from dense_info, which SlidingSolver passes on
+        solver_used = CountingSolver(solver_used)
     sol = diffrax.diffeqsolve(
         term,
-        SlidingSolver(solver, field_from_point(clock), clock_scale(clock), clock) if sliding is not None else solver,
+        solver_used,
         s0,
         s1,
         dt0,
@@ -115,9 +143,10 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
     if defer_diagnostics:
         saved_s, saved_states = saved
         saved = jax.vmap(lambda s_, st: save_fn(s_, st, args))(saved_s, saved_states)
-    final_state = jax.tree_util.tree_map(lambda v: v[0], final_state)
+    final_state = strip_work(jax.tree_util.tree_map(lambda v: v[0], final_state))
     controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
-    extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((), x.dtype)
+    # [gradient evaluations, JVPs] beyond the explicit stages, over every attempted step
+    extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((2,), x.dtype)
     pattern_carry = None
     if patterns:  # gradflow.activations: counted after the loop from W at the save points
         unravel = jax.flatten_util.ravel_pytree(params0)[1]
@@ -132,14 +161,23 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
     if sharpness_opts is not None:
         saved, final_diag, initial_diag, eigvec = _sharpness_along(
-            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts)
-    stats = dict(sol.stats, extra_evaluations=extra_work)
+            sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts,
+            _gradient_evaluations(sol, solver, extra_work), sharp_idx)
+    stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1])
     return (saved, final_diag, final_state, sol.result, stats, sol.ts[1], sol.solver_state, controller_state_out,
             initial_diag, pattern_carry, eigvec)
 
 
 def _slide_work(y) -> jax.Array:
-    return y[2].work
+    return jnp.stack([y[2].work, jnp.zeros_like(y[2].work)])
+
+
+def _counted_work(y) -> jax.Array:
+    return y[-1].counts
+
+
+def _slide_and_counted_work(y) -> jax.Array:
+    return _slide_work(y) + _counted_work(y)
 
 
 def _state_norm(tree) -> jax.Array:
@@ -147,13 +185,24 @@ def _state_norm(tree) -> jax.Array:
     return finite_rms_norm(tree[:2])
 
 
-def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, opts):
+def _gradient_evaluations(sol, solver, extra_work):
+    """The solve's gradient evaluations, traced (as the driver counts them, less the ≤ 3 before
+    the first step): for the sharpness budget."""
+    per_step = evaluations_per_step(solver) or 0
+    return sol.stats["num_steps"] * per_step + extra_work[0] + JVP_COST * extra_work[1]
+
+
+def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, plan,
+                     gradient_evaluations, subset=None):
     """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
     iteration from the previous point's eigenvector), at the segment's start (reported when no save
     point was reached) and at its final state, in that (chronological) order; the save points the
-    solve did not reach (diffrax fills them with inf) are skipped and get NaN. Returns the
-    diagnostics with the sharpness keys added and the eigenvector(s) for the next segment."""
-    tol, max_iters, negative = opts
+    solve did not reach (diffrax fills them with inf) are skipped and get NaN. With a budget
+    (:class:`gradflow.sharpness.SharpnessPlan`) only the save points :func:`gradflow.sharpness.budget_points`
+    selects are evaluated, and neither the start nor the final state; ``saved_params`` then holds
+    W only at the save points ``subset`` (static indices), the others get NaN. Returns the diagnostics
+    with the sharpness keys added and the eigenvector(s) for the next segment."""
+    tol, max_iters, negative, budget = plan
 
     def at(params, vecs):
         v, v_min = vecs
@@ -170,14 +219,26 @@ def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, 
             out["min_eigenvalue"] = nan
         return out, vecs
 
-    def step(vecs, params):
-        ok = jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
-        out, new = jax.lax.cond(ok, lambda: at(params, vecs), lambda: skipped(vecs))
+    def finite(params):
+        return jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
+
+    def step(vecs, item):
+        params, take = item
+        out, new = jax.lax.cond(take, lambda: at(params, vecs), lambda: skipped(vecs))
         return new, out
 
-    vecs, first = step(eigvec, initial_params)
-    vecs, rows = jax.lax.scan(step, vecs, saved_params)
-    vecs, last = step(vecs, final_params)
+    reached = jax.vmap(finite)(saved_params)
+    if budget is None:
+        take, ends = reached, True
+    else:
+        take, ends = budget_points(reached, gradient_evaluations, budget), False
+    vecs, first = step(eigvec, (initial_params, finite(initial_params) & ends))
+    vecs, rows = jax.lax.scan(step, vecs, (saved_params, take))
+    vecs, last = step(vecs, (final_params, finite(final_params) & ends))
+    if subset is not None:  # back onto all save points: NaN (0 HVPs) where W was not kept
+        num = saved["log_loss"].shape[0]
+        rows = {k: jnp.full((num,), 0 if k == "sharpness_hvps" else jnp.nan, v.dtype).at[subset].set(v)
+                for k, v in rows.items()}
     saved = {**saved, **rows}
     final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
     initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}

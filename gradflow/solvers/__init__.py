@@ -16,10 +16,12 @@ import lineax as lx
 import optimistix as optx
 
 from ..errors import bad_argument
+from .counting import JVP_COST, CountingGMRES, CountingNewton, countable
 from .kinks import KinkPIDController
 
 __all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit",
-           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start", "step_controller"]
+           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start", "step_controller", "evaluations_per_step",
+           "JVP_COST"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -37,8 +39,9 @@ IMPLICIT_SOLVERS = {
 }
 
 
-class RelativeNewton(optx.Newton):
-    """optimistix's Newton with a relative stopping rule for the stage equations of ESDIRK steps.
+class RelativeNewton(CountingNewton):
+    """optimistix's Newton with a relative stopping rule for the stage equations of ESDIRK steps
+    (and the work count of :class:`gradflow.solvers.counting.CountingNewton`).
 
     Converged: at least one iteration and the last update δ satisfies ‖δ/(atol + rtol|y|)‖ ≤ 1.
     Failed: a non-finite update, a failed linear solve, or ``root_find_max_steps`` without
@@ -55,6 +58,7 @@ class RelativeNewton(optx.Newton):
 
     def terminate(self, fn, y, args, options, state, tags):
         del fn, y, args, options, tags
+        state = state.inner  # optimistix's Newton state inside the counting state
         R = optx.RESULTS
         converged = (state.step >= 1) & (state.diffsize <= 1)
         nonfinite = (state.step >= 1) & jnp.invert(jnp.isfinite(state.diffsize))
@@ -118,7 +122,8 @@ def step_controller(rtol, atol, options: dict):
 def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20,
                        state_size: int | None = None) -> optx.Newton:
     """Newton–GMRES at the step controller's tolerances, on Jacobian-vector products only
-    (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES``.
+    (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES`` (as
+    :class:`~gradflow.solvers.counting.CountingGMRES`, which also counts its operator applications).
 
     lineax's GMRES runs all ``restart`` inner iterations of a cycle before it tests convergence,
     so for a state of fewer than 20 numbers the restart length is the state size (GMRES is exact
@@ -129,7 +134,7 @@ def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, res
         rtol=rtol,
         atol=atol,
         cauchy_termination=False,
-        linear_solver=lx.GMRES(rtol=rtol, atol=atol, max_steps=krylov_steps, restart=restart),
+        linear_solver=CountingGMRES(rtol=rtol, atol=atol, max_steps=krylov_steps, restart=restart),
     )
 
 
@@ -167,15 +172,25 @@ def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free
 
 def evaluations_at_start(solver, *, fresh_solver_state: bool, choose_step: bool) -> int:
     """Field evaluations of a solve before its first step: the first stage of an FSAL method when
-    the solver state is fresh, and two for :func:`initial_step` when the step is chosen there."""
+    the solver state is fresh, and two for :func:`initial_step` when the step is chosen there.
+    An ESDIRK's first stage is a root find on the first step (diagonal 0), whose Newton
+    iterations :mod:`gradflow.solvers.counting` counts with the step's other stages."""
     tableau = getattr(solver, "tableau", None)
-    fsal = tableau is not None and tableau.fsal and fresh_solver_state
+    fsal = tableau is not None and tableau.fsal and fresh_solver_state and not countable(solver)
     return int(bool(fsal)) + (2 if choose_step else 0)
 
 
 def evaluations_per_step(solver) -> int | None:
-    """Vector-field evaluations per attempted step of an explicit RK solver (None if unknown)."""
+    """Vector-field evaluations per attempted step that the solve does not count itself: the
+    stages of an explicit RK solver (less the first-same-as-last one); 0 for an implicit ESDIRK
+    whose work the solve counts (:mod:`gradflow.solvers.counting`; its explicit first stage is the
+    FSAL one), 1 for implicit Euler (its explicit predictor). None if unknown: an implicit solver
+    without a :class:`~gradflow.solvers.counting.CountingNewton` root finder."""
+    if is_implicit(solver):
+        if not countable(solver):
+            return None
+        return 1 if isinstance(solver, diffrax.ImplicitEuler) else 0
     tableau = getattr(solver, "tableau", None)
-    if tableau is None or is_implicit(solver):
+    if tableau is None:
         return None
     return tableau.num_stages - (1 if tableau.fsal else 0)

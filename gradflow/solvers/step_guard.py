@@ -30,17 +30,19 @@ STALL_ULPS = 16.0
 
 
 class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
-    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps, work)``.
+    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps, work)``,
+    work = [gradient evaluations, JVPs] (shape (2,)).
 
     Attributes:
       controller: the wrapped controller (a PIDController or ConstantStepSize).
       budget: the most attempted steps of this solve (an integer array, traced).
       rtol, atol, norm: the tolerances diffrax hands to an implicit solver's root finder when
         that root finder does not set its own (diffrax reads them from adaptive controllers only).
-      work: None, or y1_candidate ↦ the gradient evaluations a solver spent on an attempted step
-        beyond its stages (:class:`gradflow.sliding.SlidingSolver`); summed in the state over
-        every attempt, rejected ones included, since diffrax keeps a solver's own state only on
-        accepted steps.
+      work: None, or y1_candidate ↦ [gradient evaluations, Jacobian-vector products] a solver
+        spent on an attempted step beyond its explicit stages (:class:`gradflow.sliding.SlidingSolver`'s
+        projections, the Newton–GMRES stage solves of :class:`gradflow.solvers.counting.CountingSolver`);
+        summed in the state over every attempt, rejected ones included, since diffrax keeps a
+        solver's own state only on accepted steps.
     """
 
     controller: Any
@@ -55,11 +57,11 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.result_type(t0)))
+        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((2,), jnp.result_type(t0)))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
         inner, count, total = controller_state
-        if self.work is not None:  # extra work the solver reports for this attempt (gradflow.sliding)
+        if self.work is not None:  # extra work the solver reports for this attempt
             total = total + self.work(y1_candidate).astype(total.dtype)
         keep, next_t0, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner)
