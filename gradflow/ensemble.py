@@ -17,6 +17,13 @@ Two step-size policies (``steps=``):
   times, the shared solve takes ~2× the steps of the slowest member alone (831 vs 455 for 32
   squared-ReLU members of width 16). Use it for smooth models with similar members.
 
+Sliding modes (:mod:`gradflow.sliding`) are not part of an ensemble: its members integrate −∇L
+with relu'(0) = 0, as ``simulate_flow(..., sliding=False)`` does. Members with C⁰ kinks (ReLU,
+abs) from a random start reach kink surfaces their flow slides along, chatter across them and end
+``failed`` at ``max_steps`` (benchmarks/sliding.py: ``without_sliding``); run those with
+:func:`gradflow.simulate_flow`, one member per call. The sliding state differs per member in
+size and changes (the active set), which a vmapped solve does not give.
+
 ``run=RunOptions(devices=...)`` splits the members over devices (each device runs its block's loop
 on its own, see :func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more
 than one core.

@@ -13,8 +13,8 @@ def plot_flow(result, path: str | os.PathLike | None = None, *, title: str | Non
     """Six panels against ln(n/L): α̃ and the normalized margin, ‖W‖, θ_t, ζ_t, β − α (Lemma C.5),
     and the per-example normalized margins (sorted by final value, as in Appendix A); then a row
     of optional panels for the diagnostics the result has (``_EXTRA_PANELS``): activation flips
-    and near-zero share (:mod:`gradflow.activations`), the error_check differences
-    (:mod:`gradflow.error_check`).
+    and near-zero share (:mod:`gradflow.activations`), sliding pairs, drift and chain-rule
+    residual (:mod:`gradflow.sliding`), the error_check differences (:mod:`gradflow.error_check`).
 
     With sharpness recorded (``diagnostics["log_sharpness"]``) one more panel (first row, fourth
     column), against ln(n/L) like the others (never against t, which spans up to ~80 orders of
@@ -127,9 +127,31 @@ def _error_panel(ax, d) -> bool:
     return True
 
 
+def _sliding_panel(ax, d) -> bool:
+    """Sliding modes (:mod:`gradflow.sliding`): the pairs sliding along their kink surfaces, and
+    the two checks of the sliding field: the drift max |z_s|/rms off the surfaces and the residual
+    of the chain rule dL/dt = −‖dW/dt‖² (Lemma B.9), relative."""
+    if "sliding_pairs" not in d:
+        return False
+    if ax is None:
+        return True
+    acc = d["accuracy"]
+    ax.plot(acc, d["sliding_pairs"], ".-", ms=3, color="C0", label="sliding pairs |A|")
+    ax.set_ylabel("sliding pairs", color="C0")
+    twin = ax.twinx()
+    for name, label, color in (("sliding_drift", "drift max |z_s|/rms", "C1"),
+                               ("chain_rule_residual", "chain-rule residual", "C2")):
+        if name in d:
+            v = np.asarray(d[name], float)
+            twin.semilogy(acc, np.where(v > 0, v, np.nan), lw=0.9, color=color, label=label)
+    twin.legend(loc="upper right", fontsize=8)
+    ax.set_title("sliding modes")
+    return True
+
+
 # Optional panels: each ``panel(ax, d)`` returns whether ``d`` has its data (called with ax=None
 # to ask) and draws on ``ax``.
-_EXTRA_PANELS = (_activation_panel, _error_panel)
+_EXTRA_PANELS = (_activation_panel, _sliding_panel, _error_panel)
 
 
 def _sharpness_panel(ax, d) -> None:
