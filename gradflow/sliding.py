@@ -69,7 +69,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -80,6 +79,7 @@ from jax.flatten_util import ravel_pytree
 from .diagnostics import point_from_gradient
 from .kinkmap import Kinks, apply_with_kinks, find_kinks
 from .params import combine
+from .solvers.delegate import DelegatingSolver
 
 __all__ = ["Sliding", "SlideState", "SlidingSolver", "initial_slide", "active_count", "any_fixed", "model_kinks",
            "DRIFT", "MAX_PAIRS", "TAU_STEPS", "sliding_capacity", "project"]
@@ -360,7 +360,7 @@ def _remap_rows(rows, old_slots, new_slots):
     return jnp.where(had[:, None], rows[jnp.argmax(match, axis=1)], 0.0), had
 
 
-class SlidingSolver(diffrax.AbstractAdaptiveSolver):
+class SlidingSolver(DelegatingSolver):
     """A diffrax solver that integrates the sliding (Filippov) field with an inner FSAL solver
     (Bosh3, Tsit5, Dopri5, the Kvaerno ESDIRKs).
 
@@ -375,27 +375,9 @@ class SlidingSolver(diffrax.AbstractAdaptiveSolver):
     (:func:`gradflow.fields.clock_scale`); ``clock``: 'time' or 'accuracy' (in the accuracy
     clock a projection of W is followed by a step along v that restores α(W) = α, the clock)."""
 
-    solver: diffrax.AbstractSolver
     from_point: Callable = eqx.field(static=True)
     clock_scale: Callable = eqx.field(static=True)
     clock: str = eqx.field(static=True, default="time")
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
     def init(self, terms, t0, t1, y0, args):
         inner = self.solver.init(terms, t0, t1, y0, args)

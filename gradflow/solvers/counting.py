@@ -52,6 +52,8 @@ import optimistix as optx
 from equinox.internal import ω
 from lineax._solver.misc import preconditioner_and_y0
 
+from .delegate import DelegatingSolver
+
 __all__ = ["Work", "CountingGMRES", "CountingNewton", "CountingSolver", "JVP_COST", "add_work", "strip_work",
            "countable"]
 
@@ -265,29 +267,11 @@ def _clear(tree):
     return (*tree[:-1], Work(jnp.zeros_like(tree[-1].counts))) if has_work(tree) else tree
 
 
-class CountingSolver(diffrax.AbstractAdaptiveSolver):
+class CountingSolver(DelegatingSolver):
     """Wraps an implicit diffrax solver (:func:`countable`) for a state with a :class:`Work`
     slot: after each attempted step y1's Work holds that step's [field evaluations, JVPs] (see
     the module docstring), and the error estimate, dense output and FSAL stage have Work = 0."""
 
-    solver: diffrax.AbstractSolver
-
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore
-        return self.solver.interpolation_cls
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
     def init(self, terms, t0, t1, y0, args):
         return self._clear_state(self.solver.init(terms, t0, t1, y0, args))
