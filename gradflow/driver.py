@@ -177,8 +177,12 @@ class Driver:
             hint = ("t has grown so large that steps no longer change it; use clock='accuracy' "
                     "(until_accuracy=K) for long runs, or a smaller t_max")
         else:
-            hint = ("start with clock='time' (e.g. until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), "
-                    "then continue from result.model in clock='accuracy'; or loosen atol, or rescale the initialisation")
+            t_now = float(np.exp(min(float(seg["final_diag"]["log_t"]), 700.0)))
+            hint = (f"physical time is t = {t_now:.3g} here; if t grows while ln(n/L) stalls, the flow converges to a "
+                    "stationary point with L > 0 (for a ReLU net, a Clarke-critical point: dα/dt = ‖∇α‖² → 0), which "
+                    "the accuracy clock cannot pass: clock='time' shows it. Otherwise start with clock='time' (e.g. "
+                    "until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), then continue from result.model in "
+                    "clock='accuracy'; or loosen atol, or rescale the initialisation")
         return (f"The minimum step size was reached (no progress) at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
                 f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
 

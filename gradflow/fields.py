@@ -131,7 +131,8 @@ def sliding_diagnostics(state, args: FieldArgs, clock: str, pt: Point) -> dict:
     rate = kappa * pt.grad_norm**2
     drift = jnp.max(jnp.stack([jnp.max(jnp.where(a > 0.5, jnp.abs(zz) / sc, 0.0))
                                for a, zz, sc in zip(slide.active, z, scale, strict=True)]))
-    return {"sliding_pairs": active_count(slide), "sliding_drift": drift,
+    # a float: diffrax fills the save points not reached with inf, which an integer cannot hold
+    return {"sliding_pairs": active_count(slide).astype(drift.dtype), "sliding_drift": drift,
             "chain_rule_residual": jnp.abs(d_alpha / rate - 1.0)}
 
 

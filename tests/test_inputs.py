@@ -14,6 +14,7 @@ The CLI and config-file inputs are tested with the CLI (gradflow/cli.py), not he
 every entry point (simulate_flow, simulate_ensemble, simulate_descent, the CLI) in tests/test_options.py.
 """
 
+import math
 import warnings
 
 import diffrax
@@ -602,3 +603,20 @@ def test_newton_failure_in_an_implicit_solver(healthy):
     with pytest.raises(gf.SolverFailure, match="nonlinear solver") as info:
         _flow(np.inf, solver=solver, run=gf.RunOptions(throw=True))
     np.testing.assert_array_equal(info.value.result.log_loss, r.log_loss)
+
+
+def test_accuracy_clock_stops_at_a_stationary_point_with_its_reason():
+    """Non-separable data, x = ±1 with the same label: L(w) = e^(−w) + e^(w) has its minimum L = 2 at
+    w = 0, so α rises to α* = −ln 2 and stops. The accuracy clock cannot pass α*: the run ends failed,
+    short of the target, with a reason that names the stationary point; the time clock stays there."""
+    x, y = np.array([[1.0], [-1.0]]), np.array([1.0, 1.0])
+    model = eqx.tree_at(lambda m: m.w, gf.Linear(1, key=jax.random.PRNGKey(0)), jnp.array([1.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W₀) ≥ ℓ(0)
+        r = gf.simulate_flow(model, (x, y), clock="accuracy", until_accuracy=1.0, max_steps=2_000,
+                             diagnostics=gf.Diagnostics(sharpness=False))
+        t = gf.simulate_flow(model, (x, y), 50.0, diagnostics=gf.Diagnostics(sharpness=False))
+    assert r.status == "failed" and "stationary point" in r.reason, r.reason
+    assert -math.log(2) - 1e-6 < r.alpha[-1] <= -math.log(2) + 1e-12
+    # w(t) = 2 artanh(tanh(½) e^(−2t)) → 0, followed down to the absolute tolerance (atol 1e-9)
+    assert t.status == "completed" and abs(t.params[".w"][0]) < 1e-8
