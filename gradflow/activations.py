@@ -25,6 +25,10 @@ between W₀ and it):
 * ``activation_flips``: the number of (example i, unit j) with 1[z_ij(W_a) > 0] ≠ 1[z_ij(W_b) > 0],
   summed over all ReLU layers. These are *net* flips: a unit that flips and flips back between
   the two save points counts 0, so the count is a lower bound on the kinks crossed in between.
+  A pair that slides (:mod:`gradflow.sliding`) sits on its surface, z = 0 to within the drift
+  bound, and its sign there is rounding: such pairs can count a flip at every save point (on the
+  8-unit ReLU net on wine, about 30 per unit of ln(n/L) late in the run, with a handful of sliding
+  pairs). Read the counts beside ``sliding_pairs``.
 * ``pool_switches``: the number of (example, channel, pooling window) whose argmax changes
   (models with max-pools only). max-pool commutes with ReLU, pool(σ(z)) = σ(pool(z)), so the
   argmax is taken over the pre-activation z; ties go to the first index. A window whose

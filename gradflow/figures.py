@@ -52,6 +52,8 @@ import argparse
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -638,9 +640,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     progress = False if args.no_progress else None
-    import shutil
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         for number, fn in ((1, figure1), (2, figure2), (3, figure3)):
             res = fn(args.size, out=tmp, progress=progress, dpi=60)
