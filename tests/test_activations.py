@@ -127,6 +127,7 @@ def cnn_case():
     return model, x, res
 
 
+@pytest.mark.slow  # the CNN flow to t = 20 from a random start: 204 s (measured beside benchmarks)
 def test_pool_switch_count_equals_brute_force(cnn_case):
     model, x, res = cnn_case
     # a random start through ReLU and max-pool kinks: it completes, well inside its step budget
@@ -143,6 +144,7 @@ def test_pool_switch_count_equals_brute_force(cnn_case):
     assert res.config["pool_windows"] == 6 * (2 * 2 * 2 + 2 * 1 * 1)
 
 
+@pytest.mark.slow  # shares the CNN flow above
 def test_cnn_pattern_is_the_forward_pass(cnn_case):
     """The pre-activations rebuild Φ, and the argmax picks the max-pool's value (eqx.nn.MaxPool2d)."""
     model, x, _ = cnn_case

@@ -146,6 +146,7 @@ def _user_model(kind, scale):
         return _UserReLU(scale * jax.random.normal(k1, (4, 3)), scale * jnp.array([1.0, -1.0, 1.0, -1.0]))
 
 
+@pytest.mark.slow  # six flows, each compiled anew: 206 s, the longest of the suite (measured beside benchmarks)
 @settings(max_examples=6, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(

@@ -61,6 +61,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
+# one subprocess with 4 forced host devices compiles every solve anew: 202 s (measured beside benchmarks)
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def four_devices() -> dict:
     """The script's measurements, from one subprocess with 4 forced host devices."""
