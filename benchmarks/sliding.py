@@ -51,6 +51,8 @@ import numpy as np
 
 import gradflow as gf
 from gradflow.figures import make_margin_model
+from gradflow.params import combine, partition
+from gradflow.progress import initial_accuracy
 from gradflow.reference import smoothed_flow
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
@@ -177,11 +179,9 @@ def _stationary_start() -> dict:
     times = np.array([0.0, 1.0, 10.0, 100.0, 1000.0])
     r = gf.simulate_flow(model, (x, y), 1000.0, save_at=times, max_steps=20_000, diagnostics=NO_SHARPNESS)
     w = smoothed_flow(model, (x, y), times, eps=1e-5, rtol=1e-9, atol=1e-12)
-    with gf.x64():
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        unravel = jax.flatten_util.ravel_pytree(params)[1]
-        outputs = [np.ravel(eqx.combine(unravel(jnp.asarray(wk)), static)(jnp.asarray(x))) for wk in w]
-    smoothed = [float(-np.log(np.mean(np.exp(-y * f)))) for f in outputs]
+    params, static = partition(model)
+    unravel = jax.flatten_util.ravel_pytree(params)[1]
+    smoothed = [initial_accuracy(combine(unravel(jnp.asarray(wk)), static), (x, y)) for wk in w]
     out = dict(seed=10, init_scale=0.05, times=times.tolist(), status=r.status, accuracy=r.accuracy.tolist(),
                smoothed_accuracy=smoothed, grad_norm=r.diagnostics["grad_norm"].tolist(),
                sliding_pairs=r.diagnostics["sliding_pairs"].astype(int).tolist())

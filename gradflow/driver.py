@@ -173,18 +173,20 @@ class Driver:
     def _no_progress_reason(self, seg) -> str:
         eps = float(np.finfo(np.float64 if self.common["rtol"].dtype == np.float64 else np.float32).eps)
         step = STALL_ULPS * eps * abs(seg["s_final"])
+        cause = ""
         if self.common["clock"] == "time":
             hint = ("t has grown so large that steps no longer change it; use clock='accuracy' "
                     "(until_accuracy=K) for long runs, or a smaller t_max")
         else:
             t_now = float(np.exp(min(float(seg["final_diag"]["log_t"]), 700.0)))
-            hint = (f"physical time is t = {t_now:.3g} here; if t grows while ln(n/L) stalls, the flow converges to a "
-                    "stationary point with L > 0 (for a ReLU net, a Clarke-critical point: dα/dt = ‖∇α‖² → 0), which "
-                    "the accuracy clock cannot pass: clock='time' shows it. Otherwise start with clock='time' (e.g. "
-                    "until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), then continue from result.model in "
-                    "clock='accuracy'; or loosen atol, or rescale the initialisation")
+            cause = (f" Physical time is t = {t_now:.3g} here: if t grows while ln(n/L) stalls, the flow converges to a "
+                     "stationary point with L > 0 (for a ReLU net, a Clarke-critical point: dα/dt = ‖∇α‖² → 0), which "
+                     "the accuracy clock cannot pass; clock='time' shows it.")
+            hint = ("start with clock='time' (e.g. until_accuracy=ln n − ln ℓ(0) + 1) to bring L below ℓ(0), then "
+                    "continue from result.model in clock='accuracy'; or loosen atol, or rescale the initialisation")
         return (f"The minimum step size was reached (no progress) at {self._where(seg)}: the step size fell to ≤ {step:.3g} "
-                f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock. Try: {hint}.")
+                f"({STALL_ULPS:g} float64 spacings of the clock value), so steps no longer move the clock.{cause} "
+                f"Try: {hint}.")
 
     def _start_evaluations(self, state: State) -> int:
         """Field evaluations before a segment's first step (no step size carried: one is chosen)."""

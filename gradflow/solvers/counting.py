@@ -272,7 +272,6 @@ class CountingSolver(DelegatingSolver):
     slot: after each attempted step y1's Work holds that step's [field evaluations, JVPs] (see
     the module docstring), and the error estimate, dense output and FSAL stage have Work = 0."""
 
-
     def init(self, terms, t0, t1, y0, args):
         return self._clear_state(self.solver.init(terms, t0, t1, y0, args))
 
