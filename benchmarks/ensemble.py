@@ -32,8 +32,8 @@ import gradflow as gf  # noqa: E402
 
 def field_profile(models, x, y, reps: int = 1000) -> dict:
     """Microseconds per vector-field evaluation: one member, and all members vmapped."""
-    from gradflow.fields import FieldArgs
-    from gradflow.fields import time_field as _time_field
+    from gradflow.flow.field import FieldArgs
+    from gradflow.flow.field import time_field as _time_field
     from gradflow.problem import prepare_problem
 
     with gf.x64():

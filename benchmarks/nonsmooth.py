@@ -9,7 +9,7 @@ Methods:
   * today: diffrax's explicit methods with diffrax's PID controller (``step_control="pid"``):
     Tsit5, Dopri5, Bosh3, Heun over a sweep of rtol;
   * new: gradflow's default for such models (``solver=None``: Bosh3 with
-    :class:`gradflow.solvers.kinks.KinkPIDController`, chosen because the forward pass has
+    :class:`gradflow.controllers.KinkPIDController`, chosen because the forward pass has
     non-smooth primitives).
 
 Reported per run: error, gradient evaluations (exact: stages per attempted step + start), share of

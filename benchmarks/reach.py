@@ -48,7 +48,8 @@ import lineax as lx
 import numpy as np
 
 import gradflow
-from gradflow.solvers import IMPLICIT_CONTROLLER, RelativeNewton
+from gradflow.controllers import IMPLICIT_CONTROLLER
+from gradflow.solvers import RelativeNewton
 
 warnings.filterwarnings("ignore", message=".*Assumption 2.3.*")
 

@@ -10,7 +10,7 @@ of every window with a unique limit maximum) eventually stops changing (the netw
 biases, SmallDenseNet and SmallResNet, have no such guarantee). These counts show whether and
 when it does. From a random start kinks set the step size (``benchmarks/results/nonsmooth.json``:
 Tsit5 with diffrax's PID controller rejects 26–49 % of its steps on ReLU nets there; see
-:mod:`gradflow.solvers.kinks`).
+:func:`gradflow.kinkmap.field_kinks`).
 
 A model takes part by having a method ``activation_pattern(x) -> ActivationPattern`` (the
 :class:`HasActivationPattern` protocol): gradflow's ``ReLUMLP``, ``HomogeneousCNN``,
@@ -41,7 +41,7 @@ between W₀ and it):
   crosses the kink; measured on the hcnn with 100 digits at initialization they are 7.8 % of all
   pre-activations, against 0.05 % with 0 < |z| < 1e-3·RMS.
 
-How it runs: the compiled solve (``gradflow.solve.solve``) saves W at the segment's save points
+How it runs: the compiled solve (``gradflow.flow.segment.solve``) saves W at the segment's save points
 with the other diagnostics (T_segment · k floats, as ``save_params`` does; dropped afterwards
 unless asked for) and, after the diffrax loop, a ``lax.scan`` over them recomputes each pattern
 and counts it against the carry. Only the signs and argmax indices of the last save point are

@@ -48,9 +48,12 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .driver import assemble, result_name
+from .controllers import initial_step, nan_to_inf
 from .errors import InvalidTypeError, bad_argument
-from .fields import FieldArgs, make_save_fn, time_field
+from .flow.assemble import assemble, result_name
+from .flow.field import FieldArgs, time_field
+from .flow.record import make_save_fn
+from .flow.segment import solve
 from .options import (
     Diagnostics,
     RunOptions,
@@ -65,8 +68,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
-from .solve import solve
-from .solvers import evaluations_at_start, evaluations_per_step, get_solver, initial_step, nan_to_inf
+from .solvers import evaluations_at_start, evaluations_per_step, get_solver
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
 

@@ -11,8 +11,8 @@ import numpy as np
 from jax.experimental import io_callback
 
 import gradflow as gf
-import gradflow.solve as gsolve
-from gradflow.fields import time_field
+import gradflow.flow.segment as gsolve
+from gradflow.flow.field import time_field
 from gradflow.solvers.counting import JVP_COST
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import gradflow as gf
+from gradflow.controllers import KinkPIDController, finite_rms_norm
 from gradflow.figures import make_margin_model
+from gradflow.kinkmap import field_kinks, nonsmooth_primitives
 from gradflow.params import combine, partition
-from gradflow.solvers import finite_rms_norm
-from gradflow.solvers.kinks import KinkPIDController, field_kinks, nonsmooth_primitives
 
 
 def _decide(controller, scaled_error):

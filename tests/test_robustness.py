@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradflow as gf
-from gradflow.solvers.step_guard import StepGuard
+from gradflow.controllers import StepGuard
 
 STATUSES = ("completed", "stopped at target", "failed")
 
@@ -77,7 +77,7 @@ def test_accuracy_clock_from_large_loss_agrees_with_time_clock(wine_large_loss):
 
 
 class _Counting:
-    """Counts traces of gradflow.solve.solve: it calls diffrax.diffeqsolve once per trace."""
+    """Counts traces of gradflow.flow.segment.solve: it calls diffrax.diffeqsolve once per trace."""
 
     def __init__(self, monkeypatch):
         self.calls = 0

@@ -13,11 +13,11 @@ from jax.flatten_util import ravel_pytree
 from scipy.optimize import lsq_linear
 
 import gradflow as gf
-from gradflow.kinkmap import apply_with_kinks
+from gradflow.kinkmap import apply_with_kinks, model_kinks
 from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
-from gradflow.sliding import DRIFT, Sliding, initial_slide, model_kinks, sliding_capacity
+from gradflow.sliding import DRIFT, Sliding, initial_slide, sliding_capacity
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 C = 0.5  # the toy's slope on the off side

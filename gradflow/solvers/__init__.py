@@ -10,18 +10,15 @@ LU-factorise J (O(k²) memory) and do not combine with Krylov solvers (measured 
 from __future__ import annotations
 
 import diffrax
-import jax
 import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
 
 from ..errors import bad_argument
 from .counting import JVP_COST, CountingGMRES, CountingNewton, countable
-from .kinks import KinkPIDController
 
-__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "IMPLICIT_CONTROLLER", "RelativeNewton", "is_implicit",
-           "finite_rms_norm", "nan_to_inf", "initial_step", "evaluations_at_start", "step_controller", "evaluations_per_step",
-           "JVP_COST"]
+__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "RelativeNewton", "is_implicit", "evaluations_at_start",
+           "evaluations_per_step", "JVP_COST"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -66,57 +63,6 @@ class RelativeNewton(CountingNewton):
         terminate = converged | nonfinite | linsolve_failed
         result = R.where(linsolve_failed, state.result, R.where(nonfinite, R.nonlinear_divergence, R.successful))
         return terminate, result
-
-
-# PI step control for implicit solvers (pcoeff, icoeff, safety): 11% rejected steps on the iris
-# problem against 23–26% with diffrax's default integral controller.
-IMPLICIT_CONTROLLER = {"pcoeff": 0.3, "icoeff": 0.4, "safety": 0.8}
-
-
-def nan_to_inf(norm: jax.Array) -> jax.Array:
-    """An error norm with NaN mapped to +inf.
-
-    A trial step that overflows (NaN error) is then rejected and shrunk by the controller's
-    minimum factor, like any too-large step. With a NaN norm, diffrax's PIDController computes a
-    NaN step size and rejects every later step."""
-    return jnp.where(jnp.isnan(norm), jnp.inf, norm)
-
-
-def finite_rms_norm(x) -> jax.Array:
-    """The RMS norm of a PyTree (optimistix.rms_norm), NaN-safe (:func:`nan_to_inf`): the error
-    norm of gradflow's step-size controllers."""
-    return nan_to_inf(optx.rms_norm(x))
-
-
-def initial_step(field, t0, y0, args, error_order, rtol, atol, span):
-    """The first step size, by the algorithm of Hairer, Nørsett & Wanner (Solving ODEs I, II.4).
-
-    With sc = atol + rtol·|y0|, d0 = ‖y0/sc‖, d1 = ‖f(t0, y0)/sc‖: h0 = 0.01·d0/d1; one Euler
-    step gives d2 = ‖(f(t0 + h0, y0 + h0 f0) − f0)/sc‖/h0, and h = min(100 h0,
-    (0.01/max(d1, d2))^(1/error_order)), at most ``span``. diffrax implements this too, but in
-    diffrax 0.7.2 ``diffeqsolve`` hands the controller a wrapped term, for which it falls back to
-    h = 0.01 whatever the scale of the problem (then a first step that overflows ended runs)."""
-    tmap = jax.tree_util.tree_map
-    scale = tmap(lambda y: atol + rtol * jnp.abs(y), y0)
-    f0 = field(t0, y0, args)
-    d0 = optx.rms_norm(tmap(jnp.divide, y0, scale))
-    d1 = optx.rms_norm(tmap(jnp.divide, f0, scale))
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.minimum(jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)), span)
-    f1 = field(t0 + h0, tmap(lambda y, f: y + h0 * f, y0, f0), args)
-    d2 = optx.rms_norm(tmap(lambda a, b, c: (a - b) / c, f1, f0, scale)) / h0
-    max_d = jnp.maximum(d1, d2)
-    h1 = jnp.where(max_d <= 1e-15, jnp.maximum(1e-6, 1e-3 * h0), (0.01 / max_d) ** (1.0 / error_order))
-    h = jnp.where(jnp.isfinite(h1), jnp.minimum(100.0 * h0, h1), 1e-3 * h0)  # f1 overflowed: h0 is too large
-    return jnp.minimum(h, span)
-
-
-def step_controller(rtol, atol, options: dict):
-    """The adaptive step-size controller of a solve: diffrax's PIDController with ``options``, or
-    :class:`~gradflow.solvers.kinks.KinkPIDController` when ``options`` has ``accept``."""
-    if "accept" in options:
-        return KinkPIDController(rtol=rtol, atol=atol, **options)
-    return diffrax.PIDController(rtol=rtol, atol=atol, **options)
 
 
 def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20,

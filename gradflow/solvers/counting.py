@@ -7,7 +7,7 @@ drops. A host callback (``jax.experimental.io_callback``) per evaluation would l
 loop for the host at every Newton and GMRES iteration (tests/test_counting.py uses one as the
 independent check of these counts); mutable ``jax.Ref`` counters do not pass equinox's
 ``filter_jit`` boundaries (diffrax, optimistix) as arguments or closures. So the count travels in
-the ODE state, the way :class:`gradflow.sliding.SlidingSolver` reports its work:
+the ODE state, the way :class:`gradflow.flow.sliding_solver.SlidingSolver` reports its work:
 
 * the state of an implicit solve gets a last element :class:`Work` (two numbers), whose
   derivative is zero in the vector field and which the error norm and the Newton tests ignore;
@@ -22,7 +22,7 @@ the ODE state, the way :class:`gradflow.sliding.SlidingSolver` reports its work:
   step it reads the stage values' Work slots (``dense_info["k"]`` = h·f_i of an ESDIRK method;
   y1 − y0 of implicit Euler, whose stage unknown is the increment), writes their sum into y1's
   Work, and clears the Work slot of the error estimate, of the dense output and of the FSAL stage;
-* :class:`gradflow.solvers.step_guard.StepGuard` adds y1_candidate's Work over every attempted
+* :class:`gradflow.controllers.StepGuard` adds y1_candidate's Work over every attempted
   step, rejected ones included (diffrax keeps a solver's own state only on accepted steps).
 
 With sliding (:mod:`gradflow.sliding`) the state is (W, aux, slide, Work): CountingSolver wraps

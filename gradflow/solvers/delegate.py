@@ -8,7 +8,7 @@ __all__ = ["DelegatingSolver"]
 
 
 class DelegatingSolver(diffrax.AbstractAdaptiveSolver):
-    """Base of the wrappers :class:`gradflow.sliding.SlidingSolver` and
+    """Base of the wrappers :class:`gradflow.flow.sliding_solver.SlidingSolver` and
     :class:`gradflow.solvers.counting.CountingSolver`: the term structure, interpolation, orders
     and ``func`` are the inner ``solver``'s; subclasses define ``init`` and ``step``."""
 

@@ -2,7 +2,7 @@ r"""The vector fields of the flow in its two clocks, and the diagnostics saved a
 
 * time clock: dW/dt = −∇L = |ℓ'(α)| ∇α (Lemma C.2), dζ/dt = ‖∂_⊥L‖/‖W‖ (Lemma 3.4);
 * accuracy clock: dW/dα = ∇α/‖∇α‖², dζ/dα = ‖∂_⊥α‖/(‖W‖ ‖∇α‖²), and u = t e^(−σ(α)) with
-  du/dα = e^(−σ(α) − ln|ℓ'(α)|)/‖∇α‖² − sigmoid(α) u (see :mod:`gradflow.flow`).
+  du/dα = e^(−σ(α) − ln|ℓ'(α)|)/‖∇α‖² − sigmoid(α) u (see :mod:`gradflow.flow.simulate`).
 
 With sliding (:mod:`gradflow.sliding`) ∇α is the sliding gradient v, the minimum-norm element of
 the Clarke subdifferential of α on the kink surfaces the flow slides along, and the same formulas
@@ -21,11 +21,11 @@ import jax.flatten_util
 import jax.numpy as jnp
 from jax import lax
 
-from .diagnostics import Point, diagnostics, evaluate
-from .losses import Loss
-from .sliding import DRIFT, SlideState, Sliding, active_count, any_fixed, project
+from ..diagnostics import Point, evaluate
+from ..losses import Loss
+from ..sliding import DRIFT, SlideState, Sliding, active_count, any_fixed, project
 
-__all__ = ["FieldArgs", "field_point", "time_field", "accuracy_field", "field_from_point", "clock_scale", "make_save_fn",
+__all__ = ["FieldArgs", "field_point", "time_field", "accuracy_field", "field_from_point", "clock_scale",
            "sliding_diagnostics"]
 
 
@@ -134,23 +134,3 @@ def sliding_diagnostics(state, args: FieldArgs, clock: str, pt: Point) -> dict:
     # a float: diffrax fills the save points not reached with inf, which an integer cannot hold
     return {"sliding_pairs": active_count(slide).astype(drift.dtype), "sliding_drift": drift,
             "chain_rule_residual": jnp.abs(d_alpha / rate - 1.0)}
-
-
-def make_save_fn(clock: str, degree, save_params: bool):
-    def save_fn(s, state, args: FieldArgs):
-        params, aux = state[0], state[1]
-        pt = field_point(state, args, clock)
-        out = diagnostics(pt, params, args.y, args.loss, degree)
-        out["path_length"] = aux[0]
-        if clock == "time":
-            out["log_t"] = jnp.log(s)
-        else:
-            out["log_t"] = jax.nn.softplus(s) + jnp.log(aux[1])  # u = t e^(−σ(α)), see the module docstring
-        out["t"] = jnp.exp(out["log_t"])
-        if args.sliding is not None:
-            out.update(sliding_diagnostics(state, args, clock, pt))
-        if save_params:
-            out["params_flat"] = jax.flatten_util.ravel_pytree(params)[0]
-        return out
-
-    return save_fn

@@ -43,12 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import activations
-from .checkpoint import CheckpointStore
-from .driver import Driver, State, assemble, chunks, fingerprint
-from .error_check import simulate_with_error_check, tight_checkpoint
-from .errors import bad_argument
-from .options import (
+from .. import activations
+from ..checkpoint import CheckpointStore
+from ..controllers import KINK_ACCEPT
+from ..error_check import simulate_with_error_check, tight_checkpoint
+from ..errors import bad_argument
+from ..kinkmap import FieldKinks, field_kinks
+from ..options import (
     CLOCKS,
     DTYPES,
     Diagnostics,
@@ -63,14 +64,15 @@ from .options import (
     grouped_options,
     resolve_devices,
 )
-from .params import combine
-from .precision import x64
-from .problem import Problem, prepare_problem
-from .result import FlowResult
-from .sharpness import SharpnessPlan, initial_vector, resolve_sharpness
-from .sliding import Sliding, initial_slide, sliding_capacity
-from .solvers import get_solver, is_implicit
-from .solvers.kinks import KINK_ACCEPT, FieldKinks, field_kinks
+from ..params import combine
+from ..precision import x64
+from ..problem import Problem, prepare_problem
+from ..result import FlowResult
+from ..sharpness import SharpnessPlan, initial_vector, resolve_sharpness
+from ..sliding import Sliding, initial_slide, sliding_capacity
+from ..solvers import get_solver, is_implicit
+from .assemble import assemble
+from .driver import Driver, State, chunks, fingerprint
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -121,11 +123,11 @@ def simulate_flow(
       until_accuracy: stop when ln(n/L) reaches this value (a diffrax event in the time clock,
         the end point in the accuracy clock).
       solver: None (default: in the time clock 'bosh3' for models with kinks — ReLU, max-pool, abs,
-        found in the forward pass by :func:`gradflow.solvers.kinks.field_kinks` — and
+        found in the forward pass by :func:`gradflow.kinkmap.field_kinks` — and
         'tsit5' otherwise; 'auto' in the accuracy clock, where long runs on small-margin data turn
         stiff, except with sliding, where it is 'bosh3': the implicit solvers do not enter sliding
         modes), 'auto' (Bosh3 for models with kinks, else Tsit5, switching once to matrix-free
-        Kvaerno5 when the flow turns stiff; see :class:`gradflow.driver.Driver`), a name ('tsit5',
+        Kvaerno5 when the flow turns stiff; see :class:`gradflow.flow.driver.Driver`), a name ('tsit5',
         'dopri5', 'dopri8', 'bosh3', 'heun', 'kvaerno3/4/5', 'implicit_euler') or a diffrax solver
         instance.
       rtol, atol: tolerances of the PID step-size controller.
@@ -148,7 +150,7 @@ def simulate_flow(
       auto_explicit_steps: with ``solver='auto'``, the explicit steps per segment between
         stiffness checks.
       step_control: None (default: 'kink' for explicit solvers on models with kinks, else 'pid'),
-        'pid' (diffrax's PIDController) or 'kink' (:class:`gradflow.solvers.kinks.KinkPIDController`:
+        'pid' (diffrax's PIDController) or 'kink' (:class:`gradflow.controllers.KinkPIDController`:
         keeps steps with scaled error below ``accept`` = 10 instead of 1, so a step across an
         activation switch is not rejected and retried; measured on a ReLU CNN from a random start,
         5–14× fewer gradient evaluations than Tsit5 with 'pid' at equal error, ≤ 2 % rejected
@@ -364,7 +366,7 @@ def _config(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Record
 
 def _drive(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorded, config: dict,
            acc0: float) -> tuple[list[dict], list[str]]:
-    """Run the solve in segments (:class:`gradflow.driver.Driver`): checkpoint or progress chunks,
+    """Run the solve in segments (:class:`gradflow.flow.driver.Driver`): checkpoint or progress chunks,
     ``solver='auto'`` segments. Returns the segments and the solver switches."""
     solve, diag, run = options.solve, options.diagnostics, options.run
     fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32

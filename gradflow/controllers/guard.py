@@ -39,7 +39,7 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
       rtol, atol, norm: the tolerances diffrax hands to an implicit solver's root finder when
         that root finder does not set its own (diffrax reads them from adaptive controllers only).
       work: None, or y1_candidate ↦ [gradient evaluations, Jacobian-vector products] a solver
-        spent on an attempted step beyond its explicit stages (:class:`gradflow.sliding.SlidingSolver`'s
+        spent on an attempted step beyond its explicit stages (:class:`gradflow.flow.sliding_solver.SlidingSolver`'s
         projections, the Newton–GMRES stage solves of :class:`gradflow.solvers.counting.CountingSolver`);
         summed in the state over every attempt, rejected ones included, since diffrax keeps a
         solver's own state only on accepted steps.
@@ -73,15 +73,3 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
         ok = result == diffrax.RESULTS.successful
         result = diffrax.RESULTS.where(ok & (count >= self.budget), diffrax.RESULTS.max_steps_reached, result)
         return keep, next_t0, next_t1, made_jump, (inner, count, total), result
-
-
-def fresh_controller_state(controller_opts, dtype) -> Any:
-    """The state diffrax's PIDController.init gives a new solve, ``(1.0, 1.0, False)`` (error
-    history, at-dtmin flag), as arrays; None for ``{"constant": True}`` (ConstantStepSize).
-
-    Passing it explicitly for a run's first segment, instead of None, gives that segment the
-    same argument structure as the later ones, so they share one compiled solve."""
-    if dict(controller_opts).get("constant", False):
-        return None
-    one = jnp.ones((), dtype)
-    return (one, one, jnp.zeros((), bool))

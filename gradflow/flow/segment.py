@@ -1,7 +1,6 @@
 r"""The compiled solve of one segment of a flow: ``diffrax.diffeqsolve`` with gradflow's step control,
 its save points, events and the diagnostics computed after the loop (activation patterns,
-sharpness), all inside one ``equinox.filter_jit``; and the power iteration on the field's Jacobian
-that ``solver='auto'`` uses to decide when the flow turns stiff.
+sharpness), all inside one ``equinox.filter_jit``.
 """
 
 from __future__ import annotations
@@ -12,25 +11,17 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from . import activations
-from .fields import FieldArgs, accuracy_field, clock_scale, field_from_point, make_save_fn, time_field
-from .params import combine
-from .sharpness import budget_points, budget_subset
-from .sharpness import sharpness as _sharpness
-from .sliding import SlidingSolver
-from .solvers import (
-    IMPLICIT_CONTROLLER,
-    JVP_COST,
-    evaluations_per_step,
-    finite_rms_norm,
-    initial_step,
-    is_implicit,
-    step_controller,
-)
-from .solvers.counting import CountingSolver, add_work, countable, strip_work
-from .solvers.step_guard import StepGuard
+from .. import activations
+from ..controllers import IMPLICIT_CONTROLLER, StepGuard, finite_rms_norm, initial_step, step_controller
+from ..params import combine
+from ..sharpness import budget_subset
+from ..solvers import JVP_COST, evaluations_per_step, is_implicit
+from ..solvers.counting import CountingSolver, add_work, countable, strip_work
+from .field import FieldArgs, accuracy_field, clock_scale, field_from_point, time_field
+from .record import make_save_fn, sharpness_along
+from .sliding_solver import SlidingSolver
 
-__all__ = ["solve", "top_eigenvalue"]
+__all__ = ["solve"]
 
 
 @eqx.filter_jit
@@ -113,7 +104,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
             dt0 = jax.lax.cond(jnp.isnan(dt0), lambda: initial_step(field2, s0, y02, args, solver.error_order(term),
                                                                      rtol, atol, s1 - s0).astype(dt0.dtype), lambda: dt0)
     if budget is not None:
-        # a traced step budget and a no-progress stop (gradflow/step_guard.py); the driver's
+        # a traced step budget and a no-progress stop (gradflow/controllers/guard.py); the driver's
         # controller state is the inner controller's, without the guard's step count
         controller = StepGuard(controller, budget, rtol, atol, norm, work)
         if controller_state is not None:
@@ -160,7 +151,7 @@ def solve(params0, aux0, s0, solver_state, controller_state, static, x, y, save_
         initial_diag = {**initial_diag, **{k: v[None] for k, v in first.items()}}
         final_diag = {**final_diag, **{k: v[None] for k, v in last.items()}}
     if sharpness_opts is not None:
-        saved, final_diag, initial_diag, eigvec = _sharpness_along(
+        saved, final_diag, initial_diag, eigvec = sharpness_along(
             sol.ys[4], params0, final_state[0], eigvec, saved, final_diag, initial_diag, static, x, y, loss, sharpness_opts,
             _gradient_evaluations(sol, solver, extra_work), sharp_idx)
     stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1])
@@ -190,84 +181,3 @@ def _gradient_evaluations(sol, solver, extra_work):
     the first step): for the sharpness budget."""
     per_step = evaluations_per_step(solver) or 0
     return sol.stats["num_steps"] * per_step + extra_work[0] + JVP_COST * extra_work[1]
-
-
-def _sharpness_along(saved_params, initial_params, final_params, eigvec, saved, final_diag, initial_diag, static, x, y, loss, plan,
-                     gradient_evaluations, subset=None):
-    """λ_max(∇²L) (and λ_min) at the save points (a ``lax.scan`` warm-starting each power
-    iteration from the previous point's eigenvector), at the segment's start (reported when no save
-    point was reached) and at its final state, in that (chronological) order; the save points the
-    solve did not reach (diffrax fills them with inf) are skipped and get NaN. With a budget
-    (:class:`gradflow.sharpness.SharpnessPlan`) only the save points :func:`gradflow.sharpness.budget_points`
-    selects are evaluated, and neither the start nor the final state; ``saved_params`` then holds
-    W only at the save points ``subset`` (static indices), the others get NaN. Returns the diagnostics
-    with the sharpness keys added and the eigenvector(s) for the next segment."""
-    tol, max_iters, negative, budget = plan
-
-    def at(params, vecs):
-        v, v_min = vecs
-        sh = _sharpness(params, static, x, y, loss, v, tol=tol, max_iters=max_iters, negative=negative, v0_min=v_min)
-        out = {"sharpness": sh.sharpness, "log_sharpness": sh.log_sharpness, "sharpness_hvps": sh.hvps}
-        if negative:
-            out["min_eigenvalue"] = sh.min_eigenvalue
-        return out, (sh.vector, sh.min_vector if negative else v_min)
-
-    def skipped(vecs):
-        nan = jnp.full((), jnp.nan, vecs[0].dtype)
-        out = {"sharpness": nan, "log_sharpness": nan, "sharpness_hvps": jnp.zeros((), jnp.int32)}
-        if negative:
-            out["min_eigenvalue"] = nan
-        return out, vecs
-
-    def finite(params):
-        return jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
-
-    def step(vecs, item):
-        params, take = item
-        out, new = jax.lax.cond(take, lambda: at(params, vecs), lambda: skipped(vecs))
-        return new, out
-
-    reached = jax.vmap(finite)(saved_params)
-    if budget is None:
-        take, ends = reached, True
-    else:
-        take, ends = budget_points(reached, gradient_evaluations, budget), False
-    vecs, first = step(eigvec, (initial_params, finite(initial_params) & ends))
-    vecs, rows = jax.lax.scan(step, vecs, (saved_params, take))
-    vecs, last = step(vecs, (final_params, finite(final_params) & ends))
-    if subset is not None:  # back onto all save points: NaN (0 HVPs) where W was not kept
-        num = saved["log_loss"].shape[0]
-        rows = {k: jnp.full((num,), 0 if k == "sharpness_hvps" else jnp.nan, v.dtype).at[subset].set(v)
-                for k, v in rows.items()}
-    saved = {**saved, **rows}
-    final_diag = {**final_diag, **jax.tree_util.tree_map(lambda v: v[None], last)}
-    initial_diag = {**initial_diag, **jax.tree_util.tree_map(lambda v: v[None], first)}
-    return saved, final_diag, initial_diag, vecs
-
-
-def top_eigenvalue(params, aux, s, common, iters: int = 30, slide=None) -> float:
-    """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
-    products; in physical time these are Hessian-vector products of L)."""
-    field = time_field if common["clock"] == "time" else accuracy_field
-    args = FieldArgs(common["static"], common["x"], common["y"], common["loss"], common.get("sliding"))
-    return float(_power_iteration(field, params, aux, s, args, iters, slide))
-
-
-@eqx.filter_jit
-def _power_iteration(field, params, aux, s, args, iters, slide=None):
-    rest = (aux,) if slide is None else (aux, slide)
-
-    def jv(v):
-        return jax.jvp(lambda p: field(s, (p, *rest), args)[0], (params,), (v,))[1]
-
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
-    v0 = unravel(jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 1.3) + 0.5)
-
-    def body(_, carry):
-        v, _lam = carry
-        w = jv(v)
-        wn = jnp.linalg.norm(jax.flatten_util.ravel_pytree(w)[0])
-        lam = wn / jnp.linalg.norm(jax.flatten_util.ravel_pytree(v)[0])
-        return jax.tree_util.tree_map(lambda a: a / wn, w), lam
-
-    return jax.lax.fori_loop(0, iters, body, (v0, jnp.zeros((), flat.dtype)))[1]

@@ -27,18 +27,11 @@ rejected steps.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import diffrax
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 
-from ..kinkmap import Kinks, find_kinks
-from ..params import combine
-
-__all__ = ["KinkPIDController", "KINK_ACCEPT", "FieldKinks", "field_kinks", "nonsmooth_primitives"]
+__all__ = ["KinkPIDController", "KINK_ACCEPT"]
 
 KINK_ACCEPT = 10.0
 
@@ -69,64 +62,3 @@ class KinkPIDController(diffrax.PIDController):
         # diffrax's scaling of the error (an overflowing candidate is measured against y0)
         y1 = jnp.where(jnp.isnan(y1).any(), y0, y1)
         return err / (self.atol + jnp.maximum(jnp.abs(y0), jnp.abs(y1)) * self.rtol)
-
-
-# Primitives whose derivative jumps: ReLU (max), max-pooling (reduce_window_max / a generic
-# reduce_window over max), absolute values, clipping, sorting.
-_NONSMOOTH = frozenset({
-    "max", "min", "reduce_max", "reduce_min", "argmax", "argmin", "abs", "sign", "clamp",
-    "reduce_window_max", "reduce_window_min", "cummax", "cummin", "sort", "floor", "ceil", "round",
-})
-
-
-def _primitive_names(jaxpr) -> set[str]:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    names |= _primitive_names(inner)
-    return names
-
-
-def nonsmooth_primitives(apply, params, x) -> list[str]:
-    """The primitives with jumping derivatives in the forward pass ``apply(params, x)`` (traced
-    with ``jax.make_jaxpr``, nothing runs): non-empty for ReLU, max-pool, abs, clip… networks,
-    whose gradient flow is kink-dense from a random start; empty for linear and smooth nets."""
-    closed = jax.make_jaxpr(apply)(params, x)
-    return sorted(_primitive_names(closed.jaxpr) & _NONSMOOTH)
-
-
-class FieldKinks(NamedTuple):
-    """What the forward pass says about the field −∇L (:func:`field_kinks`).
-
-    ``primitives``: the non-smooth primitives found; ``sites``: the elementwise ``max`` sites,
-    each C⁰ (∇L jumps across it) or C¹ (its output is only squared: ∇L is continuous, only the
-    Hessian jumps; :mod:`gradflow.kinkmap`)."""
-
-    primitives: list[str]
-    sites: Kinks
-
-    @property
-    def jumps(self) -> bool:
-        """Whether ∇L jumps somewhere: a C⁰ ``max`` site, a ``max`` that could not be analysed
-        (inside a loop), or another non-smooth primitive (max-pool, abs, min, sort, …)."""
-        other = set(self.primitives) - {"max"}
-        return bool(self.sites.sliding) or bool(self.sites.unsupported) or bool(other)
-
-
-def field_kinks(params, static, x) -> FieldKinks:
-    """The kinks of the field of the model ``combine(params, static)`` on the inputs ``x``.
-
-    The step-control rule of :func:`gradflow.simulate_flow`: kink-aware control (Bosh3 with
-    :class:`KinkPIDController`) when :attr:`FieldKinks.jumps`, else Tsit5 with diffrax's PID
-    controller. A ReLU net, a max-pool or an ``abs`` make the field jump; a squared ReLU does not
-    (the flow of Figure 1's network is C¹), and gets the smooth-field default."""
-    arrays, rest = eqx.partition(static, eqx.is_array)
-
-    def apply(p, a, x_):
-        return combine(p, eqx.combine(a, rest))(x_)
-
-    return FieldKinks(nonsmooth_primitives(lambda p, x_: apply(p, arrays, x_), params, x), find_kinks(apply, params, arrays, x))

@@ -1,0 +1,118 @@
+"""The result of a flow: its segments' save points concatenated into a :class:`gradflow.FlowResult`,
+with a status, a reason, and the solver statistics (gradient evaluations counted once, here)."""
+
+from __future__ import annotations
+
+import warnings
+
+import diffrax
+import jax
+import numpy as np
+
+from ..errors import SolverFailure
+from ..interop import final_model_and_params
+from ..result import FlowResult
+from ..solvers import JVP_COST
+
+__all__ = ["assemble", "result_name"]
+
+
+def result_name(result) -> str:
+    for name in ("successful", "event_occurred", "max_steps_reached"):
+        if result == getattr(diffrax.RESULTS, name):
+            return name
+    return "failed"
+
+
+def assemble(segments, static, degree, *, config, throw, event_kind):
+    """Concatenate the segments' save points (+ the final state if it is not a save point) into a
+    FlowResult with a status and reason."""
+    parts = [seg["saved"] for seg in segments]
+    diag = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    last, final_diag = segments[-1], segments[-1]["final_diag"]
+    last_log_t = diag["log_t"][-1] if len(diag["log_t"]) else -np.inf
+    if not np.isclose(final_diag["log_t"], last_log_t, rtol=1e-12, atol=0) and np.isfinite(final_diag["log_loss"]):
+        diag = {k: np.concatenate([diag[k], final_diag[k][None]]) for k in diag}
+    if degree is None:
+        for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
+            diag.pop(k, None)
+    if last["result_name"] == "successful":
+        status, reason = "completed", ""
+    elif last["result_name"] == "event_occurred":
+        status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
+    else:
+        status, reason = "failed", last["reason"]
+    params_final = last["final_state"][0]
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
+        status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
+    evals = [seg["evals_per_step"] for seg in segments]
+    jvps = sum(seg["stats"].get("extra_jvps", 0) for seg in segments)
+
+    def counted(seg, e):
+        # explicit RK: stages per attempted step; implicit: the Newton–GMRES work the solve counted
+        # (gradflow.solvers.counting), JVPs at JVP_COST gradient evaluations each; + the segment's start
+        return (seg["stats"]["num_steps"] * e + seg["start_evals"] + seg["stats"].get("extra_evaluations", 0)
+                + JVP_COST * seg["stats"].get("extra_jvps", 0))
+
+    stats_out = {
+        "steps": sum(seg["stats"]["num_steps"] for seg in segments),
+        "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
+        "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
+        "gradient_evaluations": None if None in evals else _as_count(
+            sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True))),
+        "jacobian_vector_products": jvps,
+        "implicit_segments": sum(seg.get("implicit_segments", int(e is None)) for seg, e in zip(segments, evals, strict=True)),
+        "gradient_evaluations_note": (
+            "not counted: implicit segments with a root finder other than gradflow's (whose Newton and GMRES "
+            "iterations diffrax does not report); the other segments used "
+            f"{_as_count(sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True) if e is not None))}"
+        ) if None in evals else (
+            f"includes {jvps} Jacobian-vector products of the field (Newton–GMRES) at {JVP_COST:g} gradient "
+            "evaluation(s) each" if jvps else ""),
+        "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
+        **_sliding_stats(last["final_state"]),
+        **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
+        "wall_time": sum(seg["wall"] for seg in segments),
+        "segments": len(segments),
+    }
+    res = FlowResult(
+        diagnostics=diag, status=status, reason=reason, stats=stats_out, config=config,
+        **final_model_and_params(params_final, static),
+    )
+    _warn_if_stalled(diag, config)
+    if status == "failed" and throw:
+        raise SolverFailure(f"simulate_flow failed: {reason}", res)
+    return res
+
+
+def _as_count(value) -> int:
+    """A gradient-evaluation total, rounded to an int (JVPs at JVP_COST may make it fractional)."""
+    return int(round(float(value)))
+
+
+def _sliding_stats(final_state) -> dict:
+    """``stats`` of a run with sliding (gradflow.sliding): the counts of its final state."""
+    if len(final_state) < 3:
+        return {}
+    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state[2].counts))
+    return {"sliding_entries": entries, "sliding_exits": exits, "sliding_changes": changes, "sliding_normals": normals,
+            "sliding_overflow": overflow}
+
+
+def _warn_if_stalled(diag: dict, config: dict) -> None:
+    """Warn when the loss stalls above ℓ(0) with misclassified points: data not separable by the model.
+
+    If some p_i ≤ 0 then L ≥ ℓ(p_i) ≥ ℓ(0), so a flow that keeps training error above zero can
+    never enter the regime of Assumption 2.3."""
+    log_loss = diag["log_loss"]
+    if len(log_loss) < 8 or diag["train_error"][-1] == 0:
+        return
+    quarter = len(log_loss) // 4
+    drop = log_loss[-quarter - 1] - log_loss[-1]
+    if drop < 1e-3 * max(1.0, abs(log_loss[-1])):
+        warnings.warn(
+            f"The loss stalls at ln L = {log_loss[-1]:.6g} with {diag['train_error'][-1]:.1%} of the examples "
+            "misclassified: the data do not look separable by this model, so L cannot go below ℓ(0) and the "
+            "paper's late-training regime is never reached. Use a more expressive model or separable data.",
+            stacklevel=3,
+        )

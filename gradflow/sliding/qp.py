@@ -1,0 +1,71 @@
+"""Dense linear algebra of the sliding set: the box-constrained solve for the multipliers, the ridged
+Gram matrix of the normals, and the bookkeeping of the slots that hold the sliding pairs."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["box_qp", "ridge", "compact", "remap_rows", "MAX_PASSES", "RIDGE"]
+
+# most passes of the box-constrained solve (each fixes the worst violator at its bound)
+MAX_PASSES = 16
+# relative ridge of the Gram matrix N Nᵀ (coinciding normals: duplicate examples, ties)
+RIDGE = 1e-12
+
+
+def ridge(gram, valid):
+    """The Gram matrix on the valid slots plus RIDGE × its mean diagonal, the identity on the
+    others: positive definite when normals coincide (where the minimum-norm λ splits evenly)."""
+    both = valid[:, None] & valid[None, :]
+    mean = jnp.sum(jnp.where(valid, jnp.diag(gram), 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+    ridge = RIDGE * jnp.where(mean > 0, mean, 1.0)
+    return jnp.where(both, gram, 0.0) + jnp.diag(jnp.where(valid, ridge, 1.0))
+
+
+def box_qp(gram, grad, lo, hi, valid):
+    """min ½ Δᵀ G Δ + gᵀ Δ over lo ≤ Δ ≤ hi on the valid slots (G = ``gram``, g = ``grad``):
+    the free solution, then the worst violator fixed at its bound and re-solved, at most
+    :data:`MAX_PASSES` times (remaining violators are clipped). Returns (Δ, at_lo, at_hi)."""
+    k = gram.shape[0]
+    scale = jnp.maximum(hi - lo, jnp.finfo(gram.dtype).tiny)
+
+    def solve(free, x_fixed):
+        b = jnp.where(free, -grad - gram @ jnp.where(free, 0.0, x_fixed), 0.0)
+        return jnp.where(free, jnp.linalg.solve(ridge(gram, free), b), x_fixed)
+
+    def violation(x, free):
+        return jnp.where(free, jnp.maximum(lo - x, x - hi) / scale, -jnp.inf)
+
+    def cond(carry):
+        _, x, free, passes = carry
+        return (jnp.max(violation(x, free)) > 0) & (passes < MAX_PASSES)
+
+    def body(carry):
+        x_fixed, x, free, passes = carry
+        worst = jnp.argmax(violation(x, free))
+        x_fixed = x_fixed.at[worst].set(jnp.where(x[worst] < lo[worst], lo[worst], hi[worst]))
+        free = free.at[worst].set(False)
+        return x_fixed, solve(free, x_fixed), free, passes + 1
+
+    x = solve(valid, jnp.zeros((k,), gram.dtype))
+    _, x, _, _ = lax.while_loop(cond, body, (jnp.zeros((k,), gram.dtype), x, valid, jnp.zeros((), jnp.int32)))
+    x = jnp.clip(x, lo, hi)
+    at_lo = valid & (x <= lo)
+    at_hi = valid & (x >= hi) & ~at_lo
+    return jnp.where(valid, x, 0.0), at_lo, at_hi
+
+
+def compact(mask_flat, max_pairs):
+    """The flat indices where ``mask_flat`` holds, in increasing order, padded with −1 to
+    ``max_pairs`` (those beyond it are left out), and how many were left out."""
+    idx = jnp.nonzero(mask_flat, size=max_pairs, fill_value=-1)[0].astype(jnp.int32)
+    return idx, jnp.sum(mask_flat) - jnp.sum(idx >= 0)
+
+
+def remap_rows(rows, old_slots, new_slots):
+    """The rows of ``new_slots`` from those of ``old_slots`` (0 where a slot was not there), and
+    which new slots were there."""
+    match = (new_slots[:, None] == old_slots[None, :]) & (new_slots[:, None] >= 0)
+    had = jnp.any(match, axis=1)
+    return jnp.where(had[:, None], rows[jnp.argmax(match, axis=1)], 0.0), had
