@@ -32,18 +32,20 @@ import gradflow as gf  # noqa: E402
 
 def field_profile(models, x, y, reps: int = 1000) -> dict:
     """Microseconds per vector-field evaluation: one member, and all members vmapped."""
-    from gradflow.flow.field import FieldArgs
-    from gradflow.flow.field import time_field as _time_field
+    from gradflow.clock import TimeClock
+    from gradflow.flow.field import FieldArgs, vector_field
+    from gradflow.flow.state import FlowState
     from gradflow.problem import prepare_problem
 
     with gf.x64():
         probs = [prepare_problem(m, (x, y), "exponential", "float64", False, "benchmark") for m in models]
         p0 = probs[0]
-        args = FieldArgs(p0.static, p0.x, p0.y, p0.loss)
+        args = FieldArgs(p0.static, p0.x, p0.y, p0.loss, TimeClock())
         stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *[p.params0 for p in probs])
 
         def single(p, a):
-            return _time_field(None, (p, a), args)
+            d = vector_field(None, FlowState(p, a), args)
+            return d.W, d.aux
 
         def batched(p, a):
             return jax.vmap(single)(p, a)

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from . import datasets, figures, models
+from .clock import AccuracyClock, get_clock
 from .errors import GradflowError, InvalidArgumentError, InvalidTypeError
 from .flow import simulate_flow
 from .models import nonhomogeneous
@@ -268,7 +269,7 @@ def run_config(cfg: dict[str, Any], out: str | os.PathLike | None = None, progre
     if "diagnostics" in cfg:
         opts["diagnostics"] = _diagnostics(cfg["diagnostics"])
     start = time.perf_counter()
-    if clock == "accuracy" and "save_at" not in cfg and "num_save" not in cfg:
+    if isinstance(get_clock(clock), AccuracyClock) and "save_at" not in cfg and "num_save" not in cfg:
         if "t_max" in cfg:
             opts["t_max"] = cfg["t_max"]
         result = simulate_with_progress(model, (x, y), float(cfg["until_accuracy"]), segments=cfg.get("progress_segments", 8),

@@ -48,12 +48,14 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 
-from .controllers import initial_step, nan_to_inf
+from .clock import TimeClock
+from .controllers import initial_step, nan_to_inf, step_controller
 from .errors import InvalidTypeError, bad_argument
-from .flow.assemble import assemble, result_name
-from .flow.field import FieldArgs, time_field
-from .flow.record import make_save_fn
-from .flow.segment import solve
+from .flow.assemble import Segment, assemble, result_name
+from .flow.field import Data, FieldArgs, vector_field
+from .flow.record import Record
+from .flow.segment import FlowSpec, SegmentResult, Start, solve
+from .flow.state import FlowState, error_norm
 from .options import (
     Diagnostics,
     RunOptions,
@@ -68,7 +70,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
-from .solvers import evaluations_at_start, evaluations_per_step, get_solver
+from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
 
@@ -97,20 +99,21 @@ class EnsembleResult:
 
 
 @eqx.filter_jit
-def _ensemble_solve(params0, s0, aux0, static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0,
-                    mesh=None, **config):
+def _ensemble_solve(spec: FlowSpec, data: Data, params0, s0, save_points, end, dt0, mesh=None):
+    """Every member's own solve (:func:`gradflow.flow.segment.solve`), vmapped over the members'
+    starts (W₀, s₀); per device block with a ``mesh``. Returns the
+    :class:`~gradflow.flow.segment.SegmentResult` with the members along the leading axis of every leaf."""
+
     def body(sharded, shared):
         p0, s0_ = sharded
-        static_, x_, y_, save_points_, t_end_, target_, log_t_max_, rtol_, atol_, dt0_ = shared
+        spec_, data_, save_points_, end_, dt0_ = shared
 
         def member(p, s):
-            return solve(p, aux0, s, None, None, static_, x_, y_, save_points_, t_end_, target_, log_t_max_,
-                          rtol_, atol_, dt0_, **config)
+            return solve(spec_, data_, Start(FlowState(p, jnp.zeros((2,), s.dtype)), s, dt0=dt0_), save_points_, end_)
 
         return eqx.filter_vmap(member)(p0, s0_)
 
-    shared = (static, x, y, save_points, t_end, target_log_loss, log_t_max, rtol, atol, dt0)
-    return _over_members(body, mesh, (params0, s0), shared)
+    return _over_members(body, mesh, (params0, s0), (spec, data, save_points, end, dt0))
 
 
 def _over_members(body, mesh, sharded, shared):
@@ -151,56 +154,53 @@ def _max_row_rms(count: int):
 
 
 @eqx.filter_jit
-def _shared_solve(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, loss, degree, solver, max_steps,
-                  save_params, controller_opts=(), mesh=None):
+def _shared_solve(spec: FlowSpec, data: Data, params0, save_points, end, dt0, mesh=None) -> SegmentResult:
     """All members (of each device's block, with a ``mesh``) as one ODE with one step size."""
 
     def body(p0, shared):
-        return _shared_body(p0, *shared, loss=loss, degree=degree, solver=solver, max_steps=max_steps,
-                            save_params=save_params, controller_opts=controller_opts)
+        return _shared_body(p0, *shared)
 
-    return _over_members(body, mesh, params0, (static, x, y, save_points, t_end, rtol, atol, dt0))
+    return _over_members(body, mesh, params0, (spec, data, save_points, end, dt0))
 
 
-def _shared_body(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, loss, degree, solver, max_steps,
-                 save_params, controller_opts):
-    """All members as one ODE with one step size.
+def _shared_body(params0, spec: FlowSpec, data: Data, save_points, end, dt0) -> SegmentResult:
+    """All members as one ODE with one step size (time clock; ``spec.controller``'s norm is replaced
+    by :func:`_max_row_rms`).
 
     The state is one (members, k + 1) array: row i = [W_i flattened, ζ_i]. One leaf instead of a
     PyTree of stacked layers keeps the solver's stage arithmetic (Tsit5: ~40 axpy-like ops per
     step) to one fused op per combination, and the error norm to one reduction."""
-    args = FieldArgs(static, x, y, loss)
+    args = FieldArgs(data.static, data.x, data.y, data.loss, spec.clock)
     flat0 = jax.vmap(lambda p: jax.flatten_util.ravel_pytree(p)[0])(params0)
     members, k = flat0.shape
     unravel = jax.flatten_util.ravel_pytree(jax.tree_util.tree_map(lambda v: v[0], params0))[1]
 
     def member_field(row):
-        dparams, daux = time_field(None, (unravel(row[:k]), None), args)
-        return jnp.concatenate([jax.flatten_util.ravel_pytree(dparams)[0], daux[:1]])
+        d = vector_field(None, FlowState(unravel(row[:k]), None), args)
+        return jnp.concatenate([jax.flatten_util.ravel_pytree(d.W)[0], d.aux[:1]])
 
     def field(t, state, args_):
         return jax.vmap(member_field)(state)
 
-    save_one = make_save_fn("time", degree, save_params)
-
     def member_save(t, row):
         aux = jnp.stack([row[k], jnp.zeros((), row.dtype)])
-        return save_one(t, (unravel(row[:k]), aux), args)
+        return spec.record.save(t, FlowState(unravel(row[:k]), aux), args)
 
     def save_fn(t, state, args_):
         return jax.vmap(lambda row: member_save(t, row))(state)
 
     saveat = diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=save_points, fn=save_fn),
                                   diffrax.SubSaveAt(t1=True, fn=save_fn), diffrax.SubSaveAt(t1=True)])
-    controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_max_row_rms(k + 2), **dict(controller_opts))
+    controller = eqx.tree_at(lambda c: c.norm, spec.controller, _max_row_rms(k + 2))
+    rtol, atol = controller.rtol, controller.atol
     y0 = jnp.concatenate([flat0, jnp.zeros((members, 1), flat0.dtype)], axis=1)
     if dt0 is None:  # the smallest of the members' own first steps
         term0 = diffrax.ODETerm(lambda t, row, a: member_field(row))
-        order = solver.error_order(term0)
+        order = spec.solver.error_order(term0)
         dt0 = jnp.min(jax.vmap(lambda row: initial_step(term0.vector_field, jnp.zeros((), row.dtype), row, None, order,
-                                                        rtol, atol, t_end))(y0))
-    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), solver, jnp.zeros((), x.dtype), t_end, dt0, y0, args=None,
-                              saveat=saveat, stepsize_controller=controller, max_steps=max_steps, throw=False)
+                                                        rtol, atol, end))(y0))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(field), spec.solver, jnp.zeros((), data.x.dtype), end, dt0, y0, args=None,
+                              saveat=saveat, stepsize_controller=controller, max_steps=spec.max_steps, throw=False)
     saved, final_diag, final_rows = sol.ys
     # to the per-member layout of the vmapped solve: member axis first
     saved = jax.tree_util.tree_map(lambda v: jnp.swapaxes(v, 0, 1), saved)
@@ -208,9 +208,12 @@ def _shared_body(params0, static, x, y, save_points, t_end, rtol, atol, dt0, *, 
     rows = final_rows[0]
     final_params = jax.vmap(lambda r: unravel(r[:k]))(rows)
     final_aux = jnp.stack([rows[:, k], jnp.zeros((members,), rows.dtype)], axis=1)
-    result = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (members,)), sol.result)
-    stats = {k_: jnp.broadcast_to(v, (members,)) for k_, v in sol.stats.items()}
-    return saved, final_diag, (final_params, final_aux), result, stats, None, None, None
+
+    def each(v):
+        return jnp.broadcast_to(v, (members, *jnp.shape(v)))
+
+    return SegmentResult(saved, {}, final_diag, FlowState(final_params, final_aux), jax.tree_util.tree_map(each, sol.result),
+                         {k_: each(v) for k_, v in sol.stats.items()}, each(sol.ts[1][-1]), None, None, None, None)
 
 
 def simulate_ensemble(
@@ -265,13 +268,12 @@ def simulate_ensemble(
         raise bad_argument("solver", "'auto' switches solvers between segments, which a vmapped ensemble cannot do",
                            "Pass 'tsit5' or 'kvaerno5'.")
     steps = check_choice("steps", steps or "per_member", ("shared", "per_member"))
-    if steps == "shared" and not (solve.clock == "time" and solve.until_accuracy is None):
+    if steps == "shared" and not (isinstance(solve.clock, TimeClock) and solve.until_accuracy is None):
         raise bad_argument("steps", "'shared' needs clock='time' without until_accuracy (members' clocks differ)",
                            "Use steps='per_member'.")
     save_params = check_bool("save_params", save_params)
     check_degree = check_bool("check_degree", check_degree)
-    solver_obj = get_solver(solver, rtol=solve.rtol, atol=solve.atol,
-                            jacobian=check_choice("jacobian", jacobian, ("matrix_free", "dense")))
+    solver_obj = get_solver(solver, jacobian=check_choice("jacobian", jacobian, ("matrix_free", "dense")))
     mesh = None
     if run.devices is not None:
         devs = resolve_devices(run.devices)
@@ -284,30 +286,31 @@ def simulate_ensemble(
         check_target(solve.until_accuracy, acc0)
         save_points = solve.save_points(acc0)
         members_n = len(models)
-        s0 = jnp.zeros(members_n) if solve.clock == "time" else jax.vmap(loss_fn.alpha_from_log_loss)(jnp.asarray(log_loss0))
+        s0 = jax.vmap(lambda v: jnp.asarray(solve.clock.start(loss_fn, v), jnp.float64))(jnp.asarray(log_loss0))
         if mesh is not None:
             params0, s0 = _pad_members((params0, s0), mesh.size)
         f = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         start = time.perf_counter()
         dt = None if solve.dt0 is None else f(solve.dt0)
+        target = None if solve.until_accuracy is None else f(solve.target_log_loss(n))
+        log_t_max = None if solve.t_max is None else f(solve.log_t_max)
+        stop = solve.clock.stop_condition(target, log_t_max)
+        data = Data(first.static, first.x, first.y, loss_fn)
         if steps == "shared":
-            out = _shared_solve(params0, first.static, first.x, first.y, f(save_points), f(solve.t_end), f(solve.rtol),
-                                f(solve.atol), dt, loss=loss_fn, degree=first.degree, solver=solver_obj,
-                                max_steps=solve.max_steps, save_params=save_params, controller_opts=_SHARED_PI,
-                                mesh=mesh)
+            spec = FlowSpec(solve.clock, solver_obj, diffrax.PIDController(rtol=f(solve.rtol), atol=f(solve.atol),
+                                                                          **dict(_SHARED_PI)),
+                            Record(first.degree, save_params), None, None, solve.max_steps)
+            out = _shared_solve(spec, data, params0, f(save_points), f(solve.end), dt, mesh=mesh)
         else:
-            out = _ensemble_solve(
-                params0, s0, jnp.zeros((2,)), first.static, first.x, first.y, f(save_points), f(solve.t_end),
-                f(solve.target_log_loss(n)), f(solve.log_t_max), f(solve.rtol), f(solve.atol), dt, loss=loss_fn,
-                degree=first.degree, clock=solve.clock, solver=solver_obj, max_steps=solve.max_steps,
-                event_kind=solve.event_kind, controller_opts=(), save_params=save_params, defer_diagnostics=True,
-                mesh=mesh,
-            )
+            spec = FlowSpec(solve.clock, solver_obj, step_controller(f(solve.rtol), f(solve.atol), {"norm": error_norm}),
+                            Record(first.degree, save_params, defer=True), None if stop is None else diffrax.Event(stop),
+                            None, solve.max_steps)
+            out = _ensemble_solve(spec, data, params0, s0, f(save_points), f(solve.end), dt, mesh=mesh)
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
-        saved, final_diag, final_state, result, stats = jax.tree_util.tree_map(
-            lambda v: v[:members_n] if eqx.is_array(v) else v, out[:5])
-        config = dict(loss=loss_fn.name, clock=solve.clock, solver=type(solver_obj).__name__, rtol=solve.rtol,
+        out = jax.tree_util.tree_map(lambda v: v[:members_n] if eqx.is_array(v) else v, out)
+        saved, final_diag, final_state, result, stats = out.saved, out.final, out.state, out.result, out.stats
+        config = dict(loss=loss_fn.name, clock=solve.clock.name, solver=type(solver_obj).__name__, rtol=solve.rtol,
                       atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=first.degree,
                       n=n, max_steps=solve.max_steps, jacobian=jacobian, dtype="float64", ensemble_size=members_n,
                       steps=steps, ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
@@ -315,26 +318,27 @@ def simulate_ensemble(
         # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
         saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
         results = [_member(result, i, as_numpy=False) for i in range(members_n)]
-        final_params, final_aux = jax.tree_util.tree_map(np.asarray, final_state)
+        final_params, final_aux = jax.tree_util.tree_map(np.asarray, (final_state.W, final_state.aux))
         start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=solve.dt0 is None)
         members = []
         for i in range(members_n):
             s_i = _member(saved, i)
             reached = np.isfinite(s_i["log_loss"])
             res_i = results[i]
-            state_i = (jax.tree_util.tree_map(lambda v, i=i: jnp.asarray(v[i]), final_params), jnp.asarray(final_aux[i]))
-            segment = dict(
+            state_i = FlowState(jax.tree_util.tree_map(lambda v, i=i: jnp.asarray(v[i]), final_params),
+                                jnp.asarray(final_aux[i]))
+            segment = Segment(
                 saved={k: v[reached] for k, v in s_i.items()},
                 final_diag={k: v[0] for k, v in _member(final_diag, i).items()},
                 final_state=state_i,
                 result_name=result_name(res_i), reason=diffrax.RESULTS[res_i],
                 stats={k: int(v[i]) for k, v in stats.items() if k != "max_steps"},
                 wall=wall / members_n, num_save=len(save_points), evals_per_step=evaluations_per_step(solver_obj),
-                start_evals=start_evals,
-                solver_name=type(solver_obj).__name__,
+                start_evals=start_evals, solver_name=type(solver_obj).__name__,
+                implicit_segments=int(is_implicit(solver_obj)),
             )
             members.append(assemble([segment], first.static, first.degree, config=dict(config, member=i),
-                                     throw=False, event_kind=solve.event_kind))
+                                     throw=False, stop_reason=solve.clock.stop(solve.t_max, solve.until_accuracy)))
     return EnsembleResult(members=members, diagnostics=_stack(members), stats={"wall_time": wall, "members": len(members)})
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .clock import get_clock
 from .result import FlowResult
 
 __all__ = ["TIGHTER", "error_diagnostics", "simulate_with_error_check", "tight_checkpoint"]
@@ -55,7 +56,7 @@ def error_diagnostics(a: FlowResult, b: FlowResult) -> dict[str, np.ndarray]:
 
     Both need ``diagnostics["params_flat"]``; ``a`` and ``b`` must share clock and save points."""
     da, db = a.diagnostics, b.diagnostics
-    key = "t" if a.config["clock"] == "time" else "accuracy"
+    key = get_clock(a.config["clock"]).save_key
     j = _match(np.asarray(da[key], float), np.asarray(db[key], float))
     if a.status == b.status == "stopped at target" and len(da[key]) and len(db[key]):
         j[-1] = len(db[key]) - 1

@@ -35,6 +35,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from .clock import CLOCKS, Clock, get_clock
 from .errors import InvalidTypeError, bad_argument
 
 __all__ = [
@@ -55,7 +56,6 @@ __all__ = [
     "resolve_devices",
 ]
 
-CLOCKS = ("time", "accuracy")
 DTYPES = ("float64", "float32")
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class SolveOptions:
     """The checked options shared by every solve of the flow (see :func:`gradflow.simulate_flow`).
 
     Attributes:
-      clock: 'time' (integrate in t) or 'accuracy' (integrate in α, save points in ln(n/L)).
+      clock: the :class:`gradflow.clock.Clock` (from ``clock='time'`` or ``'accuracy'``).
       t_max: final time t; with clock='accuracy' an optional extra stop (None: none).
       until_accuracy: target ln(n/L) (None: none; required with clock='accuracy').
       rtol, atol: tolerances of the step-size controller.
@@ -196,7 +196,7 @@ class SolveOptions:
         against the start once it is known: :meth:`save_points`), or None.
     """
 
-    clock: str
+    clock: Clock
     t_max: float | None
     until_accuracy: float | None
     rtol: float
@@ -207,19 +207,9 @@ class SolveOptions:
     save_at: np.ndarray | None
 
     @property
-    def t_end(self) -> float:
-        """Where the solve ends: t_max in the time clock, until_accuracy in the accuracy clock."""
-        return self.t_max if self.clock == "time" else self.until_accuracy
-
-    @property
-    def event_kind(self) -> str | None:
-        """The stop before the end point: 'log_loss' (until_accuracy in the time clock), 'log_t'
-        (t_max in the accuracy clock) or None."""
-        if self.clock == "time" and self.until_accuracy is not None:
-            return "log_loss"
-        if self.clock == "accuracy" and self.t_max is not None:
-            return "log_t"
-        return None
+    def end(self) -> float:
+        """Where the solve ends, in the user's units: t_max (time clock) or until_accuracy (accuracy clock)."""
+        return self.clock.end(self.t_max, self.until_accuracy)
 
     @property
     def log_t_max(self) -> float:
@@ -231,32 +221,20 @@ class SolveOptions:
 
     def save_points(self, acc0: float) -> np.ndarray:
         """The save points of a run starting at ln(n/L) = ``acc0``: ``save_at`` (checked against the
-        start in the accuracy clock), or ``num_save`` points geometric in t (or in ln(n/L) − acc0)."""
+        run's range once its start is known), or the clock's ``num_save`` default points."""
         if self.save_at is not None:
-            if self.clock == "accuracy":
-                check_save_at(self.save_at, lo=acc0, hi=self.t_end)
+            lo, hi = self.clock.run_bounds(acc0, self.end)
+            check_save_at(self.save_at, lo=lo, hi=hi)
             return self.save_at
-        if self.clock == "time":  # geometric in t: the flow slows down like log t
-            start = min(1e-3, self.t_end / 10)
-            return np.concatenate([[0.0], np.geomspace(start, self.t_end, self.num_save - 1)])
-        span = self.t_end - acc0
-        return acc0 + span * np.concatenate([[0.0], np.geomspace(1e-3, 1.0, self.num_save - 1)])
+        return self.clock.default_save_points(acc0, self.end, self.num_save)
 
 
 def check_solve_options(*, clock, t_max, until_accuracy, rtol, atol, dt0, max_steps, num_save, save_at) -> SolveOptions:
     """Check the options every solve shares (the keywords of :func:`gradflow.simulate_flow` of the
-    same names) and return them as :class:`SolveOptions`."""
-    check_choice("clock", clock, CLOCKS)
-    if clock == "time":
-        if t_max is None:
-            raise bad_argument("t_max", "is required with clock='time'",
-                               "Pass t_max=1e6, or use clock='accuracy' with until_accuracy=K.")
-        t_max = check_positive_finite("t_max", t_max, example="1e6")
-    else:
-        t_max = check_positive_finite("t_max", t_max, allow_none=True, example="1e6")
-        if until_accuracy is None:
-            raise bad_argument("until_accuracy", "is required with clock='accuracy'",
-                               "Pass until_accuracy=K, the target ln(n/L).")
+    same names) and return them as :class:`SolveOptions`; ``clock`` becomes a :class:`gradflow.clock.Clock`."""
+    clock = get_clock(clock)
+    t_max = check_positive_finite("t_max", t_max, allow_none=True, example="1e6")
+    clock.check_range(t_max, until_accuracy)
     until_accuracy = check_positive_finite("until_accuracy", until_accuracy, allow_none=True, example="100.0")
     rtol = check_positive_finite("rtol", rtol, example="1e-8")
     atol = check_positive_finite("atol", atol, example="1e-10")
@@ -265,7 +243,8 @@ def check_solve_options(*, clock, t_max, until_accuracy, rtol, atol, dt0, max_st
     num_save = check_int("num_save", num_save, least=2, example=100)
     if save_at is not None:
         # the time clock's range is known now; the accuracy clock's start only once the problem is
-        save_at = check_save_at(save_at, lo=0.0 if clock == "time" else None, hi=t_max if clock == "time" else until_accuracy)
+        lo, hi = clock.save_bounds(t_max, until_accuracy)
+        save_at = check_save_at(save_at, lo=lo, hi=hi)
     return SolveOptions(clock, t_max, until_accuracy, rtol, atol, dt0, max_steps, num_save, save_at)
 
 

@@ -1,30 +1,28 @@
-r"""Long flows with a progress bar in the optimization accuracy ln(n/L).
+r"""Progress bars for long runs, and results read as one run.
 
-The accuracy clock of :func:`gradflow.simulate_flow` integrates dW/dα = ∇α/‖∇α‖², so the flow can
-be cut at any accuracies K_0 < K_1 < … < K_S = K (K = ln(n/L), α = ℓ⁻¹(n e^(−K))) and integrated
-segment by segment, each segment starting from the previous one's final W. The path is the same
-(up to the solver's error) as one solve from K_0 to K; only the step-size controller restarts.
-:func:`simulate_with_progress` does that and moves a ``tqdm`` bar by K_{s+1} − K_s after each
-segment, which is the simplest honest progress measure: the bar counts ln(n/L), the paper's clock.
+Flows: :func:`simulate_with_progress` is :func:`gradflow.simulate_flow` in the accuracy clock with
+its one progress mechanism, ``RunOptions(progress=True)``: the driver runs the save points in
+chunks and moves a ``tqdm`` bar in ln(n/L), the paper's clock, after each chunk; the step
+controller carries over, so the path is the one of an uninterrupted run.
 
-Every segment uses the same number of save points, so the compiled solve is reused.
+Results made of several runs (:func:`concat_results`: a warm-up and the flow after it, chunks of
+:func:`descend_with_progress`) are concatenated with this bookkeeping (each run restarts t and ζ at 0):
 
-Bookkeeping when concatenating segments (``simulate_flow`` restarts t and ζ at 0):
-
-* physical time: t = T_s + t_seg, with T_s the time at the end of the previous segments, formed
+* physical time: t = T_s + t_seg, with T_s the time at the end of the previous runs, formed
   in log space, ln t = logaddexp(ln T_s, ln t_seg) (t overflows float64 long before ln(n/L) does);
 * path length: ζ = Z_s + ζ_seg (ζ is additive along a path, Lemma 3.4);
 * all other diagnostics are functions of the state W and need no offset.
 
-:func:`descend_with_progress` does the same for :func:`gradflow.simulate_descent` in chunks of
-iterations (offsets for ``iteration``, ``log_t`` and ``path_length``; chunk s uses seed + s, so
-mini-batch permutations restart at each chunk).
+:func:`descend_with_progress` runs :func:`gradflow.simulate_descent` in chunks of iterations
+(offsets for ``iteration``, ``log_t`` and ``path_length``; chunk s uses seed + s, so mini-batch
+permutations restart at each chunk).
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from typing import Any
 
 import jax
@@ -37,7 +35,7 @@ from .descent import simulate_descent
 from .errors import bad_argument
 from .flow import simulate_flow
 from .losses import get_loss
-from .options import check_int, check_positive_finite, check_target
+from .options import RunOptions, check_int, check_positive_finite, check_target
 from .params import combine, partition
 from .precision import x64
 from .result import FlowResult
@@ -149,30 +147,31 @@ def simulate_with_progress(
     desc: str = "gradient flow",
     **flow_options: Any,
 ) -> FlowResult:
-    r"""Integrate the flow in the accuracy clock up to ln(n/L) = ``until_accuracy`` in segments.
+    r"""Integrate the flow in the accuracy clock up to ln(n/L) = ``until_accuracy``, with a progress
+    bar in ln(n/L) that moves ``segments`` times.
 
     The interval [K_0, K] of ln(n/L) (K_0 = ln(n/L(W_0))) is cut into ``segments`` equal parts
-    K_s = K_0 + s (K − K_0)/S; segment s runs ``simulate_flow(W_{K_s}, clock="accuracy",
-    until_accuracy=K_{s+1})`` with ``saves_per_segment`` save points equally spaced in
-    (K_s, K_{s+1}] (plus K_0 itself in the first segment), and a tqdm bar advances by
-    K_{s+1} − K_s. The concatenated diagnostics carry the time and path-length offsets of the
-    module docstring, so they read as one run.
+    K_s = K_0 + s (K − K_0)/S, each with ``saves_per_segment`` save points equally spaced in
+    (K_s, K_{s+1}] (plus K_0 itself in the first). This is ``simulate_flow(..., clock="accuracy",
+    save_at=<those points>, run=RunOptions(progress=..., checkpoint_every=saves_per_segment))``:
+    one run, driven in chunks of a segment each by the driver that also writes checkpoints
+    (:class:`gradflow.flow.driver.Driver`), whose bar advances after every chunk. The step
+    controller carries over from chunk to chunk, so the path is the one of an uninterrupted run.
 
     Args:
       model, data: as for :func:`gradflow.simulate_flow`.
       until_accuracy: the final ln(n/L) K.
       segments: S ≥ 1. saves_per_segment: save points per segment (≥ 2).
       progress: show the bar (True), hide it (False) or show it only on a TTY (None).
-      desc: the bar's label.
-      **flow_options: any other option of ``simulate_flow`` (loss, solver, rtol, atol,
-        max_steps (per segment), t_max, save_params, ...); ``clock``, ``until_accuracy``,
+      desc: kept for compatibility; the bar is the driver's ("gradflow", in ln(n/L)).
+      **flow_options: any other option of ``simulate_flow`` (loss, solver, rtol, atol, max_steps
+        (of the whole run), t_max, save_params, ``run``, ...); ``clock``, ``until_accuracy``,
         ``save_at`` and ``num_save`` are set here.
 
     Returns:
-      One :class:`gradflow.FlowResult`; ``status`` is the last segment's, or the first failure
-      (the run stops there and keeps what it computed). ``stats`` are summed over segments,
-      ``stats["progress_segments"]`` counts them.
+      The :class:`gradflow.FlowResult` of the run, with ``stats["progress_segments"]`` = S.
     """
+    del desc
     for key in _RESERVED:
         if key in flow_options:
             raise bad_argument(key, "is set by simulate_with_progress", f"Drop {key}=...; pass until_accuracy and saves_per_segment.")
@@ -184,33 +183,23 @@ def simulate_with_progress(
     acc0 = initial_accuracy(model, data, loss)
     check_target(target, acc0)
     bounds = acc0 + (target - acc0) * np.linspace(0.0, 1.0, segments + 1)
-    bar = _bar(target - acc0, desc, progress_enabled(progress), "ln(n/L)")
-    parts: list[FlowResult] = []
-    current, start = model, acc0
-    try:
-        for s in range(segments):
-            hi = float(bounds[s + 1]) if s < segments - 1 else target
-            if hi <= start:
-                continue
-            frac = np.linspace(0.0, 1.0, saves_per_segment + 1)[1:]
-            pts = start + (hi - start) * frac
-            pts[-1] = hi
-            if s == 0:
-                # the initial point itself (nudged up by a few ulps so rounding never puts it below K_0)
-                pts = np.concatenate([[start + 1e-12 * max(1.0, abs(start))], pts[1:]])
-            r = simulate_flow(current, data, clock="accuracy", until_accuracy=hi, save_at=pts, **flow_options)
-            parts.append(r)
-            reached = float(r.accuracy[-1]) if len(r) else start
-            if bar is not None:
-                bar.update(max(0.0, reached - bar.n - acc0))
-                bar.set_postfix_str(f"ln(n/L)={reached:.4g}")
-            if r.status == "failed" or r.model is None:
-                break
-            current, start = r.model, reached
-    finally:
-        if bar is not None:
-            bar.close()
-    return _merge(parts, {"until_accuracy": target, "progress_segments": segments})
+    bounds[-1] = target
+    points = []
+    for s in range(segments):
+        pts = bounds[s] + (bounds[s + 1] - bounds[s]) * np.linspace(0.0, 1.0, saves_per_segment + 1)[1:]
+        pts[-1] = bounds[s + 1]
+        if s == 0:
+            # the initial point itself (nudged up by a few ulps so rounding never puts it below K_0)
+            pts = np.concatenate([[acc0 + 1e-12 * max(1.0, abs(acc0))], pts[1:]])
+        points.append(pts)
+    run = flow_options.pop("run", None) or RunOptions()
+    enabled = progress_enabled(progress)
+    run = replace(run, progress=enabled, **({"checkpoint_every": saves_per_segment} if run.checkpoint is None else {}))
+    r = simulate_flow(model, data, clock="accuracy", until_accuracy=target, save_at=np.concatenate(points), run=run,
+                      **flow_options)
+    r.stats["progress_segments"] = segments
+    r.config["progress_segments"] = segments
+    return r
 
 
 def descend_with_progress(

@@ -71,7 +71,7 @@ def mlp_case(tmp_path_factory):
 def test_counts_survive_an_interrupted_run(mlp_case, tmp_path, monkeypatch):
     """Interrupted after two checkpointed chunks and resumed in a new call: the same counts
     (the resumed driver rebuilds the carried pattern from the checkpointed state)."""
-    from gradflow.checkpoint import CheckpointStore
+    from gradflow.flow.checkpoint import CheckpointStore
 
     model, x, res = mlp_case
     y = np.sign(x[:, 0] + 0.3)

@@ -12,12 +12,12 @@ from jax.experimental import io_callback
 
 import gradflow as gf
 import gradflow.flow.segment as gsolve
-from gradflow.flow.field import time_field
+from gradflow.flow.field import vector_field
 from gradflow.solvers.counting import JVP_COST
 
 
 def _counted(counts):
-    """time_field with a host counter: +1 'evaluations' per primal call, +1 'jvps' per tangent
+    """vector_field with a host counter: +1 'evaluations' per primal call, +1 'jvps' per tangent
     application (the JVP rule's tangent output depends on a callback fed the tangent, so
     ``jax.linearize`` keeps it in the linear part: it runs once per application)."""
 
@@ -32,10 +32,10 @@ def _counted(counts):
         arrays, rest = eqx.partition(args, eqx.is_array)
 
         def f(t_, s, a):
-            return time_field(t_, s, eqx.combine(a, rest))
+            return vector_field(t_, s, eqx.combine(a, rest))
 
         def first(s):
-            return jax.tree_util.tree_leaves(s[0])[0].ravel()[0]
+            return jax.tree_util.tree_leaves(s.W)[0].ravel()[0]
 
         def tag(out, z):
             return jax.tree_util.tree_map(lambda q: q + 0 * z.astype(q.dtype), out)
@@ -61,7 +61,7 @@ def test_implicit_counts_match_a_counter_around_the_field(monkeypatch):
     the JVPs (GMRES operator applications) the counter saw, and gradient_evaluations is their
     total with JVPs at JVP_COST. Measured: 44 steps, 620 evaluations, 10,608 JVPs."""
     counts = {"evaluations": 0, "jvps": 0}
-    monkeypatch.setattr(gsolve, "time_field", _counted(counts))
+    monkeypatch.setattr(gsolve, "vector_field", _counted(counts))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12, 3))
     y = np.sign(x @ np.array([1.0, -0.5, 0.3]))

@@ -36,8 +36,10 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
     Attributes:
       controller: the wrapped controller (a PIDController or ConstantStepSize).
       budget: the most attempted steps of this solve (an integer array, traced).
-      rtol, atol, norm: the tolerances diffrax hands to an implicit solver's root finder when
-        that root finder does not set its own (diffrax reads them from adaptive controllers only).
+      rtol, atol, norm: the wrapped controller's tolerances (None for fixed steps) and error norm,
+        which diffrax hands to an implicit solver's root finder (whose tolerances are the
+        controller's: :func:`gradflow.solvers.get_solver`; diffrax reads them from adaptive
+        controllers only).
       work: None, or y1_candidate ↦ [gradient evaluations, Jacobian-vector products] a solver
         spent on an attempted step beyond its explicit stages (:class:`gradflow.flow.sliding_solver.SlidingSolver`'s
         projections, the Newton–GMRES stage solves of :class:`gradflow.solvers.counting.CountingSolver`);

@@ -67,13 +67,13 @@ def step_controller(rtol, atol, options: dict):
     return diffrax.PIDController(rtol=rtol, atol=atol, **options)
 
 
-def fresh_controller_state(controller_opts, dtype) -> Any:
+def fresh_controller_state(controller, dtype) -> Any:
     """The state diffrax's PIDController.init gives a new solve, ``(1.0, 1.0, False)`` (error
-    history, at-dtmin flag), as arrays; None for ``{"constant": True}`` (ConstantStepSize).
+    history, at-dtmin flag), as arrays; None for ``diffrax.ConstantStepSize``.
 
     Passing it explicitly for a run's first segment, instead of None, gives that segment the
     same argument structure as the later ones, so they share one compiled solve."""
-    if dict(controller_opts).get("constant", False):
+    if isinstance(controller, diffrax.ConstantStepSize):
         return None
     one = jnp.ones((), dtype)
     return (one, one, jnp.zeros((), bool))

@@ -4,6 +4,8 @@ with a status, a reason, and the solver statistics (gradient evaluations counted
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import diffrax
 import jax
@@ -14,7 +16,44 @@ from ..interop import final_model_and_params
 from ..result import FlowResult
 from ..solvers import JVP_COST
 
-__all__ = ["assemble", "result_name"]
+__all__ = ["Segment", "assemble", "result_name"]
+
+
+@dataclass
+class Segment:
+    """One segment of a run, on the host (numpy), as :func:`assemble` and the checkpoints read it.
+
+    ``saved``: the diagnostics at the save points reached; ``final_diag``: at the segment's end;
+    ``final_state``: its :class:`~gradflow.flow.state.FlowState`; ``result_name``: 'successful',
+    'event_occurred', 'max_steps_reached' or 'failed', with ``reason``; ``stats``: diffrax's step
+    counts and the work beyond the explicit stages (``extra_evaluations``, ``extra_jvps``);
+    ``evals_per_step``: gradient evaluations per attempted step not counted by the solve (None:
+    unknown); ``start_evals``: evaluations before the first step; ``num_save``: save points asked for."""
+
+    saved: dict
+    final_diag: dict
+    final_state: Any
+    result_name: str
+    reason: str
+    stats: dict
+    wall: float
+    num_save: int
+    evals_per_step: int | None
+    start_evals: int
+    solver_name: str
+    implicit_segments: int = 0
+    s_final: float = float("nan")
+    controller_state: Any = None
+    eigvec: Any = None
+    dt_next: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def evaluations(self) -> float:
+        """Gradient evaluations: explicit stages per attempted step, the implicit stage solves'
+        Newton–GMRES work and the sliding passes (counted in the solve, JVPs at JVP_COST), and the
+        evaluations before the first step."""
+        return (self.stats["num_steps"] * self.evals_per_step + self.start_evals + self.stats.get("extra_evaluations", 0)
+                + JVP_COST * self.stats.get("extra_jvps", 0))
 
 
 def result_name(result) -> str:
@@ -24,55 +63,47 @@ def result_name(result) -> str:
     return "failed"
 
 
-def assemble(segments, static, degree, *, config, throw, event_kind):
+def assemble(segments: list[Segment], static, degree, *, config, throw, stop_reason: str | None):
     """Concatenate the segments' save points (+ the final state if it is not a save point) into a
     FlowResult with a status and reason."""
-    parts = [seg["saved"] for seg in segments]
+    parts = [seg.saved for seg in segments]
     diag = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    last, final_diag = segments[-1], segments[-1]["final_diag"]
+    last, final_diag = segments[-1], segments[-1].final_diag
     last_log_t = diag["log_t"][-1] if len(diag["log_t"]) else -np.inf
     if not np.isclose(final_diag["log_t"], last_log_t, rtol=1e-12, atol=0) and np.isfinite(final_diag["log_loss"]):
         diag = {k: np.concatenate([diag[k], final_diag[k][None]]) for k in diag}
     if degree is None:
         for k in ("smoothed_margin", "beta", "margin", "margins", "potential"):
             diag.pop(k, None)
-    if last["result_name"] == "successful":
+    if last.result_name == "successful":
         status, reason = "completed", ""
-    elif last["result_name"] == "event_occurred":
-        status, reason = "stopped at target", "until_accuracy reached" if event_kind == "log_loss" else "t_max reached"
+    elif last.result_name == "event_occurred":
+        status, reason = "stopped at target", stop_reason or ""
     else:
-        status, reason = "failed", last["reason"]
-    params_final = last["final_state"][0]
+        status, reason = "failed", last.reason
+    params_final = last.final_state.W
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(params_final)):
         status, reason = "failed", "non-finite parameters (NaN/inf) in the state" + (f"; {reason}" if reason else "")
-    evals = [seg["evals_per_step"] for seg in segments]
-    jvps = sum(seg["stats"].get("extra_jvps", 0) for seg in segments)
-
-    def counted(seg, e):
-        # explicit RK: stages per attempted step; implicit: the Newton–GMRES work the solve counted
-        # (gradflow.solvers.counting), JVPs at JVP_COST gradient evaluations each; + the segment's start
-        return (seg["stats"]["num_steps"] * e + seg["start_evals"] + seg["stats"].get("extra_evaluations", 0)
-                + JVP_COST * seg["stats"].get("extra_jvps", 0))
-
+    uncounted = any(seg.evals_per_step is None for seg in segments)
+    counted = sum(seg.evaluations() for seg in segments if seg.evals_per_step is not None)
+    jvps = sum(seg.stats.get("extra_jvps", 0) for seg in segments)
     stats_out = {
-        "steps": sum(seg["stats"]["num_steps"] for seg in segments),
-        "accepted_steps": sum(seg["stats"]["num_accepted_steps"] for seg in segments),
-        "rejected_steps": sum(seg["stats"]["num_rejected_steps"] for seg in segments),
-        "gradient_evaluations": None if None in evals else _as_count(
-            sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True))),
+        "steps": sum(seg.stats["num_steps"] for seg in segments),
+        "accepted_steps": sum(seg.stats["num_accepted_steps"] for seg in segments),
+        "rejected_steps": sum(seg.stats["num_rejected_steps"] for seg in segments),
+        "gradient_evaluations": None if uncounted else _as_count(counted),
         "jacobian_vector_products": jvps,
-        "implicit_segments": sum(seg.get("implicit_segments", int(e is None)) for seg, e in zip(segments, evals, strict=True)),
+        "implicit_segments": sum(seg.implicit_segments for seg in segments),
         "gradient_evaluations_note": (
             "not counted: implicit segments with a root finder other than gradflow's (whose Newton and GMRES "
-            "iterations diffrax does not report); the other segments used "
-            f"{_as_count(sum(counted(seg, e) for seg, e in zip(segments, evals, strict=True) if e is not None))}"
-        ) if None in evals else (
+            f"iterations diffrax does not report); the other segments used {_as_count(counted)}"
+        ) if uncounted else (
             f"includes {jvps} Jacobian-vector products of the field (Newton–GMRES) at {JVP_COST:g} gradient "
             "evaluation(s) each" if jvps else ""),
-        "diagnostic_evaluations": sum(seg["num_save"] + 1 for seg in segments),
-        **_sliding_stats(last["final_state"]),
+        "diagnostic_evaluations": sum(seg.num_save + 1 for seg in segments),
+        **_sliding_stats(last.final_state),
         **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
-        "wall_time": sum(seg["wall"] for seg in segments),
+        "wall_time": sum(seg.wall for seg in segments),
         "segments": len(segments),
     }
     res = FlowResult(
@@ -92,9 +123,9 @@ def _as_count(value) -> int:
 
 def _sliding_stats(final_state) -> dict:
     """``stats`` of a run with sliding (gradflow.sliding): the counts of its final state."""
-    if len(final_state) < 3:
+    if final_state.slide is None:
         return {}
-    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state[2].counts))
+    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state.slide.counts))
     return {"sliding_entries": entries, "sliding_exits": exits, "sliding_changes": changes, "sliding_normals": normals,
             "sliding_overflow": overflow}
 

@@ -1,31 +1,14 @@
-r"""Continuous-time gradient flow dW/dt = −∇L(W) (eq. 2.2), integrated with diffrax.
+r"""The entry point of the flow, :func:`simulate_flow`: dW/dt = −∇L(W) (eq. 2.2), integrated with diffrax.
 
-Two clocks parametrise the same path:
-
-* ``clock="time"``: physical time t. dW/dt = −∇L = |ℓ'(α)| ∇α (Lemma C.2).
-* ``clock="accuracy"``: the smoothed margin α = ℓ⁻¹(L) itself. Along the flow
-  dα/dt = ⟨∇α, dW/dt⟩ = |ℓ'(α)| ‖∇α‖², hence for *every* loss
-
-      dW/dα = ∇α / ‖∇α‖².
-
-  For the exponential loss α = ln(1/L); for the logistic loss and cross-entropy α is a monotone
-  function of L with ln(1/L) = −ln ℓ(α), so a target ln(n/L) = K maps to α* = ℓ⁻¹(n e^(−K)).
-  Physical time, which overflows long before ln(1/L) = 10⁴, is carried as u = t e^(−σ(α)) with
-  σ(α) = ln(1 + e^α) (softplus: σ(α) = α to float64 precision for α ≥ 37, σ → 0 for α → −∞):
-
-      du/dα = e^(−σ) dt/dα − σ'(α) u = e^(−σ(α) − ln|ℓ'(α)|) / ‖∇α‖² − sigmoid(α) u,   ln t = σ(α) + ln u.
-
-  Why σ(α) and not α (issue 14): from a start with L ≫ ℓ(0) the logistic loss has α ≈ −L
-  (ln L(W₀) = 5.5 gives α₀ = −251), so u = t e^(−α) grew at du/dα ≈ 6e103 from u = 0. Scaled by
-  atol, that made the first step 2e-105, far below the spacing of float64 numbers at α₀ (3e-14):
-  α + h rounded to α, every step was "accepted" with zero length, and the run spent max_steps at
-  its start. With σ(α), u ≈ t while α < 0 and u = t e^(−α) once α ≫ 0, as before.
-
-The path length ζ of W/‖W‖ is part of the ODE state (Lemma 3.4):
-dζ/dt = ‖∂_⊥L‖/‖W‖ = |ℓ'(α)| ‖∂_⊥α‖/‖W‖, i.e. dζ/dα = ‖∂_⊥α‖/(‖W‖ ‖∇α‖²).
-
-State: ``(W, aux)`` with aux = [ζ, u] (u unused in the time clock). Diagnostics are evaluated inside
-the compiled solve at the save points through ``diffrax.SubSaveAt(fn=...)``.
+It checks every option before anything compiles (:mod:`gradflow.options`; the checks that relate
+two options in :class:`_FlowOptions`), prepares the problem (:mod:`gradflow.problem`), makes the
+:class:`Plan` of the run (the clock, the solver chosen from the model's kinks, the step control,
+sliding, what is recorded) and hands it to the :class:`~gradflow.flow.driver.Driver`. The two
+clocks that parametrise the same path, physical time and the smoothed margin α, are
+:mod:`gradflow.clock`'s; the state is :class:`~gradflow.flow.state.FlowState`: W, [ζ, u] (the path
+length of W/‖W‖, Lemma 3.4, and the accuracy clock's u), and the sliding state where pairs slide.
+Diagnostics are evaluated inside the compiled solve at the save points
+(:class:`~gradflow.flow.record.Record`).
 """
 
 from __future__ import annotations
@@ -35,8 +18,9 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, NamedTuple
+from typing import Any
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -44,8 +28,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import activations
-from ..checkpoint import CheckpointStore
-from ..controllers import KINK_ACCEPT
+from ..clock import Clock
+from ..controllers import IMPLICIT_CONTROLLER, KINK_ACCEPT, step_controller
 from ..error_check import simulate_with_error_check, tight_checkpoint
 from ..errors import bad_argument
 from ..kinkmap import FieldKinks, field_kinks
@@ -68,11 +52,16 @@ from ..params import combine
 from ..precision import x64
 from ..problem import Problem, prepare_problem
 from ..result import FlowResult
-from ..sharpness import SharpnessPlan, initial_vector, resolve_sharpness
+from ..sharpness import initial_vector, resolve_sharpness
 from ..sliding import Sliding, initial_slide, sliding_capacity
 from ..solvers import get_solver, is_implicit
-from .assemble import assemble
+from .assemble import Segment, assemble
+from .checkpoint import CheckpointStore
 from .driver import Driver, State, chunks, fingerprint
+from .field import Data, FieldArgs
+from .record import Record
+from .segment import FlowSpec
+from .state import error_norm
 
 __all__ = ["simulate_flow", "CLOCKS"]
 
@@ -225,7 +214,10 @@ class _FlowOptions:
             raise bad_argument("step_control", "'kink' needs adaptive steps",
                                "Drop controller_options={'constant': True} or step_control.")
         probe = "tsit5" if self.solver is None or _is_auto(self.solver) else self.solver
-        get_solver(probe, rtol=self.solve.rtol, atol=self.solve.atol, jacobian=self.jacobian)
+        get_solver(probe, jacobian=self.jacobian)
+        if self.sliding and self.constant_steps:
+            raise bad_argument("sliding", "needs adaptive steps (its band follows the step controller's rtol)",
+                               "Drop controller_options={'constant': True}, or pass sliding=False.")
 
     def tightened(self, factor: float) -> _FlowOptions:
         """The runs of ``error_check``: tolerances divided by ``factor``, W saved at the save points,
@@ -241,16 +233,56 @@ def _is_auto(solver) -> bool:
     return isinstance(solver, str) and solver.lower() == "auto"
 
 
-class _Plan(NamedTuple):
-    """How a prepared problem is integrated."""
+@dataclass(frozen=True)
+class Plan:
+    """How a prepared problem is integrated: the clock, the solver of the first segment (``auto``:
+    explicit segments, switching to Kvaerno5 when stiff), the step control chosen from the model's
+    kinks, the sliding field, what is recorded, the stop before the end point, and the run's
+    tolerances as traced scalars (the step controller's: :meth:`spec`)."""
 
-    solver: Any  # the solver as recorded in config: its name, or the instance
-    solver_obj: Any  # the first segment's diffrax solver
-    auto: bool  # solver='auto': explicit segments, switching to Kvaerno5 when stiff
-    field: FieldKinks  # the kinks of the forward pass
+    clock: Clock
+    solver_label: Any  # the solver as recorded in config: its name, or the instance
+    solver: Any  # the first segment's diffrax solver
+    auto: bool
+    explicit_steps: int
+    field: FieldKinks
     step_control: str  # 'pid' or 'kink'
-    controller: dict  # the controller options, with the kink controller's acceptance threshold
-    sliding: bool  # the sliding-mode field on the C⁰ max sites (gradflow.sliding)
+    controller_options: dict  # diffrax.PIDController keywords (with 'accept' for the kink controller), or constant
+    sliding: Sliding | None
+    record: Record
+    rtol: jax.Array
+    atol: jax.Array
+    stop: Any  # the condition of the stop before the end point, or None
+    max_steps: int
+    fdtype: Any
+    jacobian: str
+    state_size: int
+
+    def spec(self, solver) -> FlowSpec:
+        """The spec of a segment solved with ``solver``: its step controller carries the run's
+        tolerances (an implicit solver's Newton iterations take theirs from it); implicit solvers
+        get the PI settings of :data:`gradflow.controllers.IMPLICIT_CONTROLLER` and no kink
+        control (an implicit step across a kink fails its Newton solve)."""
+        opts = dict(self.controller_options)
+        if opts.get("constant", False):
+            controller = diffrax.ConstantStepSize()
+        else:
+            if is_implicit(solver):
+                opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
+            controller = step_controller(self.rtol, self.atol, {"norm": error_norm, **opts})
+        event = None if self.stop is None else diffrax.Event(self.stop)
+        return FlowSpec(self.clock, solver, controller, self.record, event, self.sliding, self.max_steps)
+
+    def solver_by_name(self, name: str):
+        """A solver from its recorded name (a checkpoint's, or the implicit one ``auto`` switches to)."""
+        constant = self.controller_options.get("constant", False)
+        return get_solver(name.lower(), jacobian=self.jacobian, state_size=self.state_size,
+                          **(dict(rtol=float(self.rtol), atol=float(self.atol)) if constant else {}))
+
+    def field_args(self, data: Data) -> FieldArgs:
+        """The vector field's args (for the stiffness check of ``auto``)."""
+        sliding = None if self.sliding is None else self.sliding.at_tolerance(self.rtol)
+        return FieldArgs(data.static, data.x, data.y, data.loss, self.clock, sliding)
 
 
 def _simulate(model, data, options: _FlowOptions) -> FlowResult:
@@ -262,13 +294,13 @@ def _simulate(model, data, options: _FlowOptions) -> FlowResult:
         plan = _plan(prob, options)
         if options.run.devices is not None:
             prob = _shard(options.run.devices, prob)
-        recorded = _recorded(prob, options.diagnostics)
-        config = _config(prob, options, plan, recorded)
-        segments, switches = _drive(prob, options, plan, recorded, config, acc0)
+        config = _config(prob, options, plan)
+        segments, switches = _drive(prob, options, plan, config, acc0)
         if plan.auto:
             config["switches"] = switches
+        solve = options.solve
         return assemble(segments, prob.static, prob.degree, config=config, throw=options.run.throw,
-                        event_kind=options.solve.event_kind)
+                        stop_reason=solve.clock.stop(solve.t_max, solve.until_accuracy))
 
 
 def _check_start(prob: Problem, solve: SolveOptions) -> float:
@@ -282,17 +314,16 @@ def _check_start(prob: Problem, solve: SolveOptions) -> float:
             "flow has brought L below ℓ(0), if ever. Scale up the initialisation or start from a later W.",
             stacklevel=4,
         )
-    if solve.clock == "time" and loss_fn.log_neg_derivative(jnp.asarray(loss_fn.alpha_from_log_loss(jnp.asarray(log_loss0)))) > 700:
-        raise bad_argument(
-            "data.x", f"ln L(W_0) = {log_loss0:.4g}: the initial velocity |ℓ'(α)|∇α overflows float64",
-            "Rescale the inputs (e.g. to unit norm) or the initialisation, or use clock='accuracy'.")
+    solve.clock.check_start(loss_fn, log_loss0)
     check_target(solve.until_accuracy, acc0)
     return acc0
 
 
-def _plan(prob: Problem, options: _FlowOptions) -> _Plan:
-    """The solver (the default chosen from the model's kinks and the clock), the step control and
-    sliding (None: on wherever the forward pass has a C⁰ max site, with adaptive steps)."""
+def _plan(prob: Problem, options: _FlowOptions) -> Plan:
+    """The solver (the default chosen from the model's kinks and the clock), the step control,
+    sliding (None: on wherever the forward pass has a C⁰ max site, with adaptive steps), and what
+    is recorded."""
+    solve = options.solve
     field = field_kinks(prob.params0, prob.static, prob.x)
     kinks = field.jumps
     sliding = options.sliding
@@ -309,18 +340,34 @@ def _plan(prob: Problem, options: _FlowOptions) -> _Plan:
         # 8 ReLU units, seed 2, init scale 1 (benchmarks/sliding.py's start), to ln(n/L) = 100:
         # 'auto' switched at 57.7 and failed at 58.8; Bosh3 completed in 6,374 steps.
         late = "bosh3" if sliding else "auto"
-        solver = ("bosh3" if kinks else "tsit5") if options.solve.clock == "time" else late
+        solver = late if solve.clock.stiffens else ("bosh3" if kinks else "tsit5")
     auto = _is_auto(solver)
-    rtol, atol = options.solve.rtol, options.solve.atol
+    k_params = _state_size(prob) - 2
+    fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32
+    tolerances = dict(rtol=solve.rtol, atol=solve.atol) if options.constant_steps else {}
     if auto:
-        solver_obj = get_solver("bosh3" if kinks else "tsit5", rtol=rtol, atol=atol)
+        solver_obj = get_solver("bosh3" if kinks else "tsit5")
     else:
-        solver_obj = get_solver(solver, rtol=rtol, atol=atol, jacobian=options.jacobian, state_size=_state_size(prob))
+        solver_obj = get_solver(solver, jacobian=options.jacobian, state_size=k_params + 2, **tolerances)
     step_control = options.step_control
     if step_control is None:
         step_control = "kink" if kinks and not is_implicit(solver_obj) and not options.constant_steps else "pid"
     controller = {"accept": KINK_ACCEPT, **options.controller} if step_control == "kink" else options.controller
-    return _Plan(solver, solver_obj, auto, field, step_control, controller, sliding)
+    slide = None
+    if sliding:
+        slide = Sliding(field.sites, None, sliding_capacity(field.sites.pairs, k_params))
+    diag = options.diagnostics
+    patterns = (diag.activation_patterns is not False
+                and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
+    sharpness = resolve_sharpness(diag.sharpness, k_params, tol=diag.sharpness_tol, max_iters=diag.sharpness_max_iters,
+                                  min_eigenvalue=diag.min_eigenvalue, entry="flow")
+    record = Record(prob.degree, options.save_params, patterns, sharpness)
+    f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
+    target = None if solve.until_accuracy is None else f(solve.target_log_loss(prob.n))
+    log_t_max = None if solve.t_max is None else f(solve.log_t_max)
+    return Plan(solve.clock, solver, solver_obj, auto, options.auto_explicit_steps, field, step_control, controller,
+                slide, record, f(solve.rtol), f(solve.atol), solve.clock.stop_condition(target, log_t_max),
+                solve.max_steps, fdtype, options.jacobian, k_params + 2)
 
 
 def _state_size(prob: Problem) -> int:
@@ -328,80 +375,47 @@ def _state_size(prob: Problem) -> int:
     return sum(int(a.size) for a in jax.tree_util.tree_leaves(prob.params0)) + 2
 
 
-class _Recorded(NamedTuple):
-    """Which optional diagnostics the solve computes."""
-
-    patterns: bool  # activation patterns (gradflow.activations)
-    sharpness: SharpnessPlan | None  # the sharpness, and λ_min if asked (gradflow.sharpness); None: off
-
-
-def _recorded(prob: Problem, diag: Diagnostics) -> _Recorded:
-    """The diagnostics' defaults resolved for this model: patterns where it has them (its own
-    ``activation_pattern`` or elementwise max sites), the sharpness by
-    :func:`gradflow.sharpness.resolve_sharpness` (sharpness=None: on a budget for models with at
-    most SHARPNESS_DEFAULT_MAX_PARAMS parameters)."""
-    patterns = (diag.activation_patterns is not False
-                and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
-    plan = resolve_sharpness(diag.sharpness, _state_size(prob) - 2, tol=diag.sharpness_tol,
-                             max_iters=diag.sharpness_max_iters, min_eigenvalue=diag.min_eigenvalue, entry="flow")
-    return _Recorded(patterns, plan)
-
-
-def _config(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorded) -> dict:
+def _config(prob: Problem, options: _FlowOptions, plan: Plan) -> dict:
     """``result.config``: the options as used, the model's interface and the software versions."""
-    solve = options.solve
+    solve, record = options.solve, plan.record
     return dict(
-        loss=prob.loss.name, clock=solve.clock,
-        solver=plan.solver if isinstance(plan.solver, str) else type(plan.solver_obj).__name__,
+        loss=prob.loss.name, clock=solve.clock.name,
+        solver=plan.solver_label if isinstance(plan.solver_label, str) else type(plan.solver).__name__,
         rtol=solve.rtol, atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=prob.degree,
         n=prob.n, max_steps=solve.max_steps, jacobian=options.jacobian, dtype=options.dtype,
         step_control=plan.step_control, nonsmooth_primitives=plan.field.primitives, model_interface=prob.interface,
-        versions=_versions(), kink_sites=_site_summary(plan.field.sites), sliding=plan.sliding,
-        activation_patterns=recorded.patterns,
-        **(activations.pattern_sizes(combine(prob.params0, prob.static), prob.x) if recorded.patterns else {}),
-        sharpness=recorded.sharpness is not None,
-        **({"sharpness_budget": recorded.sharpness.budget} if recorded.sharpness and recorded.sharpness.budget else {}),
+        versions=_versions(), kink_sites=_site_summary(plan.field.sites), sliding=plan.sliding is not None,
+        activation_patterns=record.patterns,
+        **(activations.pattern_sizes(combine(prob.params0, prob.static), prob.x) if record.patterns else {}),
+        sharpness=record.sharpness is not None,
+        **({"sharpness_budget": record.sharpness.budget} if record.sharpness and record.sharpness.budget else {}),
     )
 
 
-def _drive(prob: Problem, options: _FlowOptions, plan: _Plan, recorded: _Recorded, config: dict,
-           acc0: float) -> tuple[list[dict], list[str]]:
+def _drive(prob: Problem, options: _FlowOptions, plan: Plan, config: dict,
+           acc0: float) -> tuple[list[Segment], list[str]]:
     """Run the solve in segments (:class:`gradflow.flow.driver.Driver`): checkpoint or progress chunks,
     ``solver='auto'`` segments. Returns the segments and the solver switches."""
     solve, diag, run = options.solve, options.diagnostics, options.run
-    fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32
-    f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
     save_points = solve.save_points(acc0)
-    k_params = _state_size(prob) - 2
-    common = dict(
-        static=prob.static, x=prob.x, y=prob.y, target_log_loss=f(solve.target_log_loss(prob.n)),
-        log_t_max=f(solve.log_t_max), rtol=f(solve.rtol), atol=f(solve.atol), loss=prob.loss, degree=prob.degree,
-        clock=solve.clock, event_kind=solve.event_kind, controller_opts=tuple(sorted(plan.controller.items())),
-        save_params=options.save_params, patterns=recorded.patterns,
-        sharpness_opts=recorded.sharpness,
-    )
-    slide0 = None
-    if plan.sliding:
-        slots = sliding_capacity(plan.field.sites.pairs, k_params)
-        common["sliding"] = Sliding(plan.field.sites, float(solve.rtol), slots)
-        slide0 = initial_slide(plan.field.sites, fdtype, k_params, slots)
-    driver = Driver(
-        common=common, f=f, t_end=solve.t_end, max_steps=solve.max_steps, auto=plan.auto,
-        explicit_steps=options.auto_explicit_steps, rtol=solve.rtol, atol=solve.atol, jacobian=options.jacobian,
-        state_size=k_params + 2,
-    )
+    k_params = plan.state_size - 2
+    slide0 = None if plan.sliding is None else initial_slide(plan.sliding.kinks, plan.fdtype, k_params,
+                                                              plan.sliding.max_pairs)
+    data = Data(prob.static, prob.x, prob.y, prob.loss)
+    driver = Driver(plan, data, end=solve.end, max_steps=solve.max_steps)
     eigvec0 = None
-    if recorded.sharpness:
-        v0 = initial_vector(k_params, fdtype)
+    if plan.record.sharpness:
+        v0 = initial_vector(k_params, plan.fdtype)
         eigvec0 = (v0, v0[::-1] if diag.min_eigenvalue else None)
-    s_start = 0.0 if solve.clock == "time" else float(prob.loss.alpha_from_log_loss(jnp.asarray(prob.log_loss0, fdtype)))
-    state = State(prob.params0, jnp.zeros((2,), fdtype), s_start, plan.solver_obj, None, None, solve.dt0, eigvec0, slide0)
+    s_start = float(solve.clock.start(prob.loss, jnp.asarray(prob.log_loss0, plan.fdtype)))
+    state = State(prob.params0, jnp.zeros((2,), plan.fdtype), s_start, plan.solver, None, None, solve.dt0, eigvec0,
+                  slide0)
     store = None
     if run.checkpoint is not None:
         store = CheckpointStore(run.checkpoint, fingerprint=fingerprint(prob.x, prob.y, prob.params0, config, save_points))
     segmented = run.checkpoint is not None or run.progress
-    segments, _, _ = driver.run(state, chunks(save_points, run.checkpoint_every if segmented else None), store=store,
-                                progress=run.progress)
+    segments, _ = driver.run(state, chunks(save_points, run.checkpoint_every if segmented else None), store=store,
+                             progress=run.progress)
     return segments, driver.switches
 
 

@@ -3,14 +3,13 @@ then the sliding set revised at the step's end (see :mod:`gradflow.sliding`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
+from ..clock import Clock
 from ..sliding import (
     APPROACH,
     DRIFT,
@@ -26,7 +25,10 @@ from ..sliding import (
     ridge,
 )
 from ..sliding.state import _any, _dtype, _flat, _tmap
+from ..solvers.counting import Work
 from ..solvers.delegate import DelegatingSolver
+from .field import velocity
+from .state import FlowState
 
 __all__ = ["SlidingSolver"]
 
@@ -36,26 +38,26 @@ class SlidingSolver(DelegatingSolver):
     (Bosh3, Tsit5, Dopri5, the Kvaerno ESDIRKs).
 
     Each step is the inner solver's step with the sliding state held fixed; the field projects
-    at every stage (:meth:`Sliding.project`). After the step :meth:`_update` revises the state at
-    the step's end (entries, exits, released sides; see the module docstring) and, when the field
-    changed, replaces the inner solver's first-same-as-last stage by the field of the new state.
-    Its solver state adds z at the last step's end (to see sign changes).
+    at every stage (:meth:`gradflow.sliding.Sliding.project`). After the step :meth:`_update`
+    revises the state at the step's end (entries, exits, released sides; see
+    :mod:`gradflow.sliding`) and, when the field changed, replaces the inner solver's
+    first-same-as-last stage by the field of the new state. Its solver state adds z at the last
+    step's end (to see sign changes). The network passes this costs beyond the inner solver's
+    stages are added to the state's work counter (:class:`gradflow.solvers.counting.Work`).
 
-    ``from_point``: (Point, state) → dy/ds, the clock's vector field from the point's gradient
-    (:func:`gradflow.flow.field.field_from_point`); ``clock_scale``: (Point) → κ with dW/ds = κ v
-    (:func:`gradflow.flow.field.clock_scale`); ``clock``: 'time' or 'accuracy' (in the accuracy
-    clock a projection of W is followed by a step along v that restores α(W) = α, the clock)."""
+    ``clock``: the flow's :class:`gradflow.clock.Clock` (κ with dW/ds = κ v, and in the accuracy
+    clock the step along v that restores α(W) = α after a projection of W)."""
 
-    from_point: Callable = eqx.field(static=True)
-    clock_scale: Callable = eqx.field(static=True)
-    clock: str = eqx.field(static=True, default="time")
+    clock: Clock = eqx.field(static=True)
 
     def init(self, terms, t0, t1, y0, args):
         inner = self.solver.init(terms, t0, t1, y0, args)
-        return inner, args.sliding.kink_values(y0[0], args.static, args.x, y0[2])
+        return inner, args.sliding.kink_values(y0.W, args.static, args.x, y0.slide)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         inner_state, z0 = solver_state
+        # the inner step's own work (an implicit step's stage solves) starts from zero; this solver's adds to it
+        y0 = eqx.tree_at(lambda y: y.work, y0, Work(jnp.zeros_like(y0.work.counts)))
         y1, y_error, dense_info, inner_state, result = self.solver.step(
             terms, t0, t1, y0, args, inner_state, made_jump)
         y1, z1, f1, changed = self._update(t1, t1 - t0, y1, z0, inner_state[1], args)
@@ -64,21 +66,21 @@ class SlidingSolver(DelegatingSolver):
         return y1, y_error, dense_info, (inner_state, z1), result
 
     def _field(self, params, aux, slide, args):
-        """The field of the state at W, and λ, z, c and κ there."""
-        pt, lam, z, c = project(args.sliding, params, args.static, args.x, args.y, args.loss, slide, self.clock_scale)
-        return self.from_point(pt, (params, aux, slide)), lam, z, c, self.clock_scale(pt)
+        """The field of the state at W (zero work), and λ, z, c and κ there."""
+        pt, lam, z, c = project(args.sliding, params, args.static, args.x, args.y, args.loss, slide, self.clock.scale)
+        state = FlowState(params, aux, slide, Work(jnp.zeros((2,), aux.dtype)))
+        return velocity(pt, state, self.clock), lam, z, c, self.clock.scale(pt)
 
     def _update(self, t1, h, y1, z0, f1, args):
         """The sliding state at the step's end (y1, with the last stage f1), the z there, the new
         last stage and whether it changed. Work: one projection (or a forward pass while no pair
         slides), one JVP when a pair crossed or approaches its surface, and :meth:`_change`."""
         sliding: Sliding = args.sliding
-        (params, aux, slide), rest = y1[:3], y1[3:]  # rest: the Work slot of an implicit solve (gradflow.solvers.counting)
+        params, aux, slide = y1.W, y1.aux, y1.slide
         static, x = args.static, args.x
         masks = tuple(a > 0.5 for a in slide.active)
         dtype = _dtype(params)
         had_fixed = any_fixed(slide)
-        rest_zero = _tmap(jnp.zeros_like, f1[3:])
 
         def projected():
             return self._field(params, aux, slide, args)[1:]
@@ -111,7 +113,7 @@ class SlidingSolver(DelegatingSolver):
 
         def update():
             # one JVP along the step's last stage: dz/ds of every pair on its current side
-            _, dz1 = jax.jvp(lambda p: sliding.kink_values(p, static, x, slide), (params,), (f1[0],))
+            _, dz1 = jax.jvp(lambda p: sliding.kink_values(p, static, x, slide), (params,), (f1.W,))
             # an approaching pair can only slide if its jump attracts (c < 0; c is known where
             # pairs slide or keep a side, else 0 and the box-constrained solve decides)
             entries = tuple((cr & (d * z < 0)) | (ap & (cc <= 0))
@@ -119,15 +121,16 @@ class SlidingSolver(DelegatingSolver):
             return lax.cond(_any(entries) | must,
                             lambda: self._change(t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries,
                                                  approach, _any(far), had_fixed, h, args),
-                            lambda: (slide._replace(work=jnp.full((), 2.0, dtype)), params, wrong_side))
+                            lambda: (slide, params, wrong_side, jnp.full((), 2.0, dtype)))
 
-        new_slide, params, refresh = lax.cond(_any(crossed) | _any(approach) | must, update,
-                                              lambda: (slide._replace(work=jnp.ones((), dtype)), params, wrong_side))
+        new_slide, params, refresh, work = lax.cond(_any(crossed) | _any(approach) | must, update,
+                                                    lambda: (slide, params, wrong_side, jnp.ones((), dtype)))
         # one evaluation of the field where the state changed (the new last stage, z there)
-        f1, z1 = lax.cond(refresh, lambda: (lambda r: ((*r[0], *rest_zero), r[2]))(self._field(params, aux, new_slide, args)),
+        f1, z1 = lax.cond(refresh, lambda: (lambda r: (r[0], r[2]))(self._field(params, aux, new_slide, args)),
                           lambda: (f1, z1))
-        new_slide = new_slide._replace(work=new_slide.work + refresh.astype(dtype))
-        return (params, aux, new_slide, *rest), z1, f1, refresh
+        work = work + refresh.astype(dtype)
+        counts = y1.work.counts + jnp.stack([work, jnp.zeros_like(work)]).astype(y1.work.counts.dtype)
+        return FlowState(params, aux, new_slide, Work(counts)), z1, f1, refresh
 
     def _change(self, t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries, approach, rebuild, had_fixed, h,
                 args):
@@ -142,7 +145,7 @@ class SlidingSolver(DelegatingSolver):
 
         def fresh():
             pt, _, c = sliding.evaluate(params, static, x, args.y, args.loss, slide)
-            return c, self.clock_scale(pt)
+            return c, self.clock.scale(pt)
 
         c, kappa = lax.cond(had_fixed, lambda: (c1, kappa1), fresh)
         work = 2.0 + jnp.where(had_fixed, 0.0, 1.0)
@@ -188,8 +191,7 @@ class SlidingSolver(DelegatingSolver):
         counts = slide.counts + jnp.stack([n_in, n_out, 1, jnp.sum(which), overflow]).astype(dtype)
         new = SlideState(sliding.unflat(active_flat), sliding.unflat(scatter(jnp.where(stays, lam_s, 0.0))),
                          sliding.unflat(side_flat), new_slots.astype(dtype), new_normals,
-                         jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid)), tau, counts,
-                         jnp.zeros((), dtype))
+                         jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid)), tau, counts)
         # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
         # a pair that entered across its surface, and drift, so that the Baumgarte term only has
         # the integration error of later steps to correct
@@ -197,12 +199,9 @@ class SlidingSolver(DelegatingSolver):
         z_a = jnp.where(new_valid, _flat(z1)[jnp.where(new_valid, new_slots, 0)], 0.0)
         step_back = new_normals.T @ jax.scipy.linalg.cho_solve((new.chol, True), z_a)
         params = unravel(flat - step_back)
-        if self.clock == "accuracy":
-            # the projection moved α(W) off the clock value; one step along dW/dα = v/‖v‖² (the
-            # last stage's direction) restores it
-            alpha = sliding.alpha(params, static, x, args.y, args.loss, new)
-            params = _tmap(lambda w, d: w + (t1 - alpha) * d, params, f1[0])
-            work = work + 1.0
+        # the projection moved W; a clock that is a function of W (α) is restored along the last stage
+        params = self.clock.restore(params, t1, f1.W, lambda p: sliding.alpha(p, static, x, args.y, args.loss, new))
+        work = work + self.clock.restore_work()
         # work: one VJP per new normal (the new field is counted by the caller)
         work = work + jnp.sum(which)
-        return new._replace(work=work), params, jnp.ones((), bool)
+        return new, params, jnp.ones((), bool), work

@@ -1,5 +1,6 @@
 """Stiffness of the flow for ``solver='auto'``: |λ_max| of the Jacobian of the vector field with
-respect to W, by power iteration on Jacobian-vector products."""
+respect to W, by power iteration on Jacobian-vector products (in physical time, Hessian-vector
+products of L)."""
 
 from __future__ import annotations
 
@@ -8,27 +9,23 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 
-from .field import FieldArgs, accuracy_field, time_field
+from .field import FieldArgs, vector_field
+from .state import FlowState
 
 __all__ = ["top_eigenvalue"]
 
 
-def top_eigenvalue(params, aux, s, common, iters: int = 30, slide=None) -> float:
-    """|λ_max| of the Jacobian of the vector field w.r.t. W (power iteration on Jacobian-vector
-    products; in physical time these are Hessian-vector products of L)."""
-    field = time_field if common["clock"] == "time" else accuracy_field
-    args = FieldArgs(common["static"], common["x"], common["y"], common["loss"], common.get("sliding"))
-    return float(_power_iteration(field, params, aux, s, args, iters, slide))
+def top_eigenvalue(args: FieldArgs, state: FlowState, s, iters: int = 30) -> float:
+    """|λ_max| of ∂(dW/ds)/∂W at (s, y) (``iters`` power steps from a fixed start vector)."""
+    return float(_power_iteration(args, state, s, iters))
 
 
 @eqx.filter_jit
-def _power_iteration(field, params, aux, s, args, iters, slide=None):
-    rest = (aux,) if slide is None else (aux, slide)
-
+def _power_iteration(args, state, s, iters):
     def jv(v):
-        return jax.jvp(lambda p: field(s, (p, *rest), args)[0], (params,), (v,))[1]
+        return jax.jvp(lambda p: vector_field(s, FlowState(p, state.aux, state.slide), args).W, (state.W,), (v,))[1]
 
-    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    flat, unravel = jax.flatten_util.ravel_pytree(state.W)
     v0 = unravel(jnp.cos(jnp.arange(flat.size, dtype=flat.dtype) * 1.3) + 0.5)
 
     def body(_, carry):

@@ -38,7 +38,7 @@ depth-3 MLP at rtol 1e-10, 8.3e-4 on a CNN at rtol 1e-5).
 gives v(λ₀) for the λ₀ of the state, with the exact normals of the current W inside it
 (the backward pass forms Jᵀλ₀). The correction Δ = (N Nᵀ)⁻¹(−z_A/(τκ) − N v(λ₀)) uses the normals
 N (|A| × k rows, dense) and the Cholesky factor of N Nᵀ kept in the state from the last change
-of A (κ converts ∇α into the clock's velocity, :func:`gradflow.flow.field.clock_scale`): v = v(λ₀) +
+of A (κ converts ∇α into the clock's velocity, :meth:`gradflow.clock.Clock.scale`): v = v(λ₀) +
 NᵀΔ. The correction is small (λ₀ is re-solved at every change of A), so the age of N perturbs
 the tangential motion only at second order; the drift it causes is what the Baumgarte term
 removes. Between changes of A the field is smooth (but for the kinks of the pairs outside A),

@@ -5,6 +5,7 @@ of the sliding pairs fixed, and projects the gradient onto the tangent space of 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -21,15 +22,20 @@ __all__ = ["Sliding", "project"]
 
 
 class Sliding(eqx.Module):
-    """What the field and the solver need to know about a model's kinks (all static).
+    """What the field and the solver need to know about a model's kinks.
 
-    ``kinks``: the sites of the forward pass (:func:`gradflow.kinkmap.find_kinks`); the pairs of
-    its C⁰ sites can slide. ``rtol``: the run's relative tolerance, which sets the band of
-    :data:`DRIFT`. ``max_pairs``: the most pairs that slide at once."""
+    ``kinks`` (static): the sites of the forward pass (:func:`gradflow.kinkmap.find_kinks`); the
+    pairs of its C⁰ sites can slide. ``rtol``: the run's relative tolerance, which sets the band of
+    :data:`DRIFT` (the step controller's, set by :meth:`at_tolerance` in the compiled solve; None
+    until then). ``max_pairs`` (static): the most pairs that slide at once."""
 
     kinks: Kinks = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
+    rtol: Any = None
     max_pairs: int = eqx.field(static=True, default=MAX_PAIRS)
+
+    def at_tolerance(self, rtol) -> Sliding:
+        """This Sliding with the band set by the relative tolerance ``rtol``."""
+        return Sliding(self.kinks, rtol, self.max_pairs)
 
     @property
     def _shapes(self) -> list[tuple[int, ...]]:

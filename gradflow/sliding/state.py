@@ -42,8 +42,7 @@ class SlideState(NamedTuple):
     ``slots``: the flat indices of the pairs of A (−1: empty); ``normals``: their normals
     n_s = ∇z_s as rows, flattened like ``ravel_pytree(W)``; ``chol``: the Cholesky factor of
     N Nᵀ (identity on empty slots); ``tau``: the Baumgarte time. ``counts`` = [entries, exits,
-    changes of A, normals computed, overflow] over the accepted steps; ``work``: the network
-    passes the last attempted step cost beyond one gradient per stage."""
+    changes of A, normals computed, overflow] over the accepted steps."""
 
     active: tuple
     lam: tuple
@@ -53,7 +52,6 @@ class SlideState(NamedTuple):
     chol: jax.Array
     tau: jax.Array
     counts: jax.Array
-    work: jax.Array
 
 
 def sliding_capacity(pairs: int, num_params: int) -> int:
@@ -71,7 +69,7 @@ def initial_slide(kinks: Kinks, dtype, num_params: int, max_pairs: int = MAX_PAI
 
     return SlideState(zeros(), zeros(), zeros(), jnp.full((max_pairs,), -1.0, dtype),
                       jnp.zeros((max_pairs, num_params), dtype), jnp.eye(max_pairs, dtype=dtype), jnp.ones((), dtype),
-                      jnp.zeros((5,), dtype), jnp.zeros((), dtype))
+                      jnp.zeros((5,), dtype))
 
 
 def active_count(slide: SlideState) -> jax.Array:

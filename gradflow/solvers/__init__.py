@@ -10,6 +10,7 @@ LU-factorise J (O(k²) memory) and do not combine with Krylov solvers (measured 
 from __future__ import annotations
 
 import diffrax
+import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
 import optimistix as optx
@@ -17,8 +18,8 @@ import optimistix as optx
 from ..errors import bad_argument
 from .counting import JVP_COST, CountingGMRES, CountingNewton, countable
 
-__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "RelativeNewton", "is_implicit", "evaluations_at_start",
-           "evaluations_per_step", "JVP_COST"]
+__all__ = ["get_solver", "EXPLICIT_SOLVERS", "IMPLICIT_SOLVERS", "RelativeNewton", "is_implicit", "at_tolerances",
+           "evaluations_at_start", "evaluations_per_step", "JVP_COST"]
 
 EXPLICIT_SOLVERS = {
     "tsit5": diffrax.Tsit5,
@@ -65,39 +66,66 @@ class RelativeNewton(CountingNewton):
         return terminate, result
 
 
-def matrix_free_newton(rtol: float, atol: float, *, krylov_steps: int = 200, restart: int = 20,
-                       state_size: int | None = None) -> optx.Newton:
+def _tolerances(newton: optx.Newton, rtol: float | None, atol: float | None) -> optx.Newton:
+    """``newton`` at tolerances (rtol, atol), or, when they are None, with rtol and atol taken from
+    the step-size controller at the solve, as diffrax's ``with_stepsize_controller_tols`` does (its
+    norm stays optimistix's ``max_norm``): the tolerances live on the controller, and runs at
+    different tolerances share one compile. Fixed steps (no controller) need them given."""
+    if rtol is None or atol is None:
+        rtol = atol = _controller_tolerance()
+    return eqx.tree_at(lambda r: (r.rtol, r.atol), newton, (rtol, atol))
+
+
+def matrix_free_newton(rtol: float | None = None, atol: float | None = None, *, krylov_steps: int = 200,
+                       restart: int = 20, state_size: int | None = None) -> optx.Newton:
     """Newton–GMRES at the step controller's tolerances, on Jacobian-vector products only
     (no k×k Jacobian): :class:`RelativeNewton` with ``lineax.GMRES`` (as
-    :class:`~gradflow.solvers.counting.CountingGMRES`, which also counts its operator applications).
+    :class:`~gradflow.solvers.counting.CountingGMRES`, which also counts its operator applications,
+    and solves at the Newton iteration's tolerances).
 
     lineax's GMRES runs all ``restart`` inner iterations of a cycle before it tests convergence,
     so for a state of fewer than 20 numbers the restart length is the state size (GMRES is exact
     after that many iterations anyway)."""
     if state_size is not None:
         restart = max(1, min(restart, state_size))
-    return RelativeNewton(
-        rtol=rtol,
-        atol=atol,
-        cauchy_termination=False,
-        linear_solver=CountingGMRES(rtol=rtol, atol=atol, max_steps=krylov_steps, restart=restart),
-    )
+    gmres = CountingGMRES(rtol=jnp.inf, atol=jnp.inf, max_steps=krylov_steps, restart=restart)
+    return _tolerances(RelativeNewton(rtol=jnp.inf, atol=jnp.inf, cauchy_termination=False, linear_solver=gmres),
+                       rtol, atol)
 
 
-def dense_newton(rtol: float, atol: float) -> optx.Newton:
-    """Newton with a dense LU solve: forms the k×k Jacobian. Only sensible for small k."""
-    return RelativeNewton(rtol=rtol, atol=atol, cauchy_termination=False, linear_solver=lx.LU())
+def dense_newton(rtol: float | None = None, atol: float | None = None) -> optx.Newton:
+    """Newton with a dense LU solve (at the step controller's tolerances unless given): forms the
+    k×k Jacobian. Only sensible for small k."""
+    return _tolerances(RelativeNewton(rtol=jnp.inf, atol=jnp.inf, cauchy_termination=False, linear_solver=lx.LU()),
+                       rtol, atol)
+
+
+def at_tolerances(solver, rtol, atol):
+    """``solver`` with the controller's tolerances in its root finder where it takes them from the
+    controller (:func:`matrix_free_newton`). diffrax does this itself for an implicit solver it is
+    given, but not for one wrapped in another solver (gradflow's counting and sliding wrappers)."""
+    finder = getattr(solver, "root_finder", None)
+    if finder is None or finder.rtol is not _controller_tolerance():
+        return solver
+    return eqx.tree_at(lambda s: (s.root_finder.rtol, s.root_finder.atol), solver, (rtol, atol))
+
+
+def _controller_tolerance():
+    """diffrax's marker of a tolerance taken from the step-size controller."""
+    return diffrax.with_stepsize_controller_tols(optx.Newton)().rtol
 
 
 def is_implicit(solver) -> bool:
     return isinstance(solver, diffrax.AbstractImplicitSolver)
 
 
-def get_solver(solver, *, rtol: float, atol: float, jacobian: str = "matrix_free", state_size: int | None = None):
+def get_solver(solver, *, jacobian: str = "matrix_free", state_size: int | None = None, rtol: float | None = None,
+               atol: float | None = None):
     """A diffrax solver from a name, or ``solver`` itself if it already is one.
 
-    Implicit names get a Newton root finder with tolerances tied to the step controller's (see
-    :func:`matrix_free_newton`), matrix-free by default or dense with ``jacobian='dense'``.
+    Implicit names get a Newton root finder, matrix-free by default or dense with
+    ``jacobian='dense'`` (:func:`matrix_free_newton`), whose tolerances are the step controller's
+    unless ``rtol`` and ``atol`` are given (fixed steps have no controller).
     """
     if isinstance(solver, diffrax.AbstractSolver):
         return solver

@@ -54,8 +54,7 @@ from lineax._solver.misc import preconditioner_and_y0
 
 from .delegate import DelegatingSolver
 
-__all__ = ["Work", "CountingGMRES", "CountingNewton", "CountingSolver", "JVP_COST", "add_work", "strip_work",
-           "countable"]
+__all__ = ["Work", "CountingGMRES", "CountingNewton", "CountingSolver", "JVP_COST", "countable", "has_work"]
 
 # One operator application of the Newton–GMRES solves (a JVP of the linearised field: a
 # Hessian-vector product) in gradient evaluations: 1.16 measured by benchmarks/hvp_cost.py on the
@@ -71,21 +70,14 @@ class Work(eqx.Module):
 
 
 def has_work(tree) -> bool:
-    return isinstance(tree, tuple) and len(tree) > 0 and isinstance(tree[-1], Work)
+    """Whether ``tree`` (a state, or a stage value of one) carries a :class:`Work` counter in its
+    ``work`` field (:class:`gradflow.flow.state.FlowState`)."""
+    return isinstance(getattr(tree, "work", None), Work)
 
 
 def _with_counts(tree, counts):
-    return (*tree[:-1], Work(jnp.broadcast_to(counts, tree[-1].counts.shape).astype(tree[-1].counts.dtype)))
-
-
-def add_work(y0, dtype):
-    """The state of an implicit solve: ``y0`` with a zero :class:`Work` appended."""
-    return (*y0, Work(jnp.zeros((2,), dtype)))
-
-
-def strip_work(tree):
-    """``tree`` without its :class:`Work` slot (unchanged if it has none)."""
-    return tree[:-1] if has_work(tree) else tree
+    counts = jnp.broadcast_to(counts, tree.work.counts.shape).astype(tree.work.counts.dtype)
+    return eqx.tree_at(lambda t: t.work, tree, Work(counts))
 
 
 def countable(solver) -> bool:
@@ -225,11 +217,15 @@ class CountingNewton(optx.Newton):
         inner = state.inner
         fx, lin_fn, aux = jax.linearize(lambda _y: fn(_y, args), y, has_aux=True)
         jac = lx.FunctionLinearOperator(lin_fn, jax.eval_shape(lambda: y), tags=tags)
-        sol = lx.linear_solve(jac, fx, self.linear_solver, throw=False)
+        linear_solver = self.linear_solver
+        if isinstance(linear_solver, CountingGMRES):  # at this Newton iteration's tolerances (the controller's)
+            linear_solver = eqx.tree_at(lambda s: (s.rtol, s.atol), linear_solver, (self.rtol, self.atol))
+        sol = lx.linear_solve(jac, fx, linear_solver, throw=False)
         if "num_mvs" in sol.stats:
             mvs = jnp.asarray(sol.stats["num_mvs"], jnp.int32)
         else:  # a dense solve: one JVP per column of the materialised Jacobian (not the Work slot's)
-            mvs = jnp.asarray(sum(leaf.size for leaf in jtu.tree_leaves(strip_work(y))), jnp.int32)
+            size = sum(leaf.size for leaf in jtu.tree_leaves(y)) - (y.work.counts.size if has_work(y) else 0)
+            mvs = jnp.asarray(size, jnp.int32)
         diff = sol.value
         new_y = (y**ω - diff**ω).ω
         if lower is not None:
@@ -264,7 +260,7 @@ class CountingNewton(optx.Newton):
 
 def _clear(tree):
     """``tree`` (a state-shaped pytree, possibly with a leading stage axis) with Work set to 0."""
-    return (*tree[:-1], Work(jnp.zeros_like(tree[-1].counts))) if has_work(tree) else tree
+    return _with_counts(tree, 0) if has_work(tree) else tree
 
 
 class CountingSolver(DelegatingSolver):
@@ -279,10 +275,10 @@ class CountingSolver(DelegatingSolver):
         y1, y_error, dense_info, solver_state, result = self.solver.step(terms, t0, t1, y0, args, solver_state, made_jump)
         if "k" in dense_info:  # ESDIRK in f-space: k_i = h f_i, f_i's Work = the stage solve's counts
             h = t1 - t0
-            counts = jnp.round(jnp.sum(dense_info["k"][-1].counts, axis=0) / h)
+            counts = jnp.round(jnp.sum(dense_info["k"].work.counts, axis=0) / h)
             dense_info = dict(dense_info, k=_clear(dense_info["k"]))
         else:  # implicit Euler: the unknown is the increment y1 − y0
-            counts = y1[-1].counts - y0[-1].counts
+            counts = y1.work.counts - y0.work.counts
         y1 = _with_counts(y1, counts)
         dense_info = dict(dense_info, **{key: _clear(dense_info[key]) for key in ("y0", "y1") if key in dense_info})
         return y1, _clear(y_error), dense_info, self._clear_state(solver_state), result

@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .errors import bad_argument
+from ..errors import bad_argument
+from .assemble import Segment
+from .state import FlowState
 
 __all__ = ["CheckpointStore"]
 
@@ -48,12 +50,12 @@ class CheckpointStore:
                 arrays[f"state/eigvec/{i}"] = np.asarray(vec)
         for i, leaf in enumerate(jax.tree_util.tree_leaves(state.controller_state)):
             arrays[f"state/controller/{i}"] = np.asarray(leaf)
-        saved = [seg["saved"] for seg in segments]
+        saved = [seg.saved for seg in segments]
         for k in saved[0]:
             arrays[f"diag/{k}"] = np.concatenate([p[k] for p in saved])
-        for k, v in segments[-1]["final_diag"].items():
+        for k, v in segments[-1].final_diag.items():
             arrays[f"final/{k}"] = np.asarray(v)
-        stats = {k: sum(seg["stats"][k] for seg in segments) for k in segments[-1]["stats"]}
+        stats = {k: sum(seg.stats[k] for seg in segments) for k in segments[-1].stats}
         meta = {
             "s": state.s,
             "dt_next": state.dt_next,
@@ -61,17 +63,17 @@ class CheckpointStore:
             "next_chunk": next_chunk,
             "switches": switches,
             "stats": stats,
-            "wall": sum(seg["wall"] for seg in segments),
-            "num_save": sum(seg["num_save"] for seg in segments),
-            "evals_per_step": [seg["evals_per_step"] for seg in segments],
+            "wall": sum(seg.wall for seg in segments),
+            "num_save": sum(seg.num_save for seg in segments),
+            "evals_per_step": [seg.evals_per_step for seg in segments],
             # explicit stage evaluations of all segments (their evals_per_step differ: Bosh3, then Kvaerno5)
-            "stage_evaluations": None if any(seg["evals_per_step"] is None for seg in segments) else sum(
-                seg["stats"]["num_steps"] * seg["evals_per_step"] for seg in segments),
-            "implicit_segments": sum(seg.get("implicit_segments", 0) for seg in segments),
-            "start_evals": sum(seg["start_evals"] for seg in segments),
-            "result_name": segments[-1]["result_name"],
-            "reason": segments[-1]["reason"],
-            "solver_name": segments[-1]["solver_name"],
+            "stage_evaluations": None if any(seg.evals_per_step is None for seg in segments) else sum(
+                seg.stats["num_steps"] * seg.evals_per_step for seg in segments),
+            "implicit_segments": sum(seg.implicit_segments for seg in segments),
+            "start_evals": sum(seg.start_evals for seg in segments),
+            "result_name": segments[-1].result_name,
+            "reason": segments[-1].reason,
+            "solver_name": segments[-1].solver_name,
         }
         arrays["state/meta"] = np.array(json.dumps(meta))
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -141,19 +143,19 @@ class CheckpointStore:
             stats["extra_evaluations"] = stats.get("extra_evaluations", 0) + meta["stage_evaluations"]
         else:  # written before the stage count was kept
             per_step = max(evals)
-        segment = {
-            "saved": {k[5:]: v for k, v in files.items() if k.startswith("diag/")},
-            "final_diag": {k[6:]: v for k, v in files.items() if k.startswith("final/")},
-            "final_state": (params, state.aux) if state.slide is None else (params, state.aux, state.slide),
-            "result_name": meta["result_name"],
-            "reason": meta["reason"],
-            "stats": stats,
-            "wall": meta["wall"],
-            "num_save": meta["num_save"],
-            "evals_per_step": per_step,
-            "implicit_segments": meta.get("implicit_segments", int(None in evals)),
-            "start_evals": meta.get("start_evals", 0),
-            "solver_name": meta["solver_name"],
-            "resumed": True,
-        }
+        segment = Segment(
+            saved={k[5:]: v for k, v in files.items() if k.startswith("diag/")},
+            final_diag={k[6:]: v for k, v in files.items() if k.startswith("final/")},
+            final_state=FlowState(params, state.aux, state.slide),
+            result_name=meta["result_name"],
+            reason=meta["reason"],
+            stats=stats,
+            wall=meta["wall"],
+            num_save=meta["num_save"],
+            evals_per_step=per_step,
+            start_evals=meta.get("start_evals", 0),
+            solver_name=meta["solver_name"],
+            implicit_segments=meta.get("implicit_segments", int(None in evals)),
+            extra={"resumed": True},
+        )
         return state, [segment], meta["next_chunk"], meta["switches"]
