@@ -27,8 +27,9 @@ log-space pieces (:class:`BatchLoss`). With L̂ = (n/b) Σ_{i∈B} ℓ(p_i) and
 
     ln L̂ = ln Σ_B ℓ + ln(n/b),     ∇L̂ = −e^s ∇α̂,     s = ln|ℓ'(α̂)| + ln(n/b),
 
-where ∇α̂ is never small. gd and normalized_gd form their update from these pieces as one exp of a
-sum of logs, which neither underflows nor overflows at any ln L:
+where ∇α̂, the gradient of the smoothed margin rather than of L, does not underflow. gd and
+normalized_gd form their update from these pieces as one exp of a sum of logs, which neither
+underflows nor overflows at any ln L:
 
     gd:          W ← W + exp(ln η_k + s) ∇α̂,                                   ln Δt_k = ln η_k
     normalized:  W ← W + exp(ln η_k + ln|ℓ'(α̂)| − ln Σ_B ℓ + ln c_k) ∇α̂,       ln Δt_k = ln η_k + ln c_k − ln L̂
