@@ -23,15 +23,18 @@ eigenvalues μ give those of ∇²L as λ = L·μ, so
 (``jax.jvp`` of ``jax.grad``), about 2–3 gradient evaluations each (2.3 measured on the hcnn CNN
 of :func:`gradflow.figures.make_margin_model`, 100 digits).
 
-**Power iteration with a residual test.** From v₀, v ← Hv/‖Hv‖; at each v the Rayleigh quotient
-ρ = vᵀHv and the residual r = ‖Hv − ρv‖ are formed (one HVP per iteration) and the loop stops once
-r ≤ tol·|ρ| or after ``max_iters`` HVPs. For a symmetric H a residual r certifies that an eigenvalue
-lies within r of ρ, and within r²/gap when the gap to the rest of the spectrum exceeds r: the
-default tol = 1e-3 gives ρ to ~1e-6·λ/gap relative. Power iteration converges to the eigenvalue of
-largest *magnitude*; when that one is negative (|λ_min| > λ_max) a second, shifted iteration on
-H − ρI (eigenvalues λ − ρ ≥ 0, largest λ_max − ρ) recovers λ_max, so λ_max ≤ 0 is reported as it
-is, not as |λ|. The smallest eigenvalue λ_min (the most negative curvature, why nearby flows part)
-is the dominant one of H − λ_max I (eigenvalues in [λ_min − λ_max, 0]).
+**Power iteration with a residual test** (:func:`power_iteration`, gradflow's one power
+iteration). From v₀, v ← Hv/‖Hv‖; at each v the Rayleigh quotient ρ = vᵀHv and the residual
+r = ‖Hv − ρv‖ are formed (one HVP per iteration) and the loop stops once r ≤ tol·|ρ| or after
+``max_iters`` HVPs. For a symmetric H a residual r certifies that an eigenvalue lies within r of
+ρ, and within r²/gap when the gap to the rest of the spectrum exceeds r: the default tol = 1e-3
+gives ρ to ~1e-6·λ/gap relative. Power iteration converges to the eigenvalue of largest
+*magnitude*; when that one is negative (|λ_min| > λ_max) a second, shifted iteration on H − ρI
+(eigenvalues λ − ρ ≥ 0, largest λ_max − ρ) recovers λ_max, so λ_max ≤ 0 is reported as it is, not
+as |λ|. The smallest eigenvalue λ_min (the most negative curvature, why nearby flows part) is the
+dominant one of H − λ_max I (eigenvalues in [λ_min − λ_max, 0]). :func:`gradflow.simulate_descent`
+takes one step of it (:func:`power_step`) per iteration for its edge-of-stability check, and
+``tol=None`` runs a fixed number of steps.
 
 **Warm starts.** Along a trajectory the top eigenvector moves slowly, so each evaluation starts
 from the previous one's vector; a converged warm start stops after one or two HVPs. To keep a
@@ -57,6 +60,7 @@ from .losses import Loss
 from .params import combine
 
 __all__ = ["Eigenpair", "Sharpness", "SharpnessPlan", "loss_hvp", "top_eigenpair", "bottom_eigenpair", "sharpness",
+           "power_iteration", "power_step", "PowerIteration", "PowerStep",
            "initial_vector", "resolve_sharpness", "budget_points", "SHARPNESS_DEFAULT_MAX_PARAMS", "SHARPNESS_BUDGET",
            "HVP_COST", "POINT_COST", "BUDGET_POINTS", "budget_subset"]
 
@@ -186,10 +190,11 @@ class Sharpness(NamedTuple):
     min_vector: Array | None = None
 
 
-def initial_vector(size: int, dtype=jnp.float64) -> Array:
-    """A fixed, deterministic unit start vector of length ``size`` (dense: no structural zeros)."""
+def initial_vector(size: int, dtype=jnp.float64, *, unit: bool = True) -> Array:
+    """A fixed, deterministic start vector of length ``size`` (dense: no structural zeros):
+    v_i = cos(1.3 i) + 0.5, divided by its norm when ``unit``."""
     v = jnp.cos(jnp.arange(size, dtype=dtype) * 1.3) + 0.5
-    return v / jnp.linalg.norm(v)
+    return v / jnp.linalg.norm(v) if unit else v
 
 
 def loss_hvp(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> tuple[Callable[[Array], Array], Array]:
@@ -213,26 +218,84 @@ def loss_hvp(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> 
     return hvp, c
 
 
-def _power(matvec: Callable[[Array], Array], v0: Array, tol, max_iters: int) -> Eigenpair:
-    """Power iteration with the residual stop r ≤ tol·|ρ| (at least one HVP)."""
-    v0 = v0 / jnp.linalg.norm(v0)
+class PowerStep(NamedTuple):
+    """One step of power iteration at v (see :func:`power_step`)."""
+
+    value: Array
+    residual: Array
+    gain: Array
+    next: Array
+
+
+def power_step(matvec: Callable[[Array], Array], v: Array) -> PowerStep:
+    r"""One step of power iteration at v: w = Hv (one matvec) and
+
+        ρ = vᵀw,   r = ‖w − ρv‖,   g = ‖w‖/‖v‖,   v' = w/‖w‖  (v' = v when w = 0).
+
+    For ‖v‖ = 1, ρ is the Rayleigh quotient and, for symmetric H, r certifies an eigenvalue within r
+    of ρ. The gain g estimates |λ| of the dominant eigenvalue for any v and any H (also a
+    non-symmetric one, such as the Jacobian of the accuracy clock's field). This is the body of
+    :func:`power_iteration`, and :func:`gradflow.simulate_descent`'s edge-of-stability check takes
+    one such step per iteration, warm from the previous one.
+    """
+    w = matvec(v)
+    rho = jnp.vdot(v, w)
+    res = jnp.linalg.norm(w - rho * v)
+    wn = jnp.linalg.norm(w)
+    nxt = jnp.where(wn > 0, w / jnp.where(wn > 0, wn, 1.0), v)
+    return PowerStep(rho, res, wn / jnp.linalg.norm(v), nxt)
+
+
+class PowerIteration(NamedTuple):
+    """The last step of :func:`power_iteration`: ``value`` ρ = vᵀHv at ``vector`` v, its residual
+    ‖Hv − ρv‖, its gain ‖Hv‖/‖v‖ and ``steps``, the matvecs spent."""
+
+    value: Array
+    vector: Array
+    residual: Array
+    gain: Array
+    steps: Array
+
+
+def power_iteration(matvec: Callable[[Array], Array], v0: Array, *, tol: float | None = 1e-3,
+                    max_iters: int = 100) -> PowerIteration:
+    r"""Power iteration v_{i+1} = Hv_i/‖Hv_i‖ from v_0 = ``v0`` (flat vectors; one matvec per step,
+    :func:`power_step`), the one power iteration of gradflow.
+
+    Stops after the first step i with r_i ≤ tol·|ρ_i| (residual test, at least one step) or after
+    ``max_iters`` steps. ``tol=None``: exactly ``max_iters`` steps, no residual test (0 steps
+    return gain 0), the fixed-count mode of the flow's stiffness estimate, which reads ``gain``.
+
+    ρ is the Rayleigh quotient only for a unit v0 (the later iterates are unit by construction):
+    :func:`top_eigenpair` and :func:`bottom_eigenpair` pass one. ``gain`` = ‖Hv‖/‖v‖ needs no unit
+    v0.
+
+    Returns:
+      A :class:`PowerIteration` holding the last step's v_i (the vector at which ρ_i, r_i and the gain
+      were measured, not v_{i+1}) and ``steps`` = i + 1.
+    """
     big = jnp.asarray(jnp.inf, v0.dtype)
+    zero = jnp.zeros((), v0.dtype)
 
     def cond(c):
-        _v, _next, rho, res, i = c
+        _v, _next, rho, res, _gain, i = c
+        if tol is None:
+            return i < max_iters
         return (i == 0) | ((i < max_iters) & (res > tol * jnp.abs(rho)))
 
     def body(c):
-        _v, v, _rho, _res, i = c
-        w = matvec(v)
-        rho = jnp.vdot(v, w)
-        res = jnp.linalg.norm(w - rho * v)
-        wn = jnp.linalg.norm(w)
-        nxt = jnp.where(wn > 0, w / jnp.where(wn > 0, wn, 1.0), v)
-        return v, nxt, rho, res, i + 1
+        _v, v, _rho, _res, _gain, i = c
+        step = power_step(matvec, v)
+        return v, step.next, step.value, step.residual, step.gain, i + 1
 
-    v, _nxt, rho, res, i = lax.while_loop(cond, body, (v0, v0, jnp.zeros((), v0.dtype), big, jnp.zeros((), jnp.int32)))
-    return Eigenpair(rho, v, res, i)
+    v, _nxt, rho, res, gain, i = lax.while_loop(cond, body, (v0, v0, zero, big, zero, jnp.zeros((), jnp.int32)))
+    return PowerIteration(rho, v, res, gain, i)
+
+
+def _power(matvec: Callable[[Array], Array], v0: Array, tol, max_iters: int) -> Eigenpair:
+    """Power iteration from v0/‖v0‖ with the residual stop r ≤ tol·|ρ| (at least one HVP)."""
+    p = power_iteration(matvec, v0 / jnp.linalg.norm(v0), tol=tol, max_iters=max_iters)
+    return Eigenpair(p.value, p.vector, p.residual, p.steps)
 
 
 def top_eigenpair(matvec: Callable[[Array], Array], v0: Array, *, tol=1e-3, max_iters: int = 100) -> Eigenpair:

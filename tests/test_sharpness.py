@@ -8,7 +8,7 @@ from jax.flatten_util import ravel_pytree
 
 import gradflow as gf
 from gradflow.params import combine, partition
-from gradflow.sharpness import bottom_eigenpair, sharpness, top_eigenpair
+from gradflow.sharpness import bottom_eigenpair, initial_vector, power_iteration, power_step, sharpness, top_eigenpair
 
 
 def _sym(eigs, seed=0):
@@ -26,6 +26,70 @@ def test_quadratic_top_and_bottom(eigs):
         low = bottom_eigenpair(hvp, jnp.ones(len(eigs)), top.value, tol=1e-10, max_iters=5000)
         np.testing.assert_allclose(float(top.value), max(eigs), rtol=1e-9)
         np.testing.assert_allclose(float(low.value), min(eigs), rtol=1e-9)
+
+
+def _nonsymmetric(eigs, seed=1):
+    """S diag(eigs) S⁻¹: real eigenvalues, not symmetric (like the Jacobian of the accuracy clock's field)."""
+    sm = np.random.default_rng(seed).normal(size=(len(eigs), len(eigs))) + 2 * np.eye(len(eigs))
+    return sm @ np.diag(eigs) @ np.linalg.inv(sm)
+
+
+def test_power_iteration_fixed_steps_against_numpy():
+    """tol=None: exactly max_iters steps v ← Av/‖Av‖ from the unnormalized start cos(1.3 i) + 0.5, and
+    gain = ‖Av‖/‖v‖ at the last step: the |λ| estimate of the flow's stiffness check, for a
+    non-symmetric A too. Against the same loop in numpy (rtol 1e-13); converges to the largest |λ|
+    (3, of a negative eigenvalue: (2/3)^200 ≈ 1e-35 left); 0 steps: gain 0."""
+    eigs = [-3.0, 2.0, 1.0, 0.5, 0.2]
+    a_np = _nonsymmetric(eigs)
+    with gf.x64():
+        a = jnp.asarray(a_np)
+        v0 = initial_vector(len(eigs), unit=False)
+        np.testing.assert_array_equal(v0, np.cos(np.arange(5) * 1.3) + 0.5)
+        np.testing.assert_allclose(initial_vector(len(eigs)), v0 / np.linalg.norm(v0), rtol=1e-15)
+        matvec = jax.jit(lambda v: a @ v)
+        for iters in (1, 7, 30):
+            p = power_iteration(matvec, v0, tol=None, max_iters=iters)
+            v = np.asarray(v0)
+            for _ in range(iters):
+                w = a_np @ v
+                gain, last, v = np.linalg.norm(w) / np.linalg.norm(v), v, w / np.linalg.norm(w)
+            assert int(p.steps) == iters
+            np.testing.assert_allclose(float(p.gain), gain, rtol=1e-13)
+            np.testing.assert_allclose(np.asarray(p.vector), last, rtol=1e-12)
+        np.testing.assert_allclose(float(power_iteration(matvec, v0, tol=None, max_iters=200).gain), 3.0, rtol=1e-10)
+        none = power_iteration(matvec, v0, tol=None, max_iters=0)
+        assert int(none.steps) == 0 and float(none.gain) == 0.0
+
+
+def test_residual_stop_and_fixed_steps_are_one_iteration():
+    """The residual test only decides when to stop: the i steps it takes equal i fixed steps bit for
+    bit, and its residual r ≤ tol·|ρ| certifies ρ (symmetric A: |ρ − λ_max| ≤ r)."""
+    with gf.x64():
+        a = jnp.asarray(_sym([4.0, 1.0, 0.5, -1.0, 2.0, 0.1]))
+        v0 = initial_vector(6)
+        stopped = power_iteration(lambda v: a @ v, v0, tol=1e-6, max_iters=500)
+        i = int(stopped.steps)
+        assert 1 < i < 500 and float(stopped.residual) <= 1e-6 * abs(float(stopped.value))
+        fixed = power_iteration(lambda v: a @ v, v0, tol=None, max_iters=i)
+        for name in ("value", "vector", "residual", "gain"):
+            np.testing.assert_array_equal(getattr(stopped, name), getattr(fixed, name))
+        assert abs(float(stopped.value) - 4.0) <= float(stopped.residual)
+        assert int(power_iteration(lambda v: a @ v, v0, tol=None, max_iters=i - 1).steps) == i - 1
+
+
+def test_power_step():
+    """One step: ρ = vᵀAv, r = ‖Av − ρv‖, gain ‖Av‖/‖v‖, next Av/‖Av‖; where Av = 0, next = v, gain 0."""
+    with gf.x64():
+        a = _sym([3.0, 1.0, -2.0])
+        v = np.array([0.6, 0.0, 0.8])
+        s = power_step(lambda u: jnp.asarray(a) @ u, jnp.asarray(v))
+        w = a @ v
+        np.testing.assert_allclose([float(s.value), float(s.residual), float(s.gain)],
+                                   [v @ w, np.linalg.norm(w - (v @ w) * v), np.linalg.norm(w)], rtol=1e-14)
+        np.testing.assert_allclose(s.next, w / np.linalg.norm(w), rtol=1e-14)
+        zero = power_step(lambda u: 0.0 * u, jnp.asarray(v))
+        np.testing.assert_array_equal(zero.next, v)
+        assert float(zero.gain) == 0.0 and float(zero.value) == 0.0
 
 
 @pytest.fixture(scope="module")
