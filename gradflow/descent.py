@@ -523,14 +523,15 @@ def simulate_descent(
             k_edge = int(final.edge.step)
             edge = (None if k_edge < 0 else k_edge, "every iteration" if batch_size is None else "save iterations",
                     None if k_edge < 0 else float(np.exp(float(final.edge.log_t))))
-        return _assemble_descent(
-            saved, save_iters, final.params, int(final.k), bool(final.hit_target), bool(final.failed), prob, wall,
-            config=config, until_accuracy=until_accuracy, throw=run.throw, edge=edge,
-        )
+        return _assemble_descent(saved, save_iters, final, prob, wall, config=config, until_accuracy=until_accuracy,
+                                 throw=run.throw, edge=edge)
 
 
-def _assemble_descent(saved, save_iters, params_final, k_final, hit_target, failed, prob, wall, *, config, until_accuracy, throw,
+def _assemble_descent(saved, save_iters, final: _Carry, prob, wall, *, config, until_accuracy, throw,
                       edge=None) -> FlowResult:
+    """The :class:`~gradflow.FlowResult` of a descent run from its save-point rows and final carry."""
+    params_final, k_final = final.params, int(final.k)
+    hit_target, failed = bool(final.hit_target), bool(final.failed)
     saved = jax.tree_util.tree_map(np.asarray, saved)
     reached = saved["iteration"] == save_iters
     # rows after a stop repeat the final iterate: keep the save points reached, then the final

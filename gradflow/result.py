@@ -21,9 +21,10 @@ _FORMAT = "gradflow-result/1"
 
 @dataclass
 class FlowResult:
-    """Diagnostics along a trajectory W_t, one row per save point.
+    """Diagnostics along a trajectory W_t, one row per save point: the arrays below have length T
+    (the save points reached) unless stated.
 
-    Attributes (arrays of length T unless stated):
+    Attributes:
       t: physical time (inf where it overflows float64; then use ``log_t``); for descent runs
         t = Σ_k η_k. log_t: ln t.
       loss, log_loss: L and ln L (``loss`` underflows to 0 below e^(−745); ``log_loss`` does not).

@@ -277,19 +277,28 @@ def power_iteration(matvec: Callable[[Array], Array], v0: Array, *, tol: float |
     big = jnp.asarray(jnp.inf, v0.dtype)
     zero = jnp.zeros((), v0.dtype)
 
-    def cond(c):
-        _v, _next, rho, res, _gain, i = c
+    def cond(c: _PowerCarry):
         if tol is None:
-            return i < max_iters
-        return (i == 0) | ((i < max_iters) & (res > tol * jnp.abs(rho)))
+            return c.steps < max_iters
+        return (c.steps == 0) | ((c.steps < max_iters) & (c.residual > tol * jnp.abs(c.value)))
 
-    def body(c):
-        _v, v, _rho, _res, _gain, i = c
-        step = power_step(matvec, v)
-        return v, step.next, step.value, step.residual, step.gain, i + 1
+    def body(c: _PowerCarry):
+        step = power_step(matvec, c.next)
+        return _PowerCarry(c.next, step.next, step.value, step.residual, step.gain, c.steps + 1)
 
-    v, _nxt, rho, res, gain, i = lax.while_loop(cond, body, (v0, v0, zero, big, zero, jnp.zeros((), jnp.int32)))
-    return PowerIteration(rho, v, res, gain, i)
+    c = lax.while_loop(cond, body, _PowerCarry(v0, v0, zero, big, zero, jnp.zeros((), jnp.int32)))
+    return PowerIteration(c.value, c.vector, c.residual, c.gain, c.steps)
+
+
+class _PowerCarry(NamedTuple):
+    """The loop state of :func:`power_iteration`: the last step's vector and measurements, the next vector."""
+
+    vector: Array
+    next: Array
+    value: Array
+    residual: Array
+    gain: Array
+    steps: Array
 
 
 def _power(matvec: Callable[[Array], Array], v0: Array, tol, max_iters: int) -> Eigenpair:
@@ -326,15 +335,14 @@ def _warm(v_prev: Array) -> Array:
 
 
 def sharpness(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss, v0: Array | None = None, *,
-              tol=1e-3, max_iters: int = 100, negative: bool = False, v0_min: Array | None = None,
-              warm: bool = True) -> Sharpness:
+              tol=1e-3, max_iters: int = 100, negative: bool = False, v0_min: Array | None = None) -> Sharpness:
     r"""λ_max(∇²L(W)) of L = Σ_i ℓ(p_i) at W = ``params`` (see the module docstring for the method).
 
     Args:
       params, static: the model split by :func:`gradflow.params.partition`; x, y, loss: the data
         and the :class:`~gradflow.losses.Loss`.
-      v0: start vector (flat, length k) or None (a fixed one). ``warm``: mix the fixed probe into
-        v0 (see the module docstring); False starts from v0 exactly.
+      v0: start vector (flat, length k) or None (a fixed one); the fixed probe is mixed into a
+        given v0 (see the module docstring).
       tol: relative residual ‖Hv − ρv‖ ≤ tol·|ρ| at which the iteration stops; max_iters: HVPs at
         most (per power iteration).
       negative: also compute λ_min(∇²L) (another ≤ max_iters HVPs), warm-started from ``v0_min``.
@@ -346,11 +354,11 @@ def sharpness(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss, v0
     hvp, log_loss = loss_hvp(params, static, x, y, loss)
     k = ravel_pytree(params)[0].size
     dtype = ravel_pytree(params)[0].dtype
-    start = initial_vector(k, dtype) if v0 is None else (_warm(v0) if warm else v0)
+    start = initial_vector(k, dtype) if v0 is None else _warm(v0)
     top = top_eigenpair(hvp, start, tol=tol, max_iters=max_iters)
     out = _physical(top, log_loss)
     if negative:
-        start_min = initial_vector(k, dtype)[::-1] if v0_min is None else (_warm(v0_min) if warm else v0_min)
+        start_min = initial_vector(k, dtype)[::-1] if v0_min is None else _warm(v0_min)
         low = bottom_eigenpair(hvp, start_min, top.value, tol=tol, max_iters=max_iters)
         out = out._replace(min_eigenvalue=_to_physical(low.value, log_loss), min_vector=low.vector,
                            hvps=out.hvps + low.hvps)
