@@ -240,7 +240,7 @@ def no_solve(monkeypatch):
     def refuse(*args, **kwargs):
         raise ReachedTheSolver("validation let this input through to the compiled solve")
 
-    monkeypatch.setattr(gf.driver, "solve", refuse)
+    monkeypatch.setattr(gf.flow.driver, "solve", refuse)
     monkeypatch.setattr(gf.descent, "_run", refuse)
     monkeypatch.setattr(gf.ensemble, "_ensemble_solve", refuse)
     monkeypatch.setattr(gf.ensemble, "_shared_solve", refuse)

@@ -210,7 +210,7 @@ def no_solve(monkeypatch):
     def refuse(*args, **kwargs):
         raise ReachedTheSolver("validation let this input through to the compiled solve")
 
-    for module, name in ((gf.driver, "solve"), (gf.descent, "_run"), (gf.ensemble, "_ensemble_solve"),
+    for module, name in ((gf.flow.driver, "solve"), (gf.descent, "_run"), (gf.ensemble, "_ensemble_solve"),
                          (gf.ensemble, "_shared_solve")):
         monkeypatch.setattr(module, name, refuse)
     monkeypatch.setattr(cli, "build_model", refuse)
