@@ -30,8 +30,8 @@ STALL_ULPS = 16.0
 
 
 class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
-    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps, work)``,
-    work = [gradient evaluations, JVPs] (shape (2,)).
+    """Wraps a diffrax step-size controller; its state is ``(inner state, attempted steps, work,
+    overflowed)``, work = [gradient evaluations, JVPs] (shape (2,)).
 
     Attributes:
       controller: the wrapped controller (a PIDController or ConstantStepSize).
@@ -40,11 +40,14 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
         which diffrax hands to an implicit solver's root finder (whose tolerances are the
         controller's: :func:`gradflow.solvers.get_solver`; diffrax reads them from adaptive
         controllers only).
-      work: None, or y1_candidate ↦ [gradient evaluations, Jacobian-vector products] a solver
-        spent on an attempted step beyond its explicit stages (:class:`gradflow.flow.sliding_solver.SlidingSolver`'s
+      work: None, or y1_candidate ↦ [gradient evaluations, Jacobian-vector products, overflow] a
+        solver spent on an attempted step beyond its explicit stages (:class:`gradflow.flow.sliding_solver.SlidingSolver`'s
         projections, the Newton–GMRES stage solves of :class:`gradflow.solvers.counting.CountingSolver`);
         summed in the state over every attempt, rejected ones included, since diffrax keeps a
-        solver's own state only on accepted steps.
+        solver's own state only on accepted steps. An attempt that overflowed the sliding solver's
+        capacity is rejected and ends the solve (``RESULTS.max_steps_rejected``), with
+        ``overflowed`` set: the state is that of the last accepted step, from which the driver
+        continues with a larger capacity.
     """
 
     controller: Any
@@ -59,12 +62,15 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         tnext, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((2,), jnp.result_type(t0)))
+        return tnext, (state, jnp.zeros((), jnp.int32), jnp.zeros((2,), jnp.result_type(t0)), jnp.zeros((), bool))
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
-        inner, count, total = controller_state
+        inner, count, total, overflowed = controller_state
+        overflow = jnp.zeros((), bool)
         if self.work is not None:  # extra work the solver reports for this attempt
-            total = total + self.work(y1_candidate).astype(total.dtype)
+            reported = self.work(y1_candidate).astype(total.dtype)
+            total = total + reported[:2]
+            overflow = reported[2] > 0
         keep, next_t0, next_t1, made_jump, inner, result = self.controller.adapt_step_size(
             t0, t1, y0, y1_candidate, args, y_error, error_order, inner)
         count = count + 1
@@ -74,4 +80,6 @@ class StepGuard(diffrax.AbstractAdaptiveStepSizeController):
         result = diffrax.RESULTS.where(ok & stalled, diffrax.RESULTS.dt_min_reached, result)
         ok = result == diffrax.RESULTS.successful
         result = diffrax.RESULTS.where(ok & (count >= self.budget), diffrax.RESULTS.max_steps_reached, result)
-        return keep, next_t0, next_t1, made_jump, (inner, count, total), result
+        keep = keep & ~overflow
+        result = diffrax.RESULTS.where(overflow, diffrax.RESULTS.max_steps_rejected, result)
+        return keep, next_t0, next_t1, made_jump, (inner, count, total, overflowed | overflow), result

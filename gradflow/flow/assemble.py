@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import SolverFailure
 from ..interop import final_model_and_params
 from ..result import FlowResult
+from ..sliding import COUNTS
 from ..solvers import JVP_COST
 
 __all__ = ["Segment", "assemble", "result_name"]
@@ -111,6 +112,12 @@ def assemble(segments: list[Segment], static, degree, *, config, throw, stop_rea
         **final_model_and_params(params_final, static),
     )
     _warn_if_stalled(diag, config)
+    if stats_out.get("sliding_overflow", 0) > 0:
+        warnings.warn(
+            f"{stats_out['sliding_overflow']} sliding-set entries did not fit the capacity of "
+            f"{stats_out['sliding_capacity']} pairs (the memory bound of gradflow.sliding.MAX_NORMALS for this "
+            "model's parameters): those pairs kept their own derivative and chattered. The result is the flow up to "
+            "that chattering; a smaller model, or fewer examples, fits.", stacklevel=3)
     if status == "failed" and throw:
         raise SolverFailure(f"simulate_flow failed: {reason}", res)
     return res
@@ -125,9 +132,9 @@ def _sliding_stats(final_state) -> dict:
     """``stats`` of a run with sliding (gradflow.sliding): the counts of its final state."""
     if final_state.slide is None:
         return {}
-    entries, exits, changes, normals, overflow = (int(v) for v in np.asarray(final_state.slide.counts))
-    return {"sliding_entries": entries, "sliding_exits": exits, "sliding_changes": changes, "sliding_normals": normals,
-            "sliding_overflow": overflow}
+    counts = {f"sliding_{name}": int(v) for name, v in zip(COUNTS, np.asarray(final_state.slide.counts), strict=True)}
+    counts["sliding_capacity"] = int(final_state.slide.slots.shape[0])
+    return counts
 
 
 def _warn_if_stalled(diag: dict, config: dict) -> None:

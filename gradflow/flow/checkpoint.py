@@ -133,7 +133,7 @@ class CheckpointStore:
         if getattr(like_state, "slide", None) is not None:
             slide_leaves, slide_def = jax.tree_util.tree_flatten(like_state.slide)
             state = state._replace(slide=jax.tree_util.tree_unflatten(
-                slide_def, [jnp.asarray(files[f"state/slide/{i}"], dtype) for i in range(len(slide_leaves))]))
+                slide_def, [jnp.asarray(files[f"state/slide/{i}"], leaf.dtype) for i, leaf in enumerate(slide_leaves)]))
         evals = meta["evals_per_step"]
         stats = dict(meta["stats"])
         if None in evals:

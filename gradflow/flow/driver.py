@@ -79,8 +79,12 @@ class Plan(Protocol):
     explicit_steps: int
     record: Record
     fdtype: Any
+    sliding: Any
+    max_capacity: int
 
     def spec(self, solver) -> FlowSpec: ...
+
+    def with_capacity(self, capacity: int) -> Plan: ...
 
     def solver_by_name(self, name: str): ...
 
@@ -120,6 +124,8 @@ class Driver:
             if loaded is not None:
                 state, segments, first, self.switches = loaded
                 self.steps_left = self.max_steps - sum(seg.stats["num_steps"] for seg in segments)
+                if state.slide is not None and state.slide.slots.shape[0] != self.plan.sliding.max_pairs:
+                    self.plan = self.plan.with_capacity(state.slide.slots.shape[0])  # grown before the checkpoint
                 if first >= len(chunks) or segments and segments[-1].result_name != "successful":
                     return segments, state
         self.pad = max(len(c) for c in chunks)
@@ -153,6 +159,18 @@ class Driver:
             # start of the next segment, exactly as after a resume from a checkpoint.
             new_state = State(final.W, final.aux, seg.s_final, state.solver, None, seg.controller_state, seg.dt_next,
                               seg.eigvec, final.slide)
+            if seg.stats.get("capacity_overflow", 0):
+                # more pairs slide than the capacity holds: the same chunk goes on from the last accepted
+                # step with twice the capacity (one more compile; gradflow.sliding.INITIAL_CAPACITY)
+                capacity = min(2 * self.plan.sliding.max_pairs, self.plan.max_capacity)
+                self.plan = self.plan.with_capacity(capacity)
+                new_state = new_state._replace(slide=new_state.slide.widened(capacity))
+                seg.result_name, seg.reason = "successful", ""
+                points = points[points > clock.position(seg.final_diag)]
+                if points.size == 0:
+                    points = np.asarray([end])
+                state = new_state
+                continue
             name = seg.result_name
             if name == "successful":
                 return new_state, out, True
@@ -225,8 +243,7 @@ class Driver:
             saved={k: v[reached] for k, v in saved.items()}, final_diag=final_diag, final_state=out.state,
             result_name=result, reason=diffrax.RESULTS[out.result], stats=stats, wall=wall, num_save=len(points),
             evals_per_step=evaluations_per_step(state.solver),
-            start_evals=evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None,
-                                             choose_step=state.dt_next is None and adaptive),
+            start_evals=self._start_evaluations(state, spec, adaptive),
             solver_name=type(state.solver).__name__, implicit_segments=int(is_implicit(state.solver)),
             s_final=s_final, controller_state=out.controller_state, eigvec=out.eigvec,
             # next step size for a following segment: the segment's mean accepted step
@@ -235,6 +252,15 @@ class Driver:
         if out.result == diffrax.RESULTS.dt_min_reached and not _has_dtmin(spec.controller):
             seg.reason = self._no_progress_reason(seg)
         return seg
+
+    @staticmethod
+    def _start_evaluations(state: State, spec: FlowSpec, adaptive: bool) -> int:
+        """Field evaluations before a segment's first step: the first stage (the sliding solver
+        always evaluates it at its start) and two where the first step is chosen."""
+        choose = state.dt_next is None and adaptive
+        if spec.sliding is not None:
+            return 1 + (2 if choose else 0)
+        return evaluations_at_start(state.solver, fresh_solver_state=state.solver_state is None, choose_step=choose)
 
 
 def _has_dtmin(controller) -> bool:

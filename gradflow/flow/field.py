@@ -21,7 +21,7 @@ from ..clock import Clock
 from ..diagnostics import Point, evaluate
 from ..losses import Loss
 from ..params import combine
-from ..sliding import DRIFT, Sliding, active_count, any_fixed, project
+from ..sliding import DRIFT, Pattern, Sliding, active_count, any_fixed, project
 from .state import FlowState
 
 __all__ = ["Data", "FieldArgs", "field_point", "velocity", "vector_field", "sliding_diagnostics"]
@@ -53,14 +53,16 @@ class FieldArgs(eqx.Module):
 
 
 def field_point(state: FlowState, args: FieldArgs) -> Point:
-    """α, v (∇α, or the sliding gradient while pairs slide or keep a side:
-    :meth:`gradflow.sliding.Sliding.project`) and their split at the state's W."""
-    if args.sliding is None:
+    """α, v (∇α, or, with ``state.slide``, the sliding gradient while pairs slide or keep a side:
+    :meth:`gradflow.sliding.Sliding.project`) and their split at the state's W. (The solver of the
+    sliding field holds the sliding state itself, :mod:`gradflow.flow.sliding_solver`; a state with
+    one is what a save point is evaluated at.)"""
+    if args.sliding is None or state.slide is None:
         return evaluate(state.W, args.static, args.x, args.y, args.loss)
     slide = state.slide
     return lax.cond(any_fixed(slide),
                     lambda: project(args.sliding, state.W, args.static, args.x, args.y, args.loss, slide,
-                                    args.clock.scale)[0],
+                                    args.clock.scale).point,
                     lambda: evaluate(state.W, args.static, args.x, args.y, args.loss))
 
 
@@ -95,16 +97,14 @@ def sliding_diagnostics(state: FlowState, args: FieldArgs, pt: Point) -> dict:
     v = pt.grad_alpha
     kappa = args.clock.scale(pt)
     wdot = jax.tree_util.tree_map(lambda g: kappa * g, v)
-    z, dz = jax.jvp(lambda p: sliding.kink_values(p, args.static, args.x, slide), (params,), (wdot,))
-    scale = [jnp.sqrt(jnp.mean(zz**2)) for zz in z]
-    near = tuple(jnp.abs(zz) <= DRIFT * sliding.rtol * sc for zz, sc in zip(z, scale, strict=True))
-    sides = slide._replace(active=tuple(jnp.zeros_like(zz) for zz in z),
-                           side=tuple(jnp.where(nr, jnp.where(d > 0, 1.0, -1.0), 0.0) for nr, d in zip(near, dz, strict=True)))
-
+    pattern = sliding.pattern(slide)
+    z, dz = jax.jvp(lambda p: sliding.kink_values(p, args.static, args.x, pattern), (params,), (wdot,))
+    scale = sliding.site_scale(z)
+    near = jnp.abs(z) <= DRIFT * sliding.rtol * scale
+    sides = Pattern(jnp.zeros_like(pattern.active), jnp.where(near, jnp.where(dz > 0, 1.0, -1.0), 0.0))
     _, d_alpha = jax.jvp(lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss, sides), (params,), (wdot,))
     rate = kappa * pt.grad_norm**2
-    drift = jnp.max(jnp.stack([jnp.max(jnp.where(a > 0.5, jnp.abs(zz) / sc, 0.0))
-                               for a, zz, sc in zip(slide.active, z, scale, strict=True)]))
+    drift = jnp.max(jnp.where(pattern.active, jnp.abs(z) / scale, 0.0))
     # a float: diffrax fills the save points not reached with inf, which an integer cannot hold
     return {"sliding_pairs": active_count(slide).astype(drift.dtype), "sliding_drift": drift,
             "chain_rule_residual": jnp.abs(d_alpha / rate - 1.0)}

@@ -68,17 +68,19 @@ class Record(eqx.Module):
             return None
         return budget_subset(num_save)
 
-    def saveat(self, ts) -> diffrax.SaveAt:
+    def saveat(self, ts, sliding: bool = False) -> diffrax.SaveAt:
         """diffrax's SaveAt: the diagnostics at ``ts`` (or the bare states, when deferred), at the
         end and the start, the final state, the solver and controller states, and the bare W at the
-        save points the sharpness is computed at."""
+        save points the sharpness is computed at. With ``sliding`` every diagnostic is deferred:
+        the sliding state of a point is the solver's (:meth:`recorded_sliding`)."""
         subset = self.sharpness_subset(ts.shape[0])
+        at_ends = _bare if sliding else self.save
         return diffrax.SaveAt(
             subs=[
-                diffrax.SubSaveAt(ts=ts, fn=_bare if self.defer else self.save),
-                diffrax.SubSaveAt(t1=True, fn=self.save),
+                diffrax.SubSaveAt(ts=ts, fn=_bare if (self.defer or sliding) else self.save),
+                diffrax.SubSaveAt(t1=True, fn=at_ends),
                 diffrax.SubSaveAt(t1=True),
-                diffrax.SubSaveAt(t0=True, fn=self.save),
+                diffrax.SubSaveAt(t0=True, fn=at_ends),
                 *([diffrax.SubSaveAt(ts=ts if subset is None else ts[subset], fn=_bare_params)]
                   if self.sharpness is not None else []),
             ],
@@ -92,6 +94,34 @@ class Record(eqx.Module):
         if self.defer:
             saved_s, saved_states = saved
             saved = jax.vmap(lambda s_, st: self.save(s_, st, args))(saved_s, saved_states)
+        return Recorded(saved, initial, final)
+
+    def recorded_sliding(self, ys, args: FieldArgs, keys, ends: tuple) -> Recorded:
+        """The diagnostics of a flow with sliding, from diffrax's ``sol.ys`` (bare states) and the
+        sliding set at every save point (``keys``, :class:`gradflow.sliding.SlideKey` stacked) and
+        at the start and end (``ends`` = (S₀, S₁), the solver's states). At a save point the normals
+        of its sliding pairs are computed at its W (:meth:`gradflow.sliding.Sliding.state_at`);
+        the points not reached (diffrax fills them with inf) are skipped and stay inf."""
+        (s_saved, y_saved), (s_final, y_final), _, (s_start, y_start) = ys[:4]
+        sliding = args.sliding
+        dtype = args.x.dtype
+
+        def at(s, y, slide):
+            return self.save(s, FlowState(y.W, y.aux, slide), args)
+
+        def one(item):
+            s, y, key = item
+            shape = jax.eval_shape(lambda: at(s, y, sliding.state_at(y.W, args.static, args.x, key, dtype)))
+            reached = jnp.isfinite(s) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(y.W)[0]))
+            return jax.lax.cond(reached,
+                                lambda: at(s, y, sliding.state_at(y.W, args.static, args.x, key, dtype)),
+                                lambda: jax.tree_util.tree_map(lambda v: jnp.full(v.shape, jnp.inf, v.dtype), shape))
+
+        saved = jax.lax.map(one, (s_saved, y_saved, keys))
+        first = jax.tree_util.tree_map(lambda v: v[0], (s_start, y_start))
+        last = jax.tree_util.tree_map(lambda v: v[0], (s_final, y_final))
+        initial = jax.tree_util.tree_map(lambda v: v[None], at(*first, ends[0]))
+        final = jax.tree_util.tree_map(lambda v: v[None], at(*last, ends[1]))
         return Recorded(saved, initial, final)
 
     def patterns_along(self, rec: Recorded, W0, W1, pattern_prev, args: FieldArgs) -> tuple[Recorded, Any]:

@@ -40,7 +40,10 @@ class FlowSpec(eqx.Module):
     ``record``: what is saved (:class:`gradflow.flow.record.Record`); ``stop``: the condition
     of the stop before the end point (:meth:`gradflow.clock.Clock.event`'s, with its traced
     target) or None; ``sliding``: the model's kinks that slide
-    (:class:`gradflow.sliding.Sliding`) or None; ``max_steps``: the static size of diffrax's loop."""
+    (:class:`gradflow.sliding.Sliding`) or None; ``max_steps``: the static size of diffrax's loop;
+    ``batched``: the solve runs under vmap (an ensemble's members); ``max_capacity``: the most
+    sliding pairs the driver may grow the sliding solver's capacity to (a step that needs more
+    than ``sliding.max_pairs`` below it ends the solve instead: :class:`gradflow.controllers.StepGuard`)."""
 
     clock: Clock
     solver: diffrax.AbstractSolver
@@ -49,6 +52,8 @@ class FlowSpec(eqx.Module):
     stop: diffrax.Event | None
     sliding: Sliding | None
     max_steps: int = eqx.field(static=True)
+    batched: bool = eqx.field(static=True, default=False)
+    max_capacity: int = eqx.field(static=True, default=0)
 
 
 class Start(eqx.Module):
@@ -112,18 +117,28 @@ def solve(spec: FlowSpec, data: Data, start: Start, save_points, end, budget=Non
     s0 = start.s
     s1, ts = clock.span(data.loss, n, s0, end, save_points)
     counting = is_implicit(spec.solver) and countable(spec.solver)
-    y0 = start.state.with_work() if (spec.sliding is not None or counting) else start.state
+    # the ODE state: W, [ζ, u] and, where a solver reports work beyond its stages, the work counter;
+    # the sliding state is the sliding solver's own (gradflow.flow.sliding_solver)
+    y0 = FlowState(start.state.W, start.state.aux)
+    if spec.sliding is not None or counting:
+        y0 = y0.with_work()
     controller, dt0, controller_state = spec.controller, start.dt0, start.controller_state
     adaptive = not isinstance(controller, diffrax.ConstantStepSize)
     # the band of the sliding pairs follows the controller's rtol
     sliding = None if spec.sliding is None else spec.sliding.at_tolerance(controller.rtol)
     args = FieldArgs(data.static, data.x, data.y, data.loss, clock, sliding)
+    solver = spec.solver
+    if counting:
+        solver = CountingSolver(at_tolerances(solver, getattr(controller, "rtol", None), getattr(controller, "atol", None)))
+    if sliding is not None:
+        solver = SlidingSolver(solver, clock, start.state.slide, ts, batched=spec.batched,
+                               can_grow=budget is not None and sliding.max_pairs < spec.max_capacity)
     if adaptive:
         rtol, atol = controller.rtol, controller.atol
 
-        def choose():  # the first step, from (W, aux): the sliding state and the work counter are held fixed
+        def choose():  # the first step, from (W, aux) (the work counter held fixed)
             def core_field(s, core, a):
-                return vector_field(s, y0.with_core(core), a).core()
+                return solver.func(term, s, y0.with_core(core), a).core()
 
             return initial_step(core_field, s0, y0.core(), args, spec.solver.error_order(term), rtol, atol, s1 - s0)
 
@@ -139,19 +154,20 @@ def solve(spec: FlowSpec, data: Data, start: Start, save_points, end, budget=Non
         controller = StepGuard(controller, budget, getattr(controller, "rtol", nan), getattr(controller, "atol", nan),
                                error_norm, work)
         if controller_state is not None:
-            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((2,), args.x.dtype))
-    solver = spec.solver
-    if counting:
-        solver = CountingSolver(at_tolerances(solver, getattr(controller, "rtol", None), getattr(controller, "atol", None)))
-    if spec.sliding is not None:
-        solver = SlidingSolver(solver, clock)
+            controller_state = (controller_state, jnp.zeros((), jnp.int32), jnp.zeros((2,), args.x.dtype),
+                                jnp.zeros((), bool))
     sol = diffrax.diffeqsolve(
-        term, solver, s0, s1, dt0, y0, args=args, saveat=record.saveat(ts), stepsize_controller=controller,
-        event=spec.stop, max_steps=spec.max_steps, throw=False, solver_state=start.solver_state,
-        controller_state=controller_state,
+        term, solver, s0, s1, dt0, y0, args=args, saveat=record.saveat(ts, sliding is not None),
+        stepsize_controller=controller, event=spec.stop, max_steps=spec.max_steps, throw=False,
+        solver_state=start.solver_state, controller_state=controller_state,
     )
-    rec = record.recorded(sol.ys, args)
-    final_state = jax.tree_util.tree_map(lambda v: v[0], sol.ys[2]).without_work()
+    final = jax.tree_util.tree_map(lambda v: v[0], sol.ys[2])
+    if sliding is None:
+        rec = record.recorded(sol.ys, args)
+        final_state = FlowState(final.W, final.aux)
+    else:
+        rec = record.recorded_sliding(sol.ys, args, sol.solver_state.keys, (start.state.slide, sol.solver_state.slide))
+        final_state = FlowState(final.W, final.aux, sol.solver_state.slide)
     controller_state_out = sol.controller_state[0] if budget is not None else sol.controller_state
     # [gradient evaluations, JVPs] beyond the explicit stages, over every attempted step
     extra_work = sol.controller_state[2] if budget is not None else jnp.zeros((2,), args.x.dtype)
@@ -162,7 +178,8 @@ def solve(spec: FlowSpec, data: Data, start: Start, save_points, end, budget=Non
     if record.sharpness is not None:
         rec, eigvec = record.sharpness_along(rec, sol.ys[4], (start.state.W, final_state.W), eigvec,
                                              _gradient_evaluations(sol, spec.solver, extra_work), args)
-    stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1])
+    stats = dict(sol.stats, extra_evaluations=extra_work[0], extra_jvps=extra_work[1],
+                 capacity_overflow=sol.controller_state[3] if budget is not None else jnp.zeros((), bool))
     return SegmentResult(rec.saved, rec.initial, rec.final, final_state, sol.result, stats, sol.ts[1], sol.solver_state,
                          controller_state_out, pattern, eigvec)
 

@@ -53,7 +53,7 @@ from ..precision import x64
 from ..problem import Problem, prepare_problem
 from ..result import FlowResult
 from ..sharpness import initial_vector, resolve_sharpness
-from ..sliding import Sliding, initial_slide, sliding_capacity
+from ..sliding import INITIAL_CAPACITY, Sliding, initial_slide, sliding_capacity
 from ..solvers import get_solver, is_implicit
 from .assemble import Segment, assemble
 from .checkpoint import CheckpointStore
@@ -61,6 +61,7 @@ from .driver import Driver, State, chunks, fingerprint
 from .field import Data, FieldArgs
 from .record import Record
 from .segment import FlowSpec
+from .sliding_solver import sliding_solvable
 from .state import error_norm
 
 __all__ = ["simulate_flow", "CLOCKS"]
@@ -257,6 +258,7 @@ class Plan:
     fdtype: Any
     jacobian: str
     state_size: int
+    max_capacity: int = 0  # the most pairs the sliding capacity may grow to (gradflow.sliding.sliding_capacity)
 
     def spec(self, solver) -> FlowSpec:
         """The spec of a segment solved with ``solver``: its step controller carries the run's
@@ -271,7 +273,12 @@ class Plan:
                 opts = {**IMPLICIT_CONTROLLER, **{k: v for k, v in opts.items() if k != "accept"}}
             controller = step_controller(self.rtol, self.atol, {"norm": error_norm, **opts})
         event = None if self.stop is None else diffrax.Event(self.stop)
-        return FlowSpec(self.clock, solver, controller, self.record, event, self.sliding, self.max_steps)
+        return FlowSpec(self.clock, solver, controller, self.record, event, self.sliding, self.max_steps,
+                        max_capacity=self.max_capacity)
+
+    def with_capacity(self, capacity: int) -> Plan:
+        """This plan with the sliding solver's capacity set to ``capacity`` (one more compile)."""
+        return replace(self, sliding=Sliding(self.sliding.kinks, None, capacity))
 
     def solver_by_name(self, name: str):
         """A solver from its recorded name (a checkpoint's, or the implicit one ``auto`` switches to)."""
@@ -345,17 +352,30 @@ def _plan(prob: Problem, options: _FlowOptions) -> Plan:
     k_params = _state_size(prob) - 2
     fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32
     tolerances = dict(rtol=solve.rtol, atol=solve.atol) if options.constant_steps else {}
+    if auto and sliding:
+        warnings.warn("solver='auto' with sliding stays explicit (Bosh3) throughout: the implicit Kvaerno5 it would "
+                      "switch to cannot enter sliding modes. Pass sliding=False to let it switch.", stacklevel=4)
+        auto, solver = False, "bosh3"
     if auto:
         solver_obj = get_solver("bosh3" if kinks else "tsit5")
     else:
         solver_obj = get_solver(solver, jacobian=options.jacobian, state_size=k_params + 2, **tolerances)
+    if sliding and not sliding_solvable(solver_obj):
+        name = solver if isinstance(solver, str) else type(solver_obj).__name__
+        raise bad_argument(
+            "solver", f"{name!r} cannot integrate the sliding (Filippov) field of this model's C⁰ kinks (ReLU): only an "
+            "explicit Runge–Kutta method can (an implicit step's Newton iterations do not converge across an attracting "
+            "kink surface; measured: Kvaerno5 on an 8-unit ReLU net ran over 11 minutes without finishing)",
+            "Use the default (Bosh3) or 'tsit5', 'dopri5', 'dopri8', 'heun'; or pass sliding=False to integrate −∇L with "
+            "relu'(0) = 0 (ReLU nets from random starts then chatter across their kinks and end at max_steps).")
     step_control = options.step_control
     if step_control is None:
         step_control = "kink" if kinks and not is_implicit(solver_obj) and not options.constant_steps else "pid"
     controller = {"accept": KINK_ACCEPT, **options.controller} if step_control == "kink" else options.controller
-    slide = None
+    slide, max_capacity = None, 0
     if sliding:
-        slide = Sliding(field.sites, None, sliding_capacity(field.sites.pairs, k_params))
+        max_capacity = sliding_capacity(field.sites.pairs, k_params)
+        slide = Sliding(field.sites, None, min(INITIAL_CAPACITY, max_capacity))
     diag = options.diagnostics
     patterns = (diag.activation_patterns is not False
                 and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
@@ -367,7 +387,7 @@ def _plan(prob: Problem, options: _FlowOptions) -> Plan:
     log_t_max = None if solve.t_max is None else f(solve.log_t_max)
     return Plan(solve.clock, solver, solver_obj, auto, options.auto_explicit_steps, field, step_control, controller,
                 slide, record, f(solve.rtol), f(solve.atol), solve.clock.stop_condition(target, log_t_max),
-                solve.max_steps, fdtype, options.jacobian, k_params + 2)
+                solve.max_steps, fdtype, options.jacobian, k_params + 2, max_capacity)
 
 
 def _state_size(prob: Problem) -> int:
@@ -399,8 +419,7 @@ def _drive(prob: Problem, options: _FlowOptions, plan: Plan, config: dict,
     solve, diag, run = options.solve, options.diagnostics, options.run
     save_points = solve.save_points(acc0)
     k_params = plan.state_size - 2
-    slide0 = None if plan.sliding is None else initial_slide(plan.sliding.kinks, plan.fdtype, k_params,
-                                                              plan.sliding.max_pairs)
+    slide0 = None if plan.sliding is None else initial_slide(plan.sliding.max_pairs, k_params, plan.fdtype)
     data = Data(prob.static, prob.x, prob.y, prob.loss)
     driver = Driver(plan, data, end=solve.end, max_steps=solve.max_steps)
     eigvec0 = None

@@ -1,207 +1,407 @@
-"""The diffrax solver of the sliding field: the inner solver's step with the sliding state held fixed,
-then the sliding set revised at the step's end (see :mod:`gradflow.sliding`)."""
+r"""The diffrax solver of the sliding field: an explicit Runge–Kutta step of the sliding (Filippov)
+field with the sliding state held fixed over the step, then the sliding set revised at the step's
+end (see :mod:`gradflow.sliding` for the field, the entries and the exits).
+
+Why a Runge–Kutta step of its own (measured on the ``hcnn`` CNN, 1,252 parameters, 100 digits,
+cross-entropy, rtol 1e-5, before issue 25: a sliding step cost 43 bare gradients of wall time for
+7.3 counted evaluations). The phases, each timed beside a bare jitted gradient (best of 20):
+
+* the sliding state inside the ODE state: ~290,000 zero-derivative floats (pair masks, 128 × k
+  normals, a 128 × 128 factor) that diffrax's stage arithmetic, dense output and step selection
+  carried at every step: 14 bare gradients of bookkeeping per step (0.04 without it);
+* each stage returned zeros for that state: 3.5 bare gradients per stage for 1.35 of gradient;
+* the step's end evaluated the field again at y₁ (the first-same-as-last stage had just done it),
+  to read the kink values z, the backward signals c and the multipliers λ there.
+
+So the sliding state is the solver's state here, never integrated (nor interpolated, nor saved
+per step), and the stages are this solver's own loop over the inner solver's Butcher tableau
+(Bosh3, Tsit5, Dopri5, Dopri8, Heun), whose last stage at y₁ also returns z, c and λ: the step's
+end reads them instead of a second evaluation. The dense output is the inner solver's (same
+stages, same interpolation).
+
+Save points. diffrax evaluates a save function on the interpolated state at a save time without
+the solver's state, so the sliding set of the step that contains each save point is recorded in
+the solver state (``keys``, one :class:`gradflow.sliding.SlideKey` per save point, written on the
+steps that contain one), and the diagnostics are evaluated after the loop
+(:class:`gradflow.flow.record.Record`).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ..clock import Clock
+from ..diagnostics import evaluate
 from ..sliding import (
     APPROACH,
+    BRIEF_STEPS,
     DRIFT,
     REBUILD_DRIFT,
     TAU_STEPS,
+    SlideKey,
     SlideState,
     Sliding,
+    Stage,
     any_fixed,
     box_qp,
+    bucketed,
     compact,
     project,
     remap_rows,
     ridge,
 )
-from ..sliding.state import _any, _dtype, _flat, _tmap
 from ..solvers.counting import Work
 from ..solvers.delegate import DelegatingSolver
-from .field import velocity
+from .field import FieldArgs, velocity
 from .state import FlowState
 
-__all__ = ["SlidingSolver"]
+__all__ = ["SlidingSolver", "SlidingSolverState", "sliding_solvable"]
+
+
+def sliding_solvable(solver) -> bool:
+    """Whether ``solver`` can integrate the sliding field: an explicit Runge–Kutta method with a
+    Butcher tableau (the implicit ones cannot enter sliding modes: their Newton iterations do not
+    converge on a step across an attracting surface)."""
+    tableau = getattr(solver, "tableau", None)
+    return isinstance(solver, diffrax.AbstractERK) and isinstance(tableau, diffrax.ButcherTableau)
+
+
+class SlidingSolverState(eqx.Module):
+    """The solver's state between steps: the sliding state, and at y₀ of the next step its field
+    (``f0``, the first stage) and kink values ``z0``; ``keys``: the sliding set at every save point
+    (None without save points); ``steps``: accepted steps so far."""
+
+    slide: SlideState
+    f0: FlowState
+    z0: jax.Array
+    keys: SlideKey | None
+    steps: jax.Array
+
+
+def _cond(batched: bool, pred, true_fn, false_fn, *operands):
+    """``lax.cond``; ``batched`` (under vmap: an ensemble): the true branch runs only when some
+    member needs it, and both run (selected per member) only when the members disagree, instead of
+    both branches for every member at every step (``lax.cond`` of a batched predicate)."""
+    if not batched:
+        return lax.cond(pred, true_fn, false_fn, *operands)
+
+    def both(*ops):
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), true_fn(*ops), false_fn(*ops))
+
+    def some(*ops):
+        return lax.cond(eqxi.unvmap_any(pred), both, false_fn, *ops)
+
+    return lax.cond(eqxi.unvmap_all(pred), true_fn, some, *operands)
 
 
 class SlidingSolver(DelegatingSolver):
-    """A diffrax solver that integrates the sliding (Filippov) field with an inner FSAL solver
-    (Bosh3, Tsit5, Dopri5, the Kvaerno ESDIRKs).
+    """An explicit Runge–Kutta solver of the sliding field (see the module docstring).
 
-    Each step is the inner solver's step with the sliding state held fixed; the field projects
-    at every stage (:meth:`gradflow.sliding.Sliding.project`). After the step :meth:`_update`
-    revises the state at the step's end (entries, exits, released sides; see
-    :mod:`gradflow.sliding`) and, when the field changed, replaces the inner solver's
-    first-same-as-last stage by the field of the new state. Its solver state adds z at the last
-    step's end (to see sign changes). The network passes this costs beyond the inner solver's
-    stages are added to the state's work counter (:class:`gradflow.solvers.counting.Work`).
-
+    ``solver``: the inner diffrax ERK method whose tableau, orders and interpolation are used;
     ``clock``: the flow's :class:`gradflow.clock.Clock` (κ with dW/ds = κ v, and in the accuracy
-    clock the step along v that restores α(W) = α after a projection of W)."""
+    clock the step along v that restores α(W) = α after a projection of W); ``slide0``: the sliding
+    state at the start; ``save_ts``: the save points as clock values (None: none); ``batched``: the
+    solve runs under vmap (an ensemble), where a branch runs only when some member takes it;
+    ``can_grow``: a sliding set larger than the capacity makes the step report an overflow in the
+    work counter (the step is rejected and the solve ends: the driver continues with a larger
+    capacity) instead of leaving the pairs that do not fit to chatter (counted as ``overflow``).
+
+    A step from y₀ with sliding state S: stages k_i = h f_S(s₀ + c_i h, y₀ + h Σ_j a_ij k_j), the
+    first one the cached f_S(y₀); y₁ = y₀ + h Σ b_i k_i and the embedded error h Σ e_i k_i; the
+    last stage (at y₁ for first-same-as-last tableaus, else one more evaluation) also gives z, c
+    and λ there. Then :meth:`_update` revises S at y₁ (entries, exits, released sides) and, when S
+    or W changed, evaluates the field there once more: the next step's first stage. The network
+    passes this costs beyond one gradient per stage are added to the state's work counter."""
 
     clock: Clock = eqx.field(static=True)
+    slide0: SlideState
+    save_ts: Any = None
+    batched: bool = eqx.field(static=True, default=False)
+    can_grow: bool = eqx.field(static=True, default=False)
+
+    @property
+    def tableau(self) -> diffrax.ButcherTableau:
+        return self.solver.tableau
 
     def init(self, terms, t0, t1, y0, args):
-        inner = self.solver.init(terms, t0, t1, y0, args)
-        return inner, args.sliding.kink_values(y0.W, args.static, args.x, y0.slide)
+        stage = self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=True)
+        keys = None
+        if self.save_ts is not None:
+            keys = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (self.save_ts.shape[0], *v.shape)),
+                                          self.slide0.key())
+        return SlidingSolverState(self.slide0, stage[0], stage[1].z, keys, jnp.zeros((), jnp.int32))
 
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        inner_state, z0 = solver_state
-        # the inner step's own work (an implicit step's stage solves) starts from zero; this solver's adds to it
-        y0 = eqx.tree_at(lambda y: y.work, y0, Work(jnp.zeros_like(y0.work.counts)))
-        y1, y_error, dense_info, inner_state, result = self.solver.step(
-            terms, t0, t1, y0, args, inner_state, made_jump)
-        y1, z1, f1, changed = self._update(t1, t1 - t0, y1, z0, inner_state[1], args)
-        first, fsal = inner_state
-        inner_state = (first, jax.tree_util.tree_map(lambda new, old: jnp.where(changed, new, old), f1, fsal))
-        return y1, y_error, dense_info, (inner_state, z1), result
+    def step(self, terms, t0, t1, y0, args, solver_state: SlidingSolverState, made_jump):
+        del made_jump  # the flow has no jumps
+        tab = self.tableau
+        h = t1 - t0
+        slide = solver_state.slide
+        ks = [_scale(h, solver_state.f0)]
+        last = None
+        for i, (a_i, c_i) in enumerate(zip(tab.a_lower, tab.c, strict=True)):
+            yi = _combine(y0, ks, a_i)
+            final = tab.fsal and i == len(tab.c) - 1
+            f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final)
+            ks.append(_scale(h, f_i))
+            if final:
+                last = (yi, f_i, stage)
+        if tab.ssal and last is not None:
+            y1 = last[0]
+        else:
+            y1 = _combine(y0, ks, tab.b_sol)
+        y_error = _combine(_zero_like(y0), ks, tab.b_error)
+        if last is None:  # not first-same-as-last: the field at y₁ is one more evaluation (the next step's first stage)
+            f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True)
+        else:
+            f1, stage1 = last[1], last[2]
+        stacked = jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks)
+        no_work = Work(jnp.zeros((len(ks), 3), y0.aux.dtype))
+        dense_info = dict(y0=y0, y1=FlowState(y1.W, y1.aux, None, y0.work),
+                          k=FlowState(stacked.W, stacked.aux, None, no_work))
+        y1, new_slide, f1, z1, work = self._update(t1, h, y1, f1, stage1, solver_state, args)
+        keys = solver_state.keys
+        if keys is not None:  # the sliding set of this step, at the save points it contains
+            inside = (self.save_ts > t0) & (self.save_ts <= t1)
+            keys = _cond(self.batched, jnp.any(inside), lambda ks_: jax.tree_util.tree_map(
+                lambda buf, v: jnp.where(inside.reshape((-1,) + (1,) * v.ndim), v[None], buf), ks_, slide.key()),
+                lambda ks_: ks_, keys)
+        y1 = FlowState(y1.W, y1.aux, None, Work(work.astype(y1.aux.dtype)))
+        y_error = FlowState(y_error.W, y_error.aux, None, Work(jnp.zeros((3,), y1.aux.dtype)))
+        state = SlidingSolverState(new_slide, f1, z1, keys, solver_state.steps + 1)
+        return y1, y_error, dense_info, state, diffrax.RESULTS.successful
 
-    def _field(self, params, aux, slide, args):
-        """The field of the state at W (zero work), and λ, z, c and κ there."""
-        pt, lam, z, c = project(args.sliding, params, args.static, args.x, args.y, args.loss, slide, self.clock.scale)
-        state = FlowState(params, aux, slide, Work(jnp.zeros((2,), aux.dtype)))
-        return velocity(pt, state, self.clock), lam, z, c, self.clock.scale(pt)
+    def func(self, terms, t0, y0, args):
+        return self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=False)[0]
 
-    def _update(self, t1, h, y1, z0, f1, args):
-        """The sliding state at the step's end (y1, with the last stage f1), the z there, the new
-        last stage and whether it changed. Work: one projection (or a forward pass while no pair
-        slides), one JVP when a pair crossed or approaches its surface, and :meth:`_change`."""
+    # ------------------------------------------------------------------------------------------
+
+    def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool) -> tuple[FlowState, Stage | None]:
+        """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, and (``extras``) the
+        :class:`gradflow.sliding.Stage` there (z, c, λ at every pair: a gradient with the kinks
+        re-evaluated). Without extras and with no pair fixed, the model's own gradient."""
         sliding: Sliding = args.sliding
-        params, aux, slide = y1.W, y1.aux, y1.slide
-        static, x = args.static, args.x
-        masks = tuple(a > 0.5 for a in slide.active)
-        dtype = _dtype(params)
-        had_fixed = any_fixed(slide)
+        state = FlowState(W, aux)
 
         def projected():
-            return self._field(params, aux, slide, args)[1:]
+            return project(sliding, W, args.static, args.x, args.y, args.loss, slide, self.clock.scale)
 
-        def forward():
-            z = sliding.kink_values(params, static, x, slide)
-            return _tmap(jnp.zeros_like, z), z, _tmap(jnp.zeros_like, z), jnp.full((), jnp.nan, dtype)
+        if extras:
+            stage = projected()
+            return velocity(stage.point, state, self.clock), stage
 
-        lam1, z1, c1, kappa1 = lax.cond(had_fixed, projected, forward)
-        scale = tuple(jnp.sqrt(jnp.mean(z**2)) for z in z1)
-        near = tuple(jnp.abs(z) <= DRIFT * sliding.rtol * sc for z, sc in zip(z1, scale, strict=True))
-        free = tuple(~m & (sd == 0) for m, sd in zip(masks, slide.side, strict=True))
-        crossed = tuple(f & (jnp.sign(b) != jnp.sign(a)) & (b != 0) for f, a, b in zip(free, z0, z1, strict=True))
+        def plain():
+            return evaluate(W, args.static, args.x, args.y, args.loss)
+
+        pt = _cond(self.batched, any_fixed(slide), lambda: projected().point, plain)
+        return velocity(pt, state, self.clock), None
+
+    def _update(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, solver_state: SlidingSolverState,
+                args: FieldArgs):
+        """The sliding state at the step's end (y₁ with the field f₁ and its :class:`Stage` there):
+        entries, exits, released sides (see :mod:`gradflow.sliding`). Returns (y₁, S, f₁, z₁, work),
+        with W projected back onto the surfaces and f₁ re-evaluated where S or W changed; work =
+        [gradient evaluations, JVPs] beyond the step's stages: one JVP when a pair crossed or
+        approaches its surface, and :meth:`_change`."""
+        sliding: Sliding = args.sliding
+        slide = solver_state.slide
+        z0, z1, c1 = solver_state.z0, stage.z, stage.c
+        pattern = sliding.pattern(slide)
+        band = DRIFT * sliding.rtol * sliding.site_scale(z1)
+        near = jnp.abs(z1) <= band
+        free = ~pattern.active & (pattern.side == 0)
+        crossed = free & (jnp.sign(z1) != jnp.sign(z0)) & (z1 != 0)
         # a free pair within the band of its surface and about to reach it at this step's rate
         # (APPROACH): entering it now moves W by at most the band when it is projected
-        approach = tuple(f & nr & (jnp.sign(b) == jnp.sign(a)) & (jnp.abs(b) < jnp.abs(a))
-                         & (jnp.abs(b) <= APPROACH * jnp.abs(a - b)) for f, nr, a, b in zip(free, near, z0, z1, strict=True))
+        approach = (free & near & (jnp.sign(z1) == jnp.sign(z0)) & (jnp.abs(z1) < jnp.abs(z0))
+                    & (jnp.abs(z1) <= APPROACH * jnp.abs(z0 - z1)))
         # a pair that keeps a side is released once it is clear of its surface: on its own side
-        # the field does not change; on the other side it does, and the last stage is recomputed
-        released = tuple((sd != 0) & ~nr for sd, nr in zip(slide.side, near, strict=True))
-        wrong_side = _any(tuple(r & (jnp.sign(z) != sd) for r, z, sd in zip(released, z1, slide.side, strict=True)))
-        slide = slide._replace(side=tuple(jnp.where(r, 0.0, sd) for r, sd in zip(released, slide.side, strict=True)))
-        sigma = tuple(lm / jnp.where(c < 0, c, -1.0) for lm, c in zip(lam1, c1, strict=True))
-        leaving = tuple(m & ((c >= 0) | (sg < 0) | (sg > 1)) for m, c, sg in zip(masks, c1, sigma, strict=True))
+        # the field does not change; on the other side it does, and the field at y₁ is recomputed
+        released = (pattern.side != 0) & ~near
+        wrong_side = jnp.any(released & (jnp.sign(z1) != pattern.side))
+        side = jnp.where(released, 0.0, pattern.side)
+        valid = slide.slots >= 0
+        at = jnp.where(valid, slide.slots, 0)
+        c_a = c1[at]
+        sigma = stage.lam / jnp.where(c_a < 0, c_a, -1.0)
+        leaving = valid & ((c_a >= 0) | (sigma < 0) | (sigma > 1))
         # a sliding pair off its band is projected back (normals recomputed when far off)
-        drift = tuple(m & ~nr for m, nr in zip(masks, near, strict=True))
-        far = tuple(m & (jnp.abs(z) > REBUILD_DRIFT * sliding.rtol * sc) for m, z, sc in zip(masks, z1, scale, strict=True))
-        stiff = had_fixed & (h > slide.tau / 2.0)
-        must = _any(leaving) | _any(drift) | stiff
+        drift = valid & ~near[at]
+        far = valid & (jnp.abs(z1[at]) > REBUILD_DRIFT * sliding.rtol * sliding.site_scale(z1)[at])
+        stiff = any_fixed(slide) & (h > slide.tau / 2.0)
+        must = jnp.any(leaving) | jnp.any(drift) | stiff
+        dtype = y1.aux.dtype
+        need = jnp.any(crossed) | jnp.any(approach) | must
+        # one JVP along the step's last stage when a pair crossed or approaches: dz/ds of every pair on its side
+        dz1 = _cond(self.batched, need, lambda: jax.jvp(
+            lambda p: sliding.kink_values(p, args.static, args.x, pattern), (y1.W,), (f1.W,))[1], lambda: z1 * 0.0)
+        entries = (crossed & (dz1 * z1 < 0)) | (approach & (c1 <= 0))
+        change = need & (jnp.any(entries) | must)
+        # the pairs released from their sides (small arrays, outside the branch that holds the normals)
+        kept, kept_values = _cond(self.batched, jnp.any(released) & ~change,
+                                     lambda: _kept_list(side, slide.kept.shape[0])[:2],
+                                     lambda: (slide.kept, slide.kept_side))
+        unchanged = slide_with(slide, kept=kept, kept_side=kept_values)
+        # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
+        new_slide, W, refresh, work = _cond(
+            self.batched, change,
+            lambda: self._change(t1, h, y1, f1, stage, slide, dz1, entries, approach, side,
+                                 (jnp.any(far), jnp.any(drift), stiff, solver_state.steps), args),
+            lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
+        work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
-        def update():
-            # one JVP along the step's last stage: dz/ds of every pair on its current side
-            _, dz1 = jax.jvp(lambda p: sliding.kink_values(p, static, x, slide), (params,), (f1.W,))
-            # an approaching pair can only slide if its jump attracts (c < 0; c is known where
-            # pairs slide or keep a side, else 0 and the box-constrained solve decides)
-            entries = tuple((cr & (d * z < 0)) | (ap & (cc <= 0))
-                            for cr, ap, d, z, cc in zip(crossed, approach, dz1, z1, c1, strict=True))
-            return lax.cond(_any(entries) | must,
-                            lambda: self._change(t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries,
-                                                 approach, _any(far), had_fixed, h, args),
-                            lambda: (slide, params, wrong_side, jnp.full((), 2.0, dtype)))
+        def refreshed():
+            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True)
+            return f, st.z
 
-        new_slide, params, refresh, work = lax.cond(_any(crossed) | _any(approach) | must, update,
-                                                    lambda: (slide, params, wrong_side, jnp.ones((), dtype)))
-        # one evaluation of the field where the state changed (the new last stage, z there)
-        f1, z1 = lax.cond(refresh, lambda: (lambda r: (r[0], r[2]))(self._field(params, aux, new_slide, args)),
-                          lambda: (f1, z1))
-        work = work + refresh.astype(dtype)
-        counts = y1.work.counts + jnp.stack([work, jnp.zeros_like(work)]).astype(y1.work.counts.dtype)
-        return FlowState(params, aux, new_slide, Work(counts)), z1, f1, refresh
+        f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
+        work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
+        return FlowState(W, y1.aux), new_slide, f1_, z1_, work
 
-    def _change(self, t1, params, aux, slide, lam1, z1, c1, kappa1, dz1, f1, entries, approach, rebuild, had_fixed, h,
-                args):
+    def _change(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, slide: SlideState, dz1, entries, approach,
+                kept_side, flags, args: FieldArgs):
         """A new sliding set at the step's end. The entering pairs join A with λ = ω c (the field of
         their side, ω = 1[z > 0]); then κ (N Nᵀ) Δλ = −(dz_A/ds + z_A/τ) is solved with
-        σ = λ/c ∈ [0, 1] (box-constrained, dense). Pairs that end at a bound leave A and keep that
-        bound's derivative (an approaching pair that does not slide stays free). New normals are
-        computed for the entering pairs, all of them when ``rebuild`` (drift beyond its bound)."""
+        σ = λ/c ∈ [0, 1] (box-constrained, dense, the size of the set). Pairs that end at a bound
+        leave A and keep that bound's derivative (an approaching pair that does not slide stays
+        free). New normals are computed for the entering pairs, all of them when they drifted far
+        (``flags`` = (rebuild, drifted, stiff, steps)). Returns (S, W, True, work)."""
         sliding: Sliding = args.sliding
-        static, x = args.static, args.x
-        dtype = _dtype(params)
-
-        def fresh():
-            pt, _, c = sliding.evaluate(params, static, x, args.y, args.loss, slide)
-            return c, self.clock.scale(pt)
-
-        c, kappa = lax.cond(had_fixed, lambda: (c1, kappa1), fresh)
-        work = 2.0 + jnp.where(had_fixed, 0.0, 1.0)
-        masks = tuple(a > 0.5 for a in slide.active)
-        lam = tuple(jnp.where(m, lm, jnp.where(en, (z > 0).astype(dtype) * cc, 0.0))
-                    for m, en, lm, z, cc in zip(masks, entries, lam1, z1, c, strict=True))
-        side = tuple(jnp.where(en, 0.0, sd) for en, sd in zip(entries, slide.side, strict=True))
+        rebuild, drifted, stiff, steps = flags
+        capacity = slide.slots.shape[0]
+        dtype = y1.aux.dtype
         size = sliding.size
-        slots, overflow = compact(_flat(tuple(m | en for m, en in zip(masks, entries, strict=True))), sliding.max_pairs)
-        valid = slots >= 0
-        at = jnp.where(valid, slots, 0)
-        candidates = sliding.unflat(jnp.zeros((size,), bool).at[jnp.where(valid, slots, size)].set(True, mode="drop"))
-        lam = tuple(jnp.where(m, a, 0.0) for m, a in zip(candidates, lam, strict=True))
+        valid_old = slide.slots >= 0
+        lam_pairs = jnp.zeros((size,), dtype).at[jnp.where(valid_old, slide.slots, size)].set(stage.lam, mode="drop")
+        active_old = jnp.zeros((size,), bool).at[jnp.where(valid_old, slide.slots, size)].set(True, mode="drop")
+        lam_pairs = jnp.where(entries & ~active_old, (stage.z > 0).astype(dtype) * stage.c, lam_pairs)
+        kept_side = jnp.where(entries, 0.0, kept_side)
+        cand, overflow = compact(active_old | entries, capacity)
         tau = jnp.where(h > slide.tau / 2.0, TAU_STEPS * h, slide.tau)
-        cand = slide._replace(active=tuple(m.astype(dtype) for m in candidates), lam=lam, side=side, tau=tau)
-        normals, had = remap_rows(slide.normals, slide.slots.astype(jnp.int32), slots)
-        which = valid & (rebuild | ~had)
-        normals = sliding.normal_rows(params, static, x, cand, slots, which, normals)
-        gram = normals @ normals.T
-        resid = jnp.where(valid, (_flat(dz1) + _flat(z1) / tau)[at] / kappa, 0.0)
-        lam_s = jnp.where(valid, _flat(lam)[at], 0.0)
-        c_s = jnp.where(valid, _flat(c)[at], 0.0)
-        attract = c_s < 0
-        delta, at_lo, at_hi = box_qp(gram, resid, jnp.where(attract, c_s, 0.0) - lam_s, -lam_s, valid)
-        lam_s = lam_s + delta
-        leave = valid & (at_lo | at_hi | ~attract)
-        # σ = λ/c: at λ = c (σ = 1) the pair keeps relu' = 1, at λ = 0 (σ = 0) it keeps 0
-        side_s = jnp.where(attract & at_lo, 1.0, jnp.where(attract, -1.0, 0.0))
-        side_s = jnp.where(_flat(approach)[at], 0.0, side_s)
+        candidate = slide_with(slide, slots=cand)
+        pattern = sliding.pattern(candidate)._replace(side=kept_side)
+        entered_pairs = jnp.zeros((size,), jnp.int32).at[jnp.where(valid_old, slide.slots, size)].set(
+            slide.entered, mode="drop")
+        entered_pairs = jnp.where(entries & ~active_old, steps, entered_pairs)
 
-        def scatter(vals):
-            return jnp.zeros((size,), dtype).at[jnp.where(valid, slots, size)].set(vals, mode="drop")
+        def remap(m, normals_old):
+            slots_m = cand[:m]
+            normals, had = remap_rows(normals_old[:m], slide.slots[:m], slots_m)
+            which = (slots_m >= 0) & (rebuild | ~had)
+            return normals_old.at[:m].set(normals), jnp.zeros((capacity,), bool).at[:m].set(which)
 
-        stays = valid & ~leave
-        active_flat = scatter(stays.astype(dtype))
-        side_flat = jnp.where(scatter(leave.astype(dtype)) > 0.5, scatter(side_s), _flat(side))
-        new_slots, _ = compact(active_flat > 0.5, sliding.max_pairs)
-        new_valid = new_slots >= 0
-        new_normals = jnp.where(new_valid[:, None], remap_rows(normals, slots, new_slots)[0], 0.0)
-        old_active = _flat(tuple(m.astype(dtype) for m in masks))
-        n_in = jnp.sum((active_flat > 0.5) & (old_active < 0.5))
-        n_out = jnp.sum((active_flat < 0.5) & (old_active > 0.5))
-        counts = slide.counts + jnp.stack([n_in, n_out, 1, jnp.sum(which), overflow]).astype(dtype)
-        new = SlideState(sliding.unflat(active_flat), sliding.unflat(scatter(jnp.where(stays, lam_s, 0.0))),
-                         sliding.unflat(side_flat), new_slots.astype(dtype), new_normals,
-                         jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid)), tau, counts)
-        # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
-        # a pair that entered across its surface, and drift, so that the Baumgarte term only has
-        # the integration error of later steps to correct
-        flat, unravel = ravel_pytree(params)
-        z_a = jnp.where(new_valid, _flat(z1)[jnp.where(new_valid, new_slots, 0)], 0.0)
-        step_back = new_normals.T @ jax.scipy.linalg.cho_solve((new.chol, True), z_a)
-        params = unravel(flat - step_back)
+        count = jnp.sum(cand >= 0)
+        normals, which = bucketed(count, capacity, remap, slide.normals)
+        # the new rows: one VJP each (a loop over them, outside the buckets: one copy of the network's graph)
+        normals = sliding.normal_rows(y1.W, args.static, args.x, pattern, cand, which, normals)
+
+        def solve(m, normals, chol_old):
+            slots_m = cand[:m]
+            valid = slots_m >= 0
+            at = jnp.where(valid, slots_m, 0)
+            rows = normals[:m]
+            gram = rows @ rows.T
+            resid = jnp.where(valid, (dz1[at] + stage.z[at] / tau) / stage.kappa, 0.0)
+            lam_s = jnp.where(valid, lam_pairs[at], 0.0)
+            c_s = jnp.where(valid, stage.c[at], 0.0)
+            attract = c_s < 0
+            delta, at_lo, at_hi = box_qp(gram, resid, jnp.where(attract, c_s, 0.0) - lam_s, -lam_s, valid)
+            lam_s = lam_s + delta
+            leave = valid & (at_lo | at_hi | ~attract)
+            # σ = λ/c: at λ = c (σ = 1) the pair keeps relu' = 1, at λ = 0 (σ = 0) it keeps 0
+            leave_side = jnp.where(attract & at_lo, 1.0, jnp.where(attract, -1.0, 0.0))
+            leave_side = jnp.where(approach[at], 0.0, leave_side)
+            stays = valid & ~leave
+            keep, _ = compact(stays, m)
+            new_valid = keep >= 0
+            pick = jnp.where(new_valid, keep, 0)
+            new_slots = jnp.where(new_valid, slots_m[pick], -1)
+            new_normals = jnp.where(new_valid[:, None], rows[pick], 0.0)
+            new_lam = jnp.where(new_valid, lam_s[pick], 0.0)
+            block = jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid))
+            # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
+            # a pair that entered across its surface, and drift, so that the Baumgarte term only has
+            # the integration error of later steps to correct
+            z_a = jnp.where(new_valid, stage.z[jnp.where(new_valid, new_slots, 0)], 0.0)
+            step_back = new_normals.T @ jax.scipy.linalg.cho_solve((block, True), z_a)
+            leaving_pairs = jnp.where(valid & leave, slots_m, size)
+            return (jnp.full((capacity,), -1, jnp.int32).at[:m].set(new_slots),
+                    jnp.zeros((capacity,), dtype).at[:m].set(new_lam),
+                    normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block), step_back,
+                    leaving_pairs, leave_side)
+
+        slots, lam, normals, chol, step_back, leaving_pairs, leave_side = bucketed(
+            count, capacity, lambda m, *ops: _pad_leaving(solve(m, *ops), capacity, size), normals, slide.chol)
+        computed = jnp.sum(which)
+        kept_side = kept_side.at[leaving_pairs].set(leave_side, mode="drop")
+        kept, kept_values, kept_overflow = _kept_list(kept_side, capacity)
+        flat, unravel = ravel_pytree(y1.W)
+        W = unravel(flat - step_back)
+        new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol=chol, kept=kept, kept_side=kept_values,
+                         tau=tau)
         # the projection moved W; a clock that is a function of W (α) is restored along the last stage
-        params = self.clock.restore(params, t1, f1.W, lambda p: sliding.alpha(p, static, x, args.y, args.loss, new))
-        work = work + self.clock.restore_work()
-        # work: one VJP per new normal (the new field is counted by the caller)
-        work = work + jnp.sum(which)
-        return new, params, jnp.ones((), bool), work
+        W = self.clock.restore(W, t1, f1.W, lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss,
+                                                                   sliding.pattern(new)))
+        valid_new = slots >= 0
+        active_new = jnp.zeros((size,), bool).at[jnp.where(valid_new, slots, size)].set(True, mode="drop")
+        n_in = jnp.sum(active_new & ~active_old)
+        exits = active_old & ~active_new
+        n_out = jnp.sum(exits)
+        brief = jnp.sum(exits & (steps - entered_pairs <= BRIEF_STEPS))
+        entered = jnp.where(valid_new, entered_pairs[jnp.where(valid_new, slots, 0)], 0)
+        step_counts = jnp.stack([n_in, n_out, 1, computed, overflow + kept_overflow,
+                                 drifted.astype(jnp.int32), stiff.astype(jnp.int32), brief]).astype(dtype)
+        new = slide_with(new, entered=entered, counts=slide.counts + step_counts)
+        # work: one VJP per new normal, and the clock's restoring forward pass (the new field is counted by the
+        # caller); and the entries that did not fit, where the driver can grow the capacity (the step is then rejected)
+        grow = (overflow > 0) if self.can_grow else jnp.zeros((), bool)
+        work = jnp.stack([computed.astype(dtype) + self.clock.restore_work(), jnp.zeros((), dtype),
+                          jnp.where(grow, overflow, 0).astype(dtype)])
+        return new, W, jnp.ones((), bool), work
+
+
+def slide_with(slide: SlideState, **changes) -> SlideState:
+    """``slide`` with some fields replaced."""
+    return eqx.tree_at(lambda s: [getattr(s, name) for name in changes], slide, list(changes.values()))
+
+
+def _pad_leaving(out, capacity, size):
+    """The bucket's outputs with the list of leaving pairs padded to ``capacity`` (same shapes for every bucket)."""
+    *head, leaving_pairs, leave_side = out
+    m = leaving_pairs.shape[0]
+    pairs = jnp.full((capacity,), size, leaving_pairs.dtype).at[:m].set(leaving_pairs)
+    sides = jnp.zeros((capacity,), leave_side.dtype).at[:m].set(leave_side)
+    return (*head, pairs, sides)
+
+
+def _kept_list(kept_side, capacity):
+    """The compact list of the pairs that keep a side (flat indices, −1 padded), their sides, and
+    how many did not fit."""
+    kept, overflow = compact(kept_side != 0, capacity)
+    values = jnp.where(kept >= 0, kept_side[jnp.where(kept >= 0, kept, 0)], 0.0)
+    return kept, values, overflow
+
+
+def _scale(h, f: FlowState) -> FlowState:
+    return FlowState(jax.tree_util.tree_map(lambda v: h * v, f.W), h * f.aux)
+
+
+def _zero_like(y: FlowState) -> FlowState:
+    return FlowState(jax.tree_util.tree_map(jnp.zeros_like, y.W), jnp.zeros_like(y.aux))
+
+
+def _combine(y0: FlowState, ks: list[FlowState], coeffs) -> FlowState:
+    """y₀ + Σ_j coeffs_j k_j over (W, aux) (coefficients that are exactly 0 are skipped)."""
+    W, aux = y0.W, y0.aux
+    for a, k in zip(coeffs, ks, strict=False):
+        if float(a) != 0.0:
+            W = jax.tree_util.tree_map(lambda w, kk, a=float(a): w + a * kk, W, k.W)
+            aux = aux + float(a) * k.aux
+    return FlowState(W, aux)

@@ -45,7 +45,7 @@ class FlowState(eqx.Module):
 
     def with_work(self) -> FlowState:
         """This state with a zero work counter."""
-        return FlowState(self.W, self.aux, self.slide, Work(jnp.zeros((2,), self.aux.dtype)))
+        return FlowState(self.W, self.aux, self.slide, Work(jnp.zeros((3,), self.aux.dtype)))
 
     def without_work(self) -> FlowState:
         return FlowState(self.W, self.aux, self.slide)
@@ -57,5 +57,6 @@ def error_norm(y: FlowState) -> jax.Array:
 
 
 def work_counts(y: FlowState) -> jax.Array:
-    """[gradient evaluations, JVPs] the last attempted step spent beyond its explicit stages."""
+    """[gradient evaluations, JVPs, overflow] of the last attempted step: the work beyond its
+    explicit stages, and whether it overflowed the sliding solver's capacity."""
     return y.work.counts

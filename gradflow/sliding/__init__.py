@@ -66,15 +66,18 @@ summed by :class:`gradflow.controllers.StepGuard`, so ``stats["gradient_evaluati
 counts them.
 """
 
-from .projection import Sliding, project
-from .qp import box_qp, compact, remap_rows, ridge
+from .projection import Pattern, Sliding, Stage, project
+from .qp import box_qp, bucket_sizes, bucketed, compact, remap_rows, ridge
 from .state import (
     APPROACH,
+    BRIEF_STEPS,
+    COUNTS,
     DRIFT,
+    INITIAL_CAPACITY,
     MAX_NORMALS,
-    MAX_PAIRS,
     REBUILD_DRIFT,
     TAU_STEPS,
+    SlideKey,
     SlideState,
     active_count,
     any_fixed,
@@ -82,6 +85,6 @@ from .state import (
     sliding_capacity,
 )
 
-__all__ = ["Sliding", "SlideState", "initial_slide", "active_count", "any_fixed", "project", "sliding_capacity",
-           "box_qp", "compact", "remap_rows", "ridge", "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_PAIRS", "MAX_NORMALS",
-           "TAU_STEPS"]
+__all__ = ["Sliding", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
+           "project", "sliding_capacity", "box_qp", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
+           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]

@@ -5,7 +5,7 @@ of the sliding pairs fixed, and projects the gradient onto the tangent space of 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -14,11 +14,33 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..diagnostics import point_from_gradient
+from ..diagnostics import Point, point_from_gradient
 from ..kinkmap import Kinks, apply_with_kinks, model_apply
-from .state import MAX_PAIRS, SlideState, _flat
+from .qp import bucketed, ridge
+from .state import SlideKey, SlideState, active_count
 
-__all__ = ["Sliding", "project"]
+__all__ = ["Sliding", "Pattern", "Stage", "project"]
+
+
+class Pattern(NamedTuple):
+    """Pair-sized masks of the fixed derivatives (flat over the C⁰ pairs): ``active`` (bool) where
+    the pair slides (relu' fixed at 0 in the multiplier form), ``side`` (+1 / −1 / 0) where it keeps
+    relu' = 1 / relu' = 0 / its own derivative."""
+
+    active: jax.Array
+    side: jax.Array
+
+
+class Stage(NamedTuple):
+    """The sliding field at a point, with what the step's end needs: ``point`` (its gradient is the
+    sliding gradient v), ``lam`` (C,) the multipliers at the slots, ``z`` and ``c`` the kink values
+    and backward signals c_s = ∂(α + Σλ₀z)/∂h_s at every C⁰ pair (flat), ``kappa`` = κ with dW/ds = κ v."""
+
+    point: Point
+    lam: jax.Array
+    z: jax.Array
+    c: jax.Array
+    kappa: jax.Array
 
 
 class Sliding(eqx.Module):
@@ -26,12 +48,13 @@ class Sliding(eqx.Module):
 
     ``kinks`` (static): the sites of the forward pass (:func:`gradflow.kinkmap.find_kinks`); the
     pairs of its C⁰ sites can slide. ``rtol``: the run's relative tolerance, which sets the band of
-    :data:`DRIFT` (the step controller's, set by :meth:`at_tolerance` in the compiled solve; None
-    until then). ``max_pairs`` (static): the most pairs that slide at once."""
+    :data:`gradflow.sliding.DRIFT` (the step controller's, set by :meth:`at_tolerance` in the
+    compiled solve; None until then). ``max_pairs`` (static): the capacity, the most pairs that
+    slide at once (:func:`gradflow.sliding.sliding_capacity`)."""
 
     kinks: Kinks = eqx.field(static=True)
     rtol: Any = None
-    max_pairs: int = eqx.field(static=True, default=MAX_PAIRS)
+    max_pairs: int = eqx.field(static=True, default=1)
 
     def at_tolerance(self, rtol) -> Sliding:
         """This Sliding with the band set by the relative tolerance ``rtol``."""
@@ -43,7 +66,7 @@ class Sliding(eqx.Module):
 
     @property
     def size(self) -> int:
-        """The number of C⁰ pairs."""
+        """The number of C⁰ pairs P."""
         return sum(int(np.prod(s)) for s in self._shapes)
 
     def unflat(self, vec) -> tuple:
@@ -55,96 +78,135 @@ class Sliding(eqx.Module):
             start += size
         return tuple(out)
 
-    def _apply(self, params, static, x, fixed=None, weights=None, probes=None):
+    @staticmethod
+    def flat(tree) -> jax.Array:
+        """Site arrays as one flat pair vector."""
+        return jnp.concatenate([jnp.ravel(a) for a in tree])
+
+    def site_scale(self, z_flat) -> jax.Array:
+        """rms(z) of each pair's site, per pair (flat): the scale of the bands."""
+        return self.flat(tuple(jnp.broadcast_to(jnp.sqrt(jnp.mean(z**2)), z.shape) for z in self.unflat(z_flat)))
+
+    def pattern(self, slide: SlideState | SlideKey) -> Pattern:
+        """The pair-sized masks of a sliding state (a scatter of its slots and kept pairs)."""
+        size = self.size
+        active = jnp.zeros((size,), bool).at[jnp.where(slide.slots >= 0, slide.slots, size)].set(True, mode="drop")
+        side = jnp.zeros((size,), slide.tau.dtype).at[jnp.where(slide.kept >= 0, slide.kept, size)].set(
+            slide.kept_side, mode="drop")
+        return Pattern(active, side)
+
+    def _apply(self, params, static, x, pattern: Pattern | None = None, probes=None):
+        """(outputs, z per site) with the fixed derivatives of ``pattern`` (None: the model's own)."""
+        n = len(self.kinks.sites)
+        fixed, weights = [None] * n, [None] * n
+        if pattern is not None:
+            active, side = self.unflat(pattern.active), self.unflat(pattern.side)
+            for j, i in enumerate(self.kinks.sliding):
+                fixed[i] = active[j] | (side[j] != 0)
+                weights[i] = jnp.where(active[j], 0.0, (side[j] > 0).astype(side[j].dtype))
         apply, arrays = model_apply(static)
         return apply_with_kinks(apply, params, arrays, x, active=fixed, weights=weights, probes=probes)
 
-    def _site_lists(self, slide: SlideState | None):
-        """Full per-site lists (None at the C¹ sites): where relu' is fixed (sliding pairs, at 0 in
-        the multiplier form, and pairs that keep a side) and its fixed value."""
-        n = len(self.kinks.sites)
-        fixed, weights = [None] * n, [None] * n
-        if slide is not None:
-            for j, i in enumerate(self.kinks.sliding):
-                active = slide.active[j] > 0.5
-                fixed[i] = active | (slide.side[j] != 0)
-                weights[i] = jnp.where(active, 0.0, (slide.side[j] > 0).astype(slide.active[j].dtype))
-        return fixed, weights
+    def kink_values(self, params, static, x, pattern: Pattern | None = None) -> jax.Array:
+        """z_s(W) at the C⁰ pairs, flat (one forward pass)."""
+        _, zs = self._apply(params, static, x, pattern)
+        return self.flat(tuple(zs[i] for i in self.kinks.sliding))
 
-    def kink_values(self, params, static, x, slide: SlideState | None = None) -> tuple:
-        """z_s(W) at the C⁰ sites (one forward pass)."""
-        _, zs = self._apply(params, static, x, *self._site_lists(slide))
-        return tuple(zs[i] for i in self.kinks.sliding)
-
-    def alpha(self, params, static, x, y, loss, slide: SlideState):
-        """α(W) with the fixed derivatives (and smooth branches) of ``slide`` (one forward pass):
-        its JVP is the directional derivative on the sides ``slide`` fixes."""
-        outputs, _ = self._apply(params, static, x, *self._site_lists(slide))
+    def alpha(self, params, static, x, y, loss, pattern: Pattern):
+        """α(W) with the fixed derivatives (and smooth branches) of ``pattern`` (one forward pass):
+        its JVP is the directional derivative on the sides ``pattern`` fixes."""
+        outputs, _ = self._apply(params, static, x, pattern)
         return loss.alpha_from_log_loss(loss.log_loss(outputs, y))
 
-    def evaluate(self, params, static, x, y, loss, slide: SlideState):
-        """(Point, z, c) at W with the multipliers λ₀ of ``slide``: the Point of
-        v(λ₀) = ∇[α(W; relu'_A = 0) + Σ λ₀ z] (``grad_alpha`` = v; α, L and the outputs are those
-        of the smooth branches of the fixed pairs), the kink coordinates z and the backward
-        signals c_s = ∂(α + Σλ₀z)/∂h_s at the C⁰ sites. One forward and one backward pass."""
-        fixed, weights = self._site_lists(slide)
+    def evaluate(self, params, static, x, y, loss, slide: SlideState | SlideKey, lam=None) -> tuple:
+        """(Point, z, c) at W with the multipliers ``lam`` at the slots of ``slide`` (None: none):
+        the Point of v(λ₀) = ∇[α(W; relu'_A = 0) + Σ λ₀ z] (``grad_alpha`` = v; α, L and the outputs
+        are those of the smooth branches of the fixed pairs), the kink values z and the backward
+        signals c_s = ∂(α + Σλ₀z)/∂h_s at the C⁰ pairs (flat). One forward and one backward pass."""
+        pattern = self.pattern(slide)
         probes0 = [None] * len(self.kinks.sites)
         for i in self.kinks.sliding:
             probes0[i] = jnp.zeros(self.kinks.sites[i].shape, x.dtype)
+        valid = slide.slots >= 0
+        at = jnp.where(valid, slide.slots, 0)
 
         def alpha_fn(p, probes):
-            outputs, zs = self._apply(p, static, x, fixed, weights, probes)
+            outputs, zs = self._apply(p, static, x, pattern, probes)
             log_loss = loss.log_loss(outputs, y)
             alpha = loss.alpha_from_log_loss(log_loss)
-            pen = sum((jnp.vdot(jnp.where(a > 0.5, lm, 0.0), zs[i])
-                       for i, a, lm in zip(self.kinks.sliding, slide.active, slide.lam, strict=True)),
-                      jnp.zeros((), alpha.dtype))
-            return alpha + pen, (alpha, log_loss, outputs, tuple(zs[i] for i in self.kinks.sliding))
+            z = self.flat(tuple(zs[i] for i in self.kinks.sliding))
+            pen = jnp.zeros((), alpha.dtype) if lam is None else jnp.sum(jnp.where(valid, lam * z[at], 0.0))
+            return alpha + pen, (alpha, log_loss, outputs, z)
 
-        (_, (alpha, log_loss, outputs, zs)), (grad, cs) = jax.value_and_grad(alpha_fn, argnums=(0, 1), has_aux=True)(
+        (_, (alpha, log_loss, outputs, z)), (grad, cs) = jax.value_and_grad(alpha_fn, argnums=(0, 1), has_aux=True)(
             params, probes0)
         pt = point_from_gradient(params, outputs, log_loss, alpha, grad, loss)
-        return pt, zs, tuple(cs[i] for i in self.kinks.sliding)
+        return pt, z, self.flat(tuple(cs[i] for i in self.kinks.sliding))
 
-    def project(self, params, static, x, y, loss, slide: SlideState, kappa: Callable):
-        """The sliding field at W (see the module docstring): (Point of v, λ, z, c). One gradient
-        and dense algebra on the |A| × k normals of the state."""
-        pt0, z, c = self.evaluate(params, static, x, y, loss, slide)
+    def project(self, params, static, x, y, loss, slide: SlideState, kappa: Callable) -> Stage:
+        """The sliding field at W (see :mod:`gradflow.sliding`): one gradient for v(λ₀), then
+        Δ = (N Nᵀ)⁻¹(−z_A/(τκ) − N v(λ₀)) on the |A| × k normals of the state (dense algebra the
+        size of A: :func:`gradflow.sliding.qp.bucketed`), v = v(λ₀) + NᵀΔ, λ = λ₀ + Δ."""
+        pt0, z, c = self.evaluate(params, static, x, y, loss, slide, slide.lam)
         k = kappa(pt0)
         v0, unravel = ravel_pytree(pt0.grad_alpha)
-        slots = slide.slots.astype(jnp.int32)
-        valid = slots >= 0
-        at = jnp.where(valid, slots, 0)
-        rhs = jnp.where(valid, -_flat(z)[at] / (slide.tau * k) - slide.normals @ v0, 0.0)
-        delta = jnp.where(valid, jax.scipy.linalg.cho_solve((slide.chol, True), rhs), 0.0)
-        full = jnp.zeros((self.size,), delta.dtype).at[jnp.where(valid, slots, self.size)].add(delta, mode="drop")
-        lam = tuple(a + b for a, b in zip(slide.lam, self.unflat(full), strict=True))
-        pt = point_from_gradient(params, pt0.outputs, pt0.log_loss, pt0.alpha, unravel(v0 + slide.normals.T @ delta), loss)
-        return pt, lam, z, c
+        valid = slide.slots >= 0
+        z_a = jnp.where(valid, z[jnp.where(valid, slide.slots, 0)], 0.0)
 
-    def normal_rows(self, params, static, x, slide: SlideState, slots, which, normals):
-        """``normals`` with the rows k where ``which[k]`` replaced by n_s = ∇z_s for s = slots[k]
-        (one VJP of the forward pass each, the derivatives of ``slide`` upstream)."""
-        fixed, weights = self._site_lists(slide)
+        def correct(m, v0, z_a):
+            normals = slide.normals[:m]
+            rhs = jnp.where(valid[:m], -z_a[:m] / (slide.tau * k) - normals @ v0, 0.0)
+            delta = jnp.where(valid[:m], jax.scipy.linalg.cho_solve((slide.chol[:m, :m], True), rhs), 0.0)
+            return v0 + normals.T @ delta, jnp.zeros_like(slide.lam).at[:m].set(delta)
+
+        v, delta = bucketed(active_count(slide), self.max_pairs, correct, v0, z_a)
+        pt = point_from_gradient(params, pt0.outputs, pt0.log_loss, pt0.alpha, unravel(v), loss)
+        return Stage(pt, slide.lam + delta, z, c, kappa(pt))
+
+    def normal_rows(self, params, static, x, pattern: Pattern, slots, which, normals):
+        """``normals`` with the rows j where ``which[j]`` replaced by n_s = ∇z_s for s = slots[j]
+        (one VJP of the forward pass each, the derivatives of ``pattern`` upstream; a loop over the
+        rows asked for only)."""
 
         def zmap(p):
-            _, zs = self._apply(p, static, x, fixed, weights)
-            return _flat(tuple(zs[i] for i in self.kinks.sliding))
+            return self.kink_values(p, static, x, pattern)
 
         _, vjp = jax.vjp(zmap, params)
         size = self.size
+        todo = jnp.nonzero(which, size=which.shape[0], fill_value=-1)[0]
+        count = jnp.sum(which)
 
-        def row(k, rows):
-            def compute():
-                e = jnp.zeros((size,), rows.dtype).at[slots[k]].set(1.0)
-                return rows.at[k].set(ravel_pytree(vjp(e)[0])[0])
+        def body(carry):
+            i, rows = carry
+            j = todo[i]
+            e = jnp.zeros((size,), rows.dtype).at[slots[j]].set(1.0)
+            return i + 1, rows.at[j].set(ravel_pytree(vjp(e)[0])[0])
 
-            return lax.cond(which[k], compute, lambda: rows)
+        return lax.while_loop(lambda carry: carry[0] < count, body, (jnp.zeros((), count.dtype), normals))[1]
 
-        return lax.fori_loop(0, slots.shape[0], row, normals)
+    def state_at(self, params, static, x, key: SlideKey, dtype) -> SlideState:
+        """The sliding state of ``key`` at W with its normals and Gram factor computed there (|A|
+        VJPs): what a save point needs to evaluate the field the solver integrated (which used the
+        normals of the last change of A; the projection onto the tangent space does not depend on λ₀
+        when the normals are those of W)."""
+        capacity = key.slots.shape[0]
+        k = ravel_pytree(params)[0].size
+        pattern = self.pattern(key)
+        normals = self.normal_rows(params, static, x, pattern, key.slots, key.slots >= 0,
+                                   jnp.zeros((capacity, k), dtype))
+
+        def factor(m, normals):
+            valid = key.slots[:m] >= 0
+            block = jnp.linalg.cholesky(ridge(normals[:m] @ normals[:m].T, valid))
+            return jnp.eye(capacity, dtype=dtype).at[:m, :m].set(block)
+
+        chol = bucketed(active_count(key), self.max_pairs, factor, normals)
+        zeros = jnp.zeros((capacity,), dtype)
+        return SlideState(key.slots, zeros, normals, chol, key.kept, key.kept_side, jnp.zeros((capacity,), jnp.int32),
+                          key.tau, jnp.zeros((0,), dtype))
 
 
-def project(sliding: Sliding, params, static, x, y, loss, slide: SlideState, kappa: Callable):
+def project(sliding: Sliding, params, static, x, y, loss, slide: SlideState, kappa: Callable) -> Stage:
     """:meth:`Sliding.project` (inlined: ``equinox.internal.noinline`` halved the XLA compile time
     of a small solve, 22 s → 11 s, but runs the field through a host callback, which loses the
     scoped float64 and would cost a device round trip per evaluation on a GPU)."""

@@ -1,18 +1,23 @@
 """The sliding state of a flow (:mod:`gradflow.sliding`): which pairs slide, their multipliers and
-normals, and the constants that set the bands of entry, exit and drift."""
+normals, the pairs that keep a side, and the constants that set the bands of entry, exit and drift.
+
+The state is compact: the pairs of the sliding set A sit in the first |A| of ``capacity`` slots
+(flat pair indices, −1 after them), and everything dense (multipliers, normals, the Cholesky factor
+of their Gram matrix) is indexed by slot. It is held by the solver
+(:class:`gradflow.flow.sliding_solver.SlidingSolver`), not integrated, so its size costs nothing per
+step; pair-sized masks are built from it where a network pass needs them.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..kinkmap import Kinks
-
-__all__ = ["SlideState", "initial_slide", "sliding_capacity", "active_count", "any_fixed", "DRIFT", "REBUILD_DRIFT",
-           "APPROACH", "MAX_PAIRS", "MAX_NORMALS", "TAU_STEPS"]
-
+__all__ = ["SlideState", "SlideKey", "initial_slide", "sliding_capacity", "active_count", "any_fixed", "COUNTS",
+           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "TAU_STEPS", "BRIEF_STEPS"]
 
 # A pair is on its surface while |z| ≤ DRIFT · rtol · rms(z) of its site: the band in which a pair
 # that left A keeps its bound's derivative, and the bound of the sliding pairs' drift at the end of
@@ -23,76 +28,94 @@ REBUILD_DRIFT = 1000.0
 # a free pair approaches its surface when |z| ≤ APPROACH · |Δz| of the step (it would reach it
 # within a fraction APPROACH of one more such step)
 APPROACH = 0.25
-# the most pairs that slide at once (the rows of the dense normals N kept in the state), and the
-# most floats those rows may take (MAX_PAIRS × k for k parameters)
-MAX_PAIRS = 128
+# the most floats the dense normals (capacity × k) and the Gram factor (capacity²) may take
 MAX_NORMALS = 2**24
+# the capacity a run starts with; the driver doubles it when a step needs more (up to
+# sliding_capacity). Why not the largest at once: diffrax keeps the solver state of the last
+# accepted step until the next one is accepted, so every change of the sliding set copies the
+# normals and their factor (capacity × k + capacity² floats). Measured on the hcnn CNN (1,252
+# parameters, 100 digits, to t = 0.05, 938 steps, 688 changes, at most 14 pairs): 20.5 s at
+# capacity 1,252, 10.0 s at 256, 9.9 s at 32; starting at 64, one step there had 65 candidates
+# (most of a step's entering pairs leave again in the same change), and the capacity grew to 128.
+INITIAL_CAPACITY = 256
 # the Baumgarte time τ of dz_A/ds = −z_A/τ is set to TAU_STEPS steps at a change of A, and reset
 # when a step exceeds τ/2 (the term is stiff for an explicit step h ≫ τ)
 TAU_STEPS = 8.0
+# an exit at most this many accepted steps after the pair's entry counts as brief (statistics)
+BRIEF_STEPS = 2
+# the counters of SlideState.counts, over the accepted steps
+COUNTS = ("entries", "exits", "changes", "normals", "overflow", "drift_changes", "tau_changes", "brief_exits")
 
 
-class SlideState(NamedTuple):
-    """The sliding state carried in the ODE state (all floats: diffrax combines the whole state
-    in its stages; the derivative of every leaf is zero).
+class SlideState(eqx.Module):
+    """The sliding state (all arrays; ``capacity`` = C slots, k parameters).
 
-    Per C⁰ kink site (tuples over sites, arrays of the site's shape): ``active`` (1 on the sliding
-    set A), ``lam`` (λ₀: the multipliers at the last change of A) and ``side`` (+1 / −1: the pair
-    left A at σ = 1 / σ = 0 and keeps relu' = 1 / 0 until it is clear of its surface; 0 else).
-    ``slots``: the flat indices of the pairs of A (−1: empty); ``normals``: their normals
-    n_s = ∇z_s as rows, flattened like ``ravel_pytree(W)``; ``chol``: the Cholesky factor of
-    N Nᵀ (identity on empty slots); ``tau``: the Baumgarte time. ``counts`` = [entries, exits,
-    changes of A, normals computed, overflow] over the accepted steps."""
+    ``slots`` (C,) int32: the flat pair indices of A in its first |A| slots, −1 after them;
+    ``lam`` (C,): the multipliers λ₀ of those pairs at the last change of A; ``normals`` (C, k):
+    their normals n_s = ∇z_s as rows, flattened like ``ravel_pytree(W)`` (zero rows on empty
+    slots); ``chol`` (C, C): the Cholesky factor of the ridged N Nᵀ (identity beyond |A|, valid on
+    the block the dense algebra reads: :func:`gradflow.sliding.qp.bucket_size`); ``kept`` (C,)
+    int32 and ``kept_side`` (C,): the pairs that left A at σ = 1 (+1: relu' = 1) or σ = 0 (−1:
+    relu' = 0) and keep that derivative until they are clear of their surface (−1: empty);
+    ``entered`` (C,) int32: the accepted step at which each slot's pair entered; ``tau``: the
+    Baumgarte time; ``counts``: the counters :data:`COUNTS`."""
 
-    active: tuple
-    lam: tuple
-    side: tuple
     slots: jax.Array
+    lam: jax.Array
     normals: jax.Array
     chol: jax.Array
+    kept: jax.Array
+    kept_side: jax.Array
+    entered: jax.Array
     tau: jax.Array
     counts: jax.Array
 
+    def widened(self, capacity: int) -> SlideState:
+        """This state in ``capacity`` ≥ its own slots (the same sliding set, more room)."""
+        extra = capacity - self.slots.shape[0]
+        dtype = self.lam.dtype
+
+        def pad(v, fill):
+            return jnp.concatenate([v, jnp.full((extra, *v.shape[1:]), fill, v.dtype)])
+
+        chol = jnp.eye(capacity, dtype=dtype).at[: self.slots.shape[0], : self.slots.shape[0]].set(self.chol)
+        return SlideState(pad(self.slots, -1), pad(self.lam, 0), pad(self.normals, 0), chol, pad(self.kept, -1),
+                          pad(self.kept_side, 0), pad(self.entered, 0), self.tau, self.counts)
+
+    def key(self) -> SlideKey:
+        """What the field at a point needs besides W (the normals can be recomputed there)."""
+        return SlideKey(self.slots, self.kept, self.kept_side, self.tau)
+
+
+class SlideKey(eqx.Module):
+    """The sliding set of a save point: A (``slots``), the kept sides and τ (see :class:`SlideState`)."""
+
+    slots: jax.Array
+    kept: jax.Array
+    kept_side: jax.Array
+    tau: jax.Array
+
 
 def sliding_capacity(pairs: int, num_params: int) -> int:
-    """How many pairs may slide at once: :data:`MAX_PAIRS`, at most the model's C⁰ pairs, and at
-    most :data:`MAX_NORMALS` / k (the dense normals are |A| × k)."""
-    return max(1, min(MAX_PAIRS, pairs, MAX_NORMALS // max(num_params, 1)))
+    """How many pairs may slide at once: the model's C⁰ pairs, at most k (the normals of more pairs
+    than parameters are linearly dependent), and within :data:`MAX_NORMALS` floats for the normals
+    (capacity × k) and the Gram factor (capacity²)."""
+    return max(1, min(pairs, num_params, MAX_NORMALS // max(num_params, 1), math.isqrt(MAX_NORMALS)))
 
 
-def initial_slide(kinks: Kinks, dtype, num_params: int, max_pairs: int = MAX_PAIRS) -> SlideState:
-    """No pair slides; ``num_params`` = k, the length of the flattened W."""
-    shapes = [kinks.sites[i].shape for i in kinks.sliding]
-
-    def zeros():
-        return tuple(jnp.zeros(s, dtype) for s in shapes)
-
-    return SlideState(zeros(), zeros(), zeros(), jnp.full((max_pairs,), -1.0, dtype),
-                      jnp.zeros((max_pairs, num_params), dtype), jnp.eye(max_pairs, dtype=dtype), jnp.ones((), dtype),
-                      jnp.zeros((5,), dtype))
+def initial_slide(capacity: int, num_params: int, dtype) -> SlideState:
+    """No pair slides or keeps a side; ``num_params`` = k, the length of the flattened W."""
+    empty = jnp.full((capacity,), -1, jnp.int32)
+    return SlideState(empty, jnp.zeros((capacity,), dtype), jnp.zeros((capacity, num_params), dtype),
+                      jnp.eye(capacity, dtype=dtype), empty, jnp.zeros((capacity,), dtype),
+                      jnp.zeros((capacity,), jnp.int32), jnp.ones((), dtype), jnp.zeros((len(COUNTS),), dtype))
 
 
-def active_count(slide: SlideState) -> jax.Array:
+def active_count(slide: SlideState | SlideKey) -> jax.Array:
     """|A|, the number of sliding pairs."""
-    return sum((jnp.sum(a > 0.5) for a in slide.active), jnp.zeros((), jnp.int32))
+    return jnp.sum(slide.slots >= 0)
 
 
-def any_fixed(slide: SlideState) -> jax.Array:
+def any_fixed(slide: SlideState | SlideKey) -> jax.Array:
     """Whether any pair slides or keeps a side (then the field needs the kink evaluation)."""
-    return jnp.any(jnp.stack([jnp.any(a > 0.5) for a in slide.active] + [jnp.any(s != 0) for s in slide.side]))
-
-
-def _tmap(f, *trees):
-    return jax.tree_util.tree_map(f, *trees)
-
-
-def _any(masks) -> jax.Array:
-    return jnp.any(jnp.stack([jnp.any(m) for m in masks]))
-
-
-def _flat(tree) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(a) for a in tree])
-
-
-def _dtype(params):
-    return jax.tree_util.tree_leaves(params)[0].dtype
+    return jnp.any(slide.slots >= 0) | jnp.any(slide.kept >= 0)

@@ -63,8 +63,10 @@ JVP_COST = 1.2
 
 
 class Work(eqx.Module):
-    """The work slot of an implicit solve's state: ``counts`` = [field evaluations, JVPs] of the
-    last attempted step (in a stage value: of that stage's solve)."""
+    """The work counter of a solve's state: ``counts`` = [field evaluations, JVPs, overflow] of the
+    last attempted step (in a stage value: of that stage's solve). ``overflow`` > 0: the step could
+    not be taken within the sliding solver's capacity (:class:`gradflow.controllers.StepGuard`
+    rejects it and ends the solve, and the driver grows the capacity)."""
 
     counts: jax.Array
 
@@ -76,8 +78,15 @@ def has_work(tree) -> bool:
 
 
 def _with_counts(tree, counts):
-    counts = jnp.broadcast_to(counts, tree.work.counts.shape).astype(tree.work.counts.dtype)
-    return eqx.tree_at(lambda t: t.work, tree, Work(counts))
+    """``tree`` with its work counter set to ``counts`` (a scalar for every entry, or the leading
+    entries, the others 0)."""
+    shape, dtype = tree.work.counts.shape, tree.work.counts.dtype
+    counts = jnp.asarray(counts, dtype)
+    if counts.ndim == 0:
+        full = jnp.broadcast_to(counts, shape)
+    else:
+        full = jnp.zeros(shape, dtype).at[..., : counts.shape[-1]].set(counts)
+    return eqx.tree_at(lambda t: t.work, tree, Work(full))
 
 
 def countable(solver) -> bool:
