@@ -17,12 +17,13 @@ Two step-size policies (``steps=``):
   times, the shared solve takes ~2× the steps of the slowest member alone (831 vs 455 for 32
   squared-ReLU members of width 16). Use it for smooth models with similar members.
 
-Sliding modes (:mod:`gradflow.sliding`) are not part of an ensemble: its members integrate −∇L
-with relu'(0) = 0, as ``simulate_flow(..., sliding=False)`` does. Members with C⁰ kinks (ReLU,
-abs) from a random start reach kink surfaces their flow slides along, chatter across them and end
-``failed`` at ``max_steps`` (benchmarks/sliding.py: ``without_sliding``); run those with
-:func:`gradflow.simulate_flow`, one member per call. The sliding state differs per member in
-size and changes (the active set), which a vmapped solve does not give.
+Sliding modes (:mod:`gradflow.sliding`): members with C⁰ kinks (ReLU, abs) integrate the same
+sliding field as their own :func:`gradflow.simulate_flow` runs (the same solver, step control and
+sliding rule, :mod:`gradflow.flow.integration`), each with its own sliding set, vmapped: the
+sliding solver holds the set in its state at a fixed capacity (the most the model needs,
+:func:`gradflow.sliding.sliding_capacity`: the one vmapped segment cannot grow it as a single run's
+driver does), and under vmap each of its branches (an entry, an exit, a new normal) runs only on
+the steps where some member takes it. ``steps='shared'`` cannot slide (one step size, one ODE).
 
 ``run=RunOptions(devices=...)`` splits the members over devices (each device runs its block's loop
 on its own, see :func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more
@@ -53,9 +54,11 @@ from .controllers import initial_step, nan_to_inf, step_controller
 from .errors import InvalidTypeError, bad_argument
 from .flow.assemble import Segment, assemble, result_name
 from .flow.field import Data, FieldArgs, vector_field
+from .flow.integration import Request, choose_integration
 from .flow.record import Record
 from .flow.segment import FlowSpec, SegmentResult, Start, solve
 from .flow.state import FlowState, error_norm
+from .kinkmap import field_kinks
 from .options import (
     Diagnostics,
     RunOptions,
@@ -70,6 +73,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
+from .sliding import initial_slide
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
@@ -99,21 +103,22 @@ class EnsembleResult:
 
 
 @eqx.filter_jit
-def _ensemble_solve(spec: FlowSpec, data: Data, params0, s0, save_points, end, dt0, mesh=None):
+def _ensemble_solve(spec: FlowSpec, data: Data, params0, s0, slide0, save_points, end, dt0, mesh=None):
     """Every member's own solve (:func:`gradflow.flow.segment.solve`), vmapped over the members'
     starts (W₀, s₀); per device block with a ``mesh``. Returns the
     :class:`~gradflow.flow.segment.SegmentResult` with the members along the leading axis of every leaf."""
 
     def body(sharded, shared):
-        p0, s0_ = sharded
+        p0, s0_, slide0_ = sharded
         spec_, data_, save_points_, end_, dt0_ = shared
 
-        def member(p, s):
-            return solve(spec_, data_, Start(FlowState(p, jnp.zeros((2,), s.dtype)), s, dt0=dt0_), save_points_, end_)
+        def member(p, s, slide):
+            start = Start(FlowState(p, jnp.zeros((2,), s.dtype), slide), s, dt0=dt0_)
+            return solve(spec_, data_, start, save_points_, end_, jnp.asarray(spec_.max_steps, jnp.int32))
 
-        return eqx.filter_vmap(member)(p0, s0_)
+        return eqx.filter_vmap(member)(p0, s0_, slide0_)
 
-    return _over_members(body, mesh, (params0, s0), (spec, data, save_points, end, dt0))
+    return _over_members(body, mesh, (params0, s0, slide0), (spec, data, save_points, end, dt0))
 
 
 def _over_members(body, mesh, sharded, shared):
@@ -224,7 +229,7 @@ def simulate_ensemble(
     loss: str = "exponential",
     clock: str = "time",
     until_accuracy: float | None = None,
-    solver: Any = "tsit5",
+    solver: Any = None,
     rtol: float = 1e-8,
     atol: float = 1e-10,
     dt0: float | None = None,
@@ -235,6 +240,7 @@ def simulate_ensemble(
     jacobian: str = "matrix_free",
     check_degree: bool = True,
     steps: str | None = None,
+    sliding: bool | None = None,
     diagnostics: Diagnostics | None = None,
     run: RunOptions | None = None,
     **deprecated: Any,
@@ -246,7 +252,9 @@ def simulate_ensemble(
     the same functions (:mod:`gradflow.options`); the save points are shared (in the accuracy
     clock they start at the largest initial ln(n/L) of the members).
     ``steps``: 'per_member' (default) or 'shared' (time clock without ``until_accuracy`` only);
-    see the module docstring. Segmented features (``solver='auto'``, checkpoints, progress) and the
+    see the module docstring. ``solver`` (None: chosen from the model's kinks as in
+    :func:`gradflow.simulate_flow`) and ``sliding`` (None: on for a model with C⁰ kinks) mean what
+    they mean there. Segmented features (``solver='auto'``, checkpoints, progress) and the
     extra diagnostics of :class:`gradflow.Diagnostics` are not available here: a ``diagnostics`` or
     ``run`` field that asks for them is refused.
 
@@ -273,7 +281,10 @@ def simulate_ensemble(
                            "Use steps='per_member'.")
     save_params = check_bool("save_params", save_params)
     check_degree = check_bool("check_degree", check_degree)
-    solver_obj = get_solver(solver, jacobian=check_choice("jacobian", jacobian, ("matrix_free", "dense")))
+    sliding = check_bool("sliding", sliding, allow_none=True)
+    jacobian = check_choice("jacobian", jacobian, ("matrix_free", "dense"))
+    if solver is not None:
+        get_solver(solver, jacobian=jacobian)  # its name, checked before anything compiles
     mesh = None
     if run.devices is not None:
         devs = resolve_devices(run.devices)
@@ -282,6 +293,19 @@ def simulate_ensemble(
         first = prepare_problem(models[0], data, loss, "float64", check_degree, "simulate_ensemble")
         params0, log_loss0 = _prepare_members(models, first)
         loss_fn, n = first.loss, first.n
+        num_params = sum(int(a.size) for a in jax.tree_util.tree_leaves(first.params0))
+        field = field_kinks(first.params0, first.static, first.x)
+        if steps == "shared" and field.sites.sliding and sliding is not False:
+            raise bad_argument("steps", "'shared' integrates all members as one ODE with one step size, which cannot "
+                               "slide along each member's kinks (this model has C⁰ kinks: ReLU)",
+                               "Use steps='per_member' (the default), or pass sliding=False.")
+        if field.sites.unsupported and field.sites.sliding and sliding is not False:
+            raise bad_argument("models", f"member 0 (and so every member: they share one architecture) has a max "
+                               f"inside a loop ({', '.join(field.sites.unsupported)}) whose pairs the sliding field "
+                               "cannot re-evaluate", "Pass sliding=False, or write the loop out.")
+        choice = choose_integration(field, solve.clock, Request(solver, None, sliding, None, jacobian), num_params,
+                                    grow=False)
+        solver_obj = choice.solver
         acc0 = float(np.max(math.log(n) - log_loss0))  # the save points start at the latest member
         check_target(solve.until_accuracy, acc0)
         save_points = solve.save_points(acc0)
@@ -302,15 +326,22 @@ def simulate_ensemble(
                             Record(first.degree, save_params), None, None, solve.max_steps)
             out = _shared_solve(spec, data, params0, f(save_points), f(solve.end), dt, mesh=mesh)
         else:
-            spec = FlowSpec(solve.clock, solver_obj, step_controller(f(solve.rtol), f(solve.atol), {"norm": error_norm}),
-                            Record(first.degree, save_params, defer=True), None if stop is None else diffrax.Event(stop),
-                            None, solve.max_steps)
-            out = _ensemble_solve(spec, data, params0, s0, f(save_points), f(solve.end), dt, mesh=mesh)
+            controller = step_controller(f(solve.rtol), f(solve.atol), {"norm": error_norm, **choice.controller})
+            spec = FlowSpec(solve.clock, solver_obj, controller, Record(first.degree, save_params, defer=True),
+                            None if stop is None else diffrax.Event(stop), choice.sliding, solve.max_steps, batched=True,
+                            max_capacity=choice.max_capacity)
+            slide0 = None
+            if choice.sliding is not None:  # every member starts with no sliding pair
+                one = initial_slide(choice.sliding.max_pairs, num_params, jnp.float64)
+                members = jax.tree_util.tree_leaves(params0)[0].shape[0]
+                slide0 = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (members, *v.shape)), one)
+            out = _ensemble_solve(spec, data, params0, s0, slide0, f(save_points), f(solve.end), dt, mesh=mesh)
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
         out = jax.tree_util.tree_map(lambda v: v[:members_n] if eqx.is_array(v) else v, out)
         saved, final_diag, final_state, result, stats = out.saved, out.final, out.state, out.result, out.stats
-        config = dict(loss=loss_fn.name, clock=solve.clock.name, solver=type(solver_obj).__name__, rtol=solve.rtol,
+        config = dict(loss=loss_fn.name, clock=solve.clock.name, solver=type(solver_obj).__name__,
+                      step_control=choice.step_control, sliding=choice.sliding is not None, rtol=solve.rtol,
                       atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=first.degree,
                       n=n, max_steps=solve.max_steps, jacobian=jacobian, dtype="float64", ensemble_size=members_n,
                       steps=steps, ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
@@ -320,13 +351,16 @@ def simulate_ensemble(
         results = [_member(result, i, as_numpy=False) for i in range(members_n)]
         final_params, final_aux = jax.tree_util.tree_map(np.asarray, (final_state.W, final_state.aux))
         start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=solve.dt0 is None)
+        if choice.sliding is not None:  # the sliding solver evaluates its first stage at its start
+            start_evals = 1 + (2 if solve.dt0 is None else 0)
         members = []
         for i in range(members_n):
             s_i = _member(saved, i)
             reached = np.isfinite(s_i["log_loss"])
             res_i = results[i]
+            slide_i = None if final_state.slide is None else jax.tree_util.tree_map(lambda v, i=i: v[i], final_state.slide)
             state_i = FlowState(jax.tree_util.tree_map(lambda v, i=i: jnp.asarray(v[i]), final_params),
-                                jnp.asarray(final_aux[i]))
+                                jnp.asarray(final_aux[i]), slide_i)
             segment = Segment(
                 saved={k: v[reached] for k, v in s_i.items()},
                 final_diag={k: v[0] for k, v in _member(final_diag, i).items()},

@@ -17,7 +17,7 @@ from gradflow.kinkmap import apply_with_kinks, model_kinks
 from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
-from gradflow.sliding import DRIFT, Sliding, initial_slide, sliding_capacity
+from gradflow.sliding import DRIFT, SlideKey, Sliding, sliding_capacity
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 C = 0.5  # the toy's slope on the off side
@@ -116,14 +116,13 @@ def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
         assert on_surface.sum() == small_run.diagnostics["sliding_pairs"][-1] >= 1
         k = sum(a.size for a in jax.tree_util.tree_leaves(params))
         sliding = Sliding(sites, 1e-10, sliding_capacity(sites.pairs, k))
-        slide = initial_slide(sites, jnp.float64, k, sliding.max_pairs)
-        slide = slide._replace(active=(jnp.asarray(on_surface, jnp.float64),), tau=jnp.asarray(jnp.inf))
-        slots = jnp.nonzero(jnp.asarray(on_surface).ravel(), size=sliding.max_pairs, fill_value=-1)[0]
-        normals = sliding.normal_rows(params, static, x, slide, slots, slots >= 0, slide.normals)
-        gram = normals @ normals.T + jnp.diag(jnp.where(slots >= 0, 0.0, 1.0))
-        slide = slide._replace(slots=slots.astype(jnp.float64), normals=normals, chol=jnp.linalg.cholesky(gram))
-        pt, lam, _, c = sliding.project(params, static, x, y, loss, slide, lambda p: 1.0)
-        v = ravel_pytree(pt.grad_alpha)[0]
+        cap = sliding.max_pairs
+        on = np.nonzero(on_surface.ravel())[0]
+        slots = jnp.full((cap,), -1, jnp.int32).at[: on.size].set(jnp.asarray(on, jnp.int32))
+        key = SlideKey(slots, jnp.full((cap,), -1, jnp.int32), jnp.zeros((cap,)), jnp.asarray(jnp.inf))
+        slide = sliding.state_at(params, static, x, key, jnp.float64)  # the normals of A at W
+        stage = sliding.project(params, static, x, y, loss, slide, lambda p: 1.0)
+        v = ravel_pytree(stage.point.grad_alpha)[0]
 
         def grad_alpha(sigma):
             w = jnp.zeros(z.shape).at[np.nonzero(on_surface)].set(sigma)
@@ -148,7 +147,7 @@ def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
         brute = g0 + cols @ best.x
     np.testing.assert_allclose(np.linalg.norm(v), np.linalg.norm(brute), rtol=1e-7)
     np.testing.assert_allclose(np.asarray(v), brute, atol=1e-7 * np.linalg.norm(brute))
-    sigma = (np.asarray(lam[0]) / np.asarray(c[0]))[on_surface]
+    sigma = np.asarray(stage.lam)[: on.size] / np.asarray(stage.c)[on]
     np.testing.assert_allclose(sigma, best.x, atol=1e-6)
     assert np.all((sigma > 0) & (sigma < 1))
 
@@ -189,9 +188,11 @@ def test_representations_slide_alike(small, small_run):
             np.testing.assert_allclose(np.asarray(got), want, atol=5e-7)
 
 
-def test_fixed_pattern_is_bit_for_bit_the_flow_without_sliding():
+def test_fixed_pattern_is_the_flow_without_sliding():
     """A ReLU net whose pre-activations stay far above zero (positive weights ≥ 1 and inputs ≥ 0.5):
-    no pair reaches its surface, and the flow with sliding (the default) is exactly the one without."""
+    no pair reaches its surface, and the flow with sliding (the default) takes exactly the steps of
+    the one without, to the same W up to rounding (the sliding solver runs its own Runge–Kutta
+    stages on the same tableau, and its last stage re-evaluates the kinks: measured 4e-15)."""
     rng = np.random.default_rng(3)
     x = np.abs(rng.normal(size=(12, 3))) + 0.5
     y = np.where(x[:, 0] + 0.3 * x[:, 1] > 1.0, 1.0, -1.0)
@@ -208,13 +209,11 @@ def test_fixed_pattern_is_bit_for_bit_the_flow_without_sliding():
     assert on.config["sliding"] and not off.config["sliding"]
     assert on.status == off.status == "completed"
     assert np.all(on.diagnostics["activation_flips"] == 0)
-    assert on.stats["steps"] == off.stats["steps"]
+    assert on.stats["steps"] == off.stats["steps"] and on.stats["sliding_changes"] == 0
     np.testing.assert_array_equal(on.t, off.t)
-    np.testing.assert_array_equal(on.diagnostics["params_flat"], off.diagnostics["params_flat"])
-    # the trajectory is bit for bit; the save function compiles with the sliding diagnostics beside
-    # the others, and XLA's fusion then moves ln‖∇L‖ by 1 ulp at some save points (measured)
+    np.testing.assert_allclose(on.diagnostics["params_flat"], off.diagnostics["params_flat"], rtol=1e-13, atol=0)
     for key, val in off.diagnostics.items():
-        np.testing.assert_allclose(on.diagnostics[key], val, rtol=4e-16, atol=0, err_msg=key)
+        np.testing.assert_allclose(on.diagnostics[key], val, rtol=1e-12, atol=1e-300, err_msg=key)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import activations
 from ..clock import Clock
-from ..controllers import IMPLICIT_CONTROLLER, KINK_ACCEPT, step_controller
+from ..controllers import IMPLICIT_CONTROLLER, step_controller
 from ..error_check import simulate_with_error_check, tight_checkpoint
 from ..errors import bad_argument
 from ..kinkmap import FieldKinks, field_kinks
@@ -53,15 +53,15 @@ from ..precision import x64
 from ..problem import Problem, prepare_problem
 from ..result import FlowResult
 from ..sharpness import initial_vector, resolve_sharpness
-from ..sliding import INITIAL_CAPACITY, Sliding, initial_slide, sliding_capacity
+from ..sliding import Sliding, initial_slide
 from ..solvers import get_solver, is_implicit
 from .assemble import Segment, assemble
 from .checkpoint import CheckpointStore
 from .driver import Driver, State, chunks, fingerprint
 from .field import Data, FieldArgs
+from .integration import Request, choose_integration, is_auto
 from .record import Record
 from .segment import FlowSpec
-from .sliding_solver import sliding_solvable
 from .state import error_norm
 
 __all__ = ["simulate_flow", "CLOCKS"]
@@ -214,7 +214,7 @@ class _FlowOptions:
         if self.step_control == "kink" and self.constant_steps:
             raise bad_argument("step_control", "'kink' needs adaptive steps",
                                "Drop controller_options={'constant': True} or step_control.")
-        probe = "tsit5" if self.solver is None or _is_auto(self.solver) else self.solver
+        probe = "tsit5" if self.solver is None or is_auto(self.solver) else self.solver
         get_solver(probe, jacobian=self.jacobian)
         if self.sliding and self.constant_steps:
             raise bad_argument("sliding", "needs adaptive steps (its band follows the step controller's rtol)",
@@ -228,10 +228,6 @@ class _FlowOptions:
             run = replace(run, checkpoint=tight_checkpoint(run.checkpoint))
         return replace(self, solve=replace(self.solve, rtol=self.solve.rtol / factor, atol=self.solve.atol / factor),
                        save_params=True, diagnostics=replace(self.diagnostics, error_check=False), run=run)
-
-
-def _is_auto(solver) -> bool:
-    return isinstance(solver, str) and solver.lower() == "auto"
 
 
 @dataclass(frozen=True)
@@ -332,50 +328,11 @@ def _plan(prob: Problem, options: _FlowOptions) -> Plan:
     is recorded."""
     solve = options.solve
     field = field_kinks(prob.params0, prob.static, prob.x)
-    kinks = field.jumps
-    sliding = options.sliding
-    if sliding is None:
-        sliding = bool(field.sites.sliding) and not options.constant_steps
-    elif sliding and not field.sites.sliding:
-        raise bad_argument("sliding", "is True but the model's forward pass has no C⁰ max site (ReLU) whose pairs "
-                           "could slide", "Drop sliding=True, or pass sliding=False.")
-    solver = options.solver
-    if solver is None:
-        # With sliding the default stays explicit in the accuracy clock too: the Kvaerno ESDIRKs that
-        # 'auto' switches to do not enter sliding modes (their Newton iterations do not converge on
-        # a step across an attracting surface, and the step size collapses there). Measured on wine,
-        # 8 ReLU units, seed 2, init scale 1 (benchmarks/sliding.py's start), to ln(n/L) = 100:
-        # 'auto' switched at 57.7 and failed at 58.8; Bosh3 completed in 6,374 steps.
-        late = "bosh3" if sliding else "auto"
-        solver = late if solve.clock.stiffens else ("bosh3" if kinks else "tsit5")
-    auto = _is_auto(solver)
     k_params = _state_size(prob) - 2
     fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32
-    tolerances = dict(rtol=solve.rtol, atol=solve.atol) if options.constant_steps else {}
-    if auto and sliding:
-        warnings.warn("solver='auto' with sliding stays explicit (Bosh3) throughout: the implicit Kvaerno5 it would "
-                      "switch to cannot enter sliding modes. Pass sliding=False to let it switch.", stacklevel=4)
-        auto, solver = False, "bosh3"
-    if auto:
-        solver_obj = get_solver("bosh3" if kinks else "tsit5")
-    else:
-        solver_obj = get_solver(solver, jacobian=options.jacobian, state_size=k_params + 2, **tolerances)
-    if sliding and not sliding_solvable(solver_obj):
-        name = solver if isinstance(solver, str) else type(solver_obj).__name__
-        raise bad_argument(
-            "solver", f"{name!r} cannot integrate the sliding (Filippov) field of this model's C⁰ kinks (ReLU): only an "
-            "explicit Runge–Kutta method can (an implicit step's Newton iterations do not converge across an attracting "
-            "kink surface; measured: Kvaerno5 on an 8-unit ReLU net ran over 11 minutes without finishing)",
-            "Use the default (Bosh3) or 'tsit5', 'dopri5', 'dopri8', 'heun'; or pass sliding=False to integrate −∇L with "
-            "relu'(0) = 0 (ReLU nets from random starts then chatter across their kinks and end at max_steps).")
-    step_control = options.step_control
-    if step_control is None:
-        step_control = "kink" if kinks and not is_implicit(solver_obj) and not options.constant_steps else "pid"
-    controller = {"accept": KINK_ACCEPT, **options.controller} if step_control == "kink" else options.controller
-    slide, max_capacity = None, 0
-    if sliding:
-        max_capacity = sliding_capacity(field.sites.pairs, k_params)
-        slide = Sliding(field.sites, None, min(INITIAL_CAPACITY, max_capacity))
+    choice = choose_integration(field, solve.clock, Request(options.solver, options.step_control, options.sliding,
+                                                            options.controller, options.jacobian, solve.rtol, solve.atol),
+                                k_params)
     diag = options.diagnostics
     patterns = (diag.activation_patterns is not False
                 and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
@@ -385,9 +342,10 @@ def _plan(prob: Problem, options: _FlowOptions) -> Plan:
     f = lambda v: jnp.asarray(v, fdtype)  # noqa: E731  dynamic scalars: no recompiles
     target = None if solve.until_accuracy is None else f(solve.target_log_loss(prob.n))
     log_t_max = None if solve.t_max is None else f(solve.log_t_max)
-    return Plan(solve.clock, solver, solver_obj, auto, options.auto_explicit_steps, field, step_control, controller,
-                slide, record, f(solve.rtol), f(solve.atol), solve.clock.stop_condition(target, log_t_max),
-                solve.max_steps, fdtype, options.jacobian, k_params + 2, max_capacity)
+    return Plan(solve.clock, choice.label, choice.solver, choice.auto, options.auto_explicit_steps, field,
+                choice.step_control, choice.controller, choice.sliding, record, f(solve.rtol), f(solve.atol),
+                solve.clock.stop_condition(target, log_t_max), solve.max_steps, fdtype, options.jacobian, k_params + 2,
+                choice.max_capacity)
 
 
 def _state_size(prob: Problem) -> int:

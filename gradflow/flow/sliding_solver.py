@@ -262,6 +262,8 @@ class SlidingSolver(DelegatingSolver):
             return f, st.z
 
         f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
+        tally = jnp.zeros_like(new_slide.counts).at[-2].set(need.astype(dtype)).at[-1].set(refresh.astype(dtype))
+        new_slide = slide_with(new_slide, counts=new_slide.counts + tally)
         work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
         return FlowState(W, y1.aux), new_slide, f1_, z1_, work
 
@@ -357,7 +359,7 @@ class SlidingSolver(DelegatingSolver):
         brief = jnp.sum(exits & (steps - entered_pairs <= BRIEF_STEPS))
         entered = jnp.where(valid_new, entered_pairs[jnp.where(valid_new, slots, 0)], 0)
         step_counts = jnp.stack([n_in, n_out, 1, computed, overflow + kept_overflow,
-                                 drifted.astype(jnp.int32), stiff.astype(jnp.int32), brief]).astype(dtype)
+                                 drifted.astype(jnp.int32), stiff.astype(jnp.int32), brief, 0, 0]).astype(dtype)
         new = slide_with(new, entered=entered, counts=slide.counts + step_counts)
         # work: one VJP per new normal, and the clock's restoring forward pass (the new field is counted by the
         # caller); and the entries that did not fit, where the driver can grow the capacity (the step is then rejected)

@@ -44,7 +44,8 @@ TAU_STEPS = 8.0
 # an exit at most this many accepted steps after the pair's entry counts as brief (statistics)
 BRIEF_STEPS = 2
 # the counters of SlideState.counts, over the accepted steps
-COUNTS = ("entries", "exits", "changes", "normals", "overflow", "drift_changes", "tau_changes", "brief_exits")
+COUNTS = ("entries", "exits", "changes", "normals", "overflow", "drift_changes", "tau_changes", "brief_exits",
+          "crossing_steps", "refreshes")
 
 
 class SlideState(eqx.Module):
