@@ -290,16 +290,148 @@ def part_mlp() -> dict:
     return out
 
 
+def _bare_gradient_us(model, x, y, reps: int = 200) -> float:
+    """Median wall time of a jitted ``jax.grad`` of the mean cross-entropy on the same data (µs)."""
+    from gradflow.problem import prepare_problem
+
+    with gf.x64():
+        prob = prepare_problem(model, (x, y), "cross_entropy", "float64", False, "benchmark")
+        xs, ys, loss, static, n = prob.x, prob.y, prob.loss, prob.static, prob.n
+        grad = jax.jit(jax.grad(lambda p: jnp.exp(loss.log_loss(combine(p, static)(xs), ys)) / n))
+        jax.block_until_ready(grad(prob.params0))
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(grad(prob.params0))
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e6
+
+
+def _phases(model, x, y, checkpoint: str, bare_us: float) -> dict:
+    """Wall time of each phase of a sliding step at the state a checkpoint holds, each timed as its
+    own jitted function (median of 50), in bare gradients: a stage (the sliding field: a gradient with
+    the kinks re-evaluated, and the projection on the |A| normals), the entry JVP, one normal, the
+    box solve and the Cholesky factor on the set's bucket."""
+    from gradflow.kinkmap import field_kinks
+    from gradflow.problem import prepare_problem
+    from gradflow.sliding import SlideState, Sliding, box_qp, bucket_sizes, initial_slide, ridge
+
+    def med(f, *a):
+        jax.block_until_ready(f(*a))
+        times = []
+        for _ in range(50):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times)) * 1e6 / bare_us
+
+    with gf.x64():
+        prob = prepare_problem(model, (x, y), "cross_entropy", "float64", False, "benchmark")
+        saved = np.load(checkpoint)
+        leaves, treedef = jax.tree_util.tree_flatten(prob.params0)
+        params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[f"state/params/{i}"])
+                                                        for i in range(len(leaves))])
+        slide_leaves = [jnp.asarray(saved[f"state/slide/{i}"]) for i in range(len(SlideState.__dataclass_fields__))]
+        capacity = slide_leaves[0].shape[0]
+        k = sum(int(a.size) for a in leaves)
+        like = initial_slide(capacity, k, jnp.float64)
+        slide = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), slide_leaves)
+        sites = field_kinks(prob.params0, prob.static, prob.x).sites
+        sliding = Sliding(sites, 1e-5, capacity)
+        active = int(jnp.sum(slide.slots >= 0))
+        m = next(b for b in bucket_sizes(capacity) if b >= active)
+        static, xs, ys, loss = prob.static, prob.x, prob.y, prob.loss
+        stage = jax.jit(lambda p, sl: sliding.project(p, static, xs, ys, loss, sl, lambda pt: 1.0))
+        pattern = sliding.pattern(slide)
+        jvp = jax.jit(lambda p, v: jax.jvp(lambda q: sliding.kink_values(q, static, xs, pattern), (p,), (v,))[1])
+        one = jnp.zeros_like(slide.slots, dtype=bool).at[0].set(True)
+        normal = jax.jit(lambda p, sl: sliding.normal_rows(p, static, xs, pattern, sl.slots, one, sl.normals))
+        rows = slide.normals[:m]
+        valid = slide.slots[:m] >= 0
+        qp = jax.jit(lambda g, r: box_qp(g, r, -jnp.ones(m), jnp.zeros(m), valid))
+        chol = jax.jit(lambda g: jnp.linalg.cholesky(ridge(g, valid)))
+        gram = rows @ rows.T
+        return dict(active_pairs=active, bucket=m, capacity=capacity,
+                    stage=med(stage, params, slide), entry_jvp=med(jvp, params, params),
+                    one_normal=med(normal, params, slide), box_qp=med(qp, gram, jnp.ones(m)), cholesky=med(chol, gram))
+
+
+def part_cost(churn_n: int | None = 300) -> dict:
+    """The cost of the sliding flow in wall time, measured side by side in one process (issue 25).
+
+    ``hcnn`` on 100 digits, cross-entropy, rtol 1e-5: a bare jitted gradient of the same mean
+    cross-entropy; the default (sliding) and Tsit5 + diffrax's PID without sliding to t = 0.05,
+    each after a call that compiles the same solve: wall per step and per counted gradient
+    evaluation, in bare gradients; the phases of a sliding step (:func:`_phases`); and the whole
+    transient to ln(n/L) = ln n + 1 of both (evaluations, wall time, their ratio, and the changes of
+    the sliding set against its entries). ``churn_n``: the default's transient on that many digits
+    too (changes against entries)."""
+    import tempfile
+
+    n = 100
+    x, y = gf.datasets.digits(n=n, seed=0)
+    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=NO_SHARPNESS, max_steps=300_000)
+    T = 0.05
+    bare = _bare_gradient_us(model, x, y)
+    out: dict = {"n": n, "T": T, "bare_gradient_us": bare, "per_step": {}, "transient": {}}
+    print(f"  bare gradient {bare:.0f} us", flush=True)
+    variants = {"default": {}, "tsit5_pid": {"solver": "tsit5", "step_control": "pid", "sliding": False}}
+    checkpoint = os.path.join(tempfile.mkdtemp(), "cost.npz")
+    short = dict(save_at=np.array([0.0, T / 2, T]))
+    for name, extra in variants.items():
+        gf.simulate_flow(model, (x, y), T / 50, **kw, **extra, save_at=np.array([0.0, T / 100, T / 50]))  # compiles
+        run = gf.RunOptions(checkpoint=checkpoint, checkpoint_every=3) if name == "default" else gf.RunOptions()
+        r, wall = _timed(lambda e=extra, rn=run: gf.simulate_flow(model, (x, y), T, **kw, **e, **short, run=rn))
+        st = r.stats
+        row = dict(status=r.status, steps=st["steps"], gradient_evaluations=st["gradient_evaluations"], wall_s=wall,
+                   per_step_bare_gradients=wall / st["steps"] / (bare * 1e-6),
+                   per_evaluation_bare_gradients=wall / st["gradient_evaluations"] / (bare * 1e-6),
+                   **{k: v for k, v in st.items() if k.startswith("sliding_")})
+        out["per_step"][name] = row
+        print(f"  to t = {T}: {name:10s} {row['steps']} steps, {row['gradient_evaluations']} evals, {wall:.1f} s: "
+              f"{row['per_step_bare_gradients']:.2f} bare gradients per step, "
+              f"{row['per_evaluation_bare_gradients']:.2f} per evaluation", flush=True)
+        _write("cost", out)
+    out["phases_bare_gradients"] = _phases(model, x, y, checkpoint, bare)
+    print("  phases:", out["phases_bare_gradients"], flush=True)
+    target = math.log(n) + 1
+    for name, extra in variants.items():
+        start = initial_accuracy(model, (x, y), "cross_entropy")
+        gf.simulate_flow(model, (x, y), 100.0, until_accuracy=start + 0.01, num_save=30, **kw, **extra)  # compiles
+        r, wall = _timed(lambda e=extra: gf.simulate_flow(model, (x, y), 100.0, until_accuracy=target, num_save=30,
+                                                          **kw, **e))
+        out["transient"][name] = dict(_row(r, wall), changes=r.stats.get("sliding_changes"),
+                                      **{k: v for k, v in r.stats.items() if k.startswith("sliding_")})
+        print(f"  transient {name:10s}: {r.status} {r.stats['steps']} steps {r.stats['gradient_evaluations']} evals "
+              f"{wall:.0f} s", flush=True)
+        _write("cost", out)
+    d, t = out["transient"]["default"], out["transient"]["tsit5_pid"]
+    out["transient_wall_ratio_tsit5_pid_over_default"] = t["wall_s"] / d["wall_s"]
+    out["transient_evaluations_ratio_tsit5_pid_over_default"] = t["gradient_evaluations"] / d["gradient_evaluations"]
+    out["transient_changes_over_entries"] = d["sliding_changes"] / max(d["sliding_entries"], 1)
+    if churn_n:
+        xc, yc = gf.datasets.digits(n=churn_n, seed=0)
+        r, wall = _timed(lambda: gf.simulate_flow(model, (xc, yc), 100.0, until_accuracy=math.log(churn_n) + 1,
+                                                  num_save=30, **kw))
+        out["churn"] = dict(_row(r, wall), n=churn_n, **{k: v for k, v in r.stats.items() if k.startswith("sliding_")},
+                            changes_over_entries=r.stats["sliding_changes"] / max(r.stats["sliding_entries"], 1))
+        print(f"  {churn_n} digits: {r.status} {r.stats['steps']} steps, changes/entries "
+              f"{out['churn']['changes_over_entries']:.2f}", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["wine", "reference", "cnn", "mlp"], action="append")
+    ap.add_argument("--only", choices=["wine", "reference", "cnn", "mlp", "cost"], action="append")
     ap.add_argument("--seeds", type=int, default=20)
     args = ap.parse_args()
     warnings.simplefilter("ignore", UserWarning)  # L(W₀) ≥ ℓ(0) at small init scales
-    parts = args.only or ["wine", "reference", "cnn", "mlp"]
+    parts = args.only or ["wine", "reference", "cnn", "mlp", "cost"]
     for part in parts:
         print(f"[{part}]", flush=True)
-        fn = {"wine": lambda: part_wine(args.seeds), "reference": part_reference, "cnn": part_cnn, "mlp": part_mlp}[part]
+        fn = {"wine": lambda: part_wine(args.seeds), "reference": part_reference, "cnn": part_cnn, "mlp": part_mlp,
+              "cost": part_cost}[part]
         _write(part, fn())
     print("wrote", RESULTS)
 

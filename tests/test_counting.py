@@ -77,3 +77,22 @@ def test_implicit_counts_match_a_counter_around_the_field(monkeypatch):
     assert counts["jvps"] > 10 * s["steps"]  # GMRES work dominates: a wrong count cannot hide in a tolerance
     assert s["jacobian_vector_products"] == counts["jvps"]
     assert s["gradient_evaluations"] == round(counts["evaluations"] + JVP_COST * counts["jvps"])
+
+
+def test_explicit_counts_match_a_counter_around_the_field(monkeypatch):
+    """Tsit5 on the same net: 6 new stages per attempted step (7, first same as last), the first
+    stage at the start and the two of the initial step: stats equal the counter, and no JVP."""
+    counts = {"evaluations": 0, "jvps": 0}
+    monkeypatch.setattr(gsolve, "vector_field", _counted(counts))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 3))
+    y = np.sign(x @ np.array([1.0, -0.5, 0.3]))
+    with gf.x64():
+        model = gf.DeepLinear(2, (3, 3), key=jax.random.key(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W_0) > ℓ(0)
+        r = gf.simulate_flow(model, (x, y), 1.0, solver="tsit5", rtol=1e-6, atol=1e-9,
+                             diagnostics=gf.Diagnostics(sharpness=False))
+    assert r.status == "completed", r.reason
+    assert counts["jvps"] == 0 and r.stats["steps"] > 10
+    assert r.stats["gradient_evaluations"] == counts["evaluations"] == 6 * r.stats["steps"] + 3

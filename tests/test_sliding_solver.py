@@ -1,0 +1,194 @@
+"""The sliding solver (issue 25): more sliding pairs than the old fixed capacity, the capacity grown on
+demand, ensembles that slide, implicit solvers refused on kinks, a checkpointed run resumed with
+sliding pairs in its state, and its gradient evaluations against a counter around its stages."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import io_callback
+
+import gradflow as gf
+import gradflow.flow.integration as integration
+import gradflow.flow.sliding_solver as sliding_solver
+from gradflow.solvers import JVP_COST
+
+NO_SHARPNESS = gf.Diagnostics(sharpness=False)
+C = 0.5  # the toy's slope on the off side
+M = 150  # coordinates of the toy: more pairs than the 128 slots the sliding state once had
+
+
+def _many_apply(p, xi):
+    """L = e^(−Φ) = Σ_j [(1 + C) relu(w_j) − C w_j] + ½ v²: each w_j moves with dw_j/dt = −1 while
+    w_j > 0 and +C while w_j < 0, so it reaches 0 at t = w_j(0) and slides there (σ = C/(1 + C));
+    v = v(0) e^(−t). All M pairs slide at once from t = max_j w_j(0)."""
+    w = p["w"] * xi[0]
+    return -jnp.log(jnp.sum((1 + C) * jax.nn.relu(w) - C * w) + 0.5 * p["v"] ** 2)
+
+
+def _many_exact(w0, v0, t):
+    t = np.asarray(t)[:, None]
+    return np.concatenate([np.maximum(w0[None, :] - t, 0.0), v0 * np.exp(-t)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def many():
+    w0 = np.linspace(0.2, 1.0, M)
+    with gf.x64():
+        model = gf.as_model(_many_apply, {"v": jnp.asarray(1.0), "w": jnp.asarray(w0)}, degree=None)
+    return model, (np.ones((1, 1)), np.ones(1)), w0
+
+
+def _run_many(many, t_max=1.5):
+    model, data, _ = many
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W₀) > ℓ(0)
+        return gf.simulate_flow(model, data, t_max, save_at=np.array([0.0, 0.5, 1.2, t_max]), rtol=1e-9, atol=1e-11,
+                                save_params=True, diagnostics=NO_SHARPNESS)
+
+
+def test_more_than_128_pairs_slide_at_once(many):
+    r = _run_many(many)
+    _, _, w0 = many
+    assert r.status == "completed", r.reason
+    assert r.stats["sliding_overflow"] == 0 and r.stats["sliding_capacity"] >= M
+    assert r.stats["sliding_entries"] == M and r.stats["sliding_exits"] == 0
+    assert r.diagnostics["sliding_pairs"][-1] == M  # every pair slides from t = 1
+    # params_flat is ravelled in key order: v, then w
+    exact = _many_exact(w0, 1.0, r.t)
+    np.testing.assert_allclose(r.diagnostics["params_flat"][:, 1:], exact[:, :M], atol=1e-7)
+    np.testing.assert_allclose(r.diagnostics["params_flat"][:, 0], exact[:, M], rtol=1e-7)
+
+
+def test_capacity_grows_where_a_step_needs_more(many, monkeypatch):
+    """Started at 32 slots, the run grows its capacity (32 → 64 → 128 → 150, one more compile each)
+    instead of leaving pairs to chatter, and ends where the run that started large does."""
+    monkeypatch.setattr(integration, "INITIAL_CAPACITY", 32)
+    grown = _run_many(many)
+    monkeypatch.undo()
+    large = _run_many(many)
+    assert grown.status == "completed", grown.reason
+    assert grown.stats["sliding_overflow"] == 0 and grown.stats["sliding_capacity"] == M
+    assert grown.stats["segments"] > large.stats["segments"]  # a segment ended at each growth
+    np.testing.assert_allclose(grown.diagnostics["params_flat"], large.diagnostics["params_flat"], atol=1e-8)
+
+
+@pytest.fixture(scope="module")
+def wine_one_vs_rest():
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
+
+
+def test_ensemble_of_relu_starts_slides_like_single_runs(wine_one_vs_rest):
+    """Four random starts of the issue's net (8 bias-free ReLU units on wine) in one vmapped ensemble:
+    every member completes, with its own run's steps and final ln(n/L) (measured: equal to 1e-12)."""
+    models = [gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=1.0) for seed in range(4)]
+    kw = dict(max_steps=20_000, num_save=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ens = gf.simulate_ensemble(models, wine_one_vs_rest, 30.0, **kw)
+        singles = [gf.simulate_flow(m, wine_one_vs_rest, 30.0, diagnostics=NO_SHARPNESS, **kw) for m in models]
+    assert ens.status == ["completed"] * 4
+    for member, single in zip(ens.members, singles, strict=True):
+        assert single.status == "completed" and member.config["sliding"]
+        assert member.stats["steps"] == single.stats["steps"]
+        assert member.stats["sliding_entries"] == single.stats["sliding_entries"] >= 1
+        np.testing.assert_allclose(member.accuracy[-1], single.accuracy[-1], rtol=1e-9)
+        np.testing.assert_allclose(member.diagnostics["sliding_pairs"], single.diagnostics["sliding_pairs"])
+
+
+def test_implicit_solver_on_relu_net_is_refused_or_bounded(wine_one_vs_rest):
+    """An implicit solver cannot enter sliding modes: with sliding (the default on ReLU nets) it is
+    refused before anything compiles; with sliding=False it chatters and ends at a small max_steps;
+    'auto' stays explicit (with a warning) and completes."""
+    model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(0), init_scale=1.0)
+    with pytest.raises(gf.InvalidArgumentError, match="solver.*cannot integrate the sliding"):
+        gf.simulate_flow(model, wine_one_vs_rest, 1e4, solver="kvaerno5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = gf.simulate_flow(model, wine_one_vs_rest, 1e4, solver="kvaerno5", sliding=False, max_steps=300,
+                             diagnostics=NO_SHARPNESS)
+    assert r.status == "failed" and "max_steps" in r.reason and r.stats["steps"] == 300
+    with pytest.warns(UserWarning, match="stays explicit"):
+        a = gf.simulate_flow(model, wine_one_vs_rest, clock="accuracy", until_accuracy=5.0, solver="auto",
+                             max_steps=20_000, diagnostics=NO_SHARPNESS, num_save=4)
+    assert a.status == "completed" and a.config["switches"] == [] and a.stats["implicit_segments"] == 0
+
+
+class _Killed(Exception):
+    """Stands for a process killed right after a checkpoint was written."""
+
+
+def test_resume_with_sliding_pairs_in_the_checkpoint(wine_one_vs_rest, tmp_path, monkeypatch):
+    """A checkpointed run killed after a chunk while pairs slide, then resumed: the same steps and the
+    same W, bit for bit, as the same run uninterrupted (the sliding set, its multipliers and
+    normals are in the checkpoint)."""
+    model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(1), init_scale=1.0)
+    kw = dict(save_at=np.concatenate([[0.0], np.geomspace(0.1, 30.0, 11)]), diagnostics=NO_SHARPNESS,
+              save_params=True, max_steps=20_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        whole = gf.simulate_flow(model, wine_one_vs_rest, 30.0, run=gf.RunOptions(checkpoint=tmp_path / "whole.npz",
+                                                                                  checkpoint_every=3), **kw)
+        assert whole.status == "completed" and whole.diagnostics["sliding_pairs"][-1] >= 1
+        path = tmp_path / "run.npz"
+        save = gf.flow.checkpoint.CheckpointStore.save
+        written = []
+
+        def save_then_die(self, state, segments, next_chunk, switches):
+            save(self, state, segments, next_chunk, switches)
+            written.append(next_chunk)
+            if next_chunk == 3:
+                raise _Killed
+
+        monkeypatch.setattr(gf.flow.checkpoint.CheckpointStore, "save", save_then_die)
+        with pytest.raises(_Killed):
+            gf.simulate_flow(model, wine_one_vs_rest, 30.0, run=gf.RunOptions(checkpoint=path, checkpoint_every=3), **kw)
+        monkeypatch.undo()
+        with np.load(path) as f:
+            assert np.sum(f["state/slide/0"] >= 0) >= 1  # pairs slide in the saved state
+        resumed = gf.simulate_flow(model, wine_one_vs_rest, 30.0, run=gf.RunOptions(checkpoint=path, checkpoint_every=3),
+                                   **kw)
+    assert written == [1, 2, 3]
+    assert resumed.status == "completed", resumed.reason
+    assert resumed.stats["steps"] == whole.stats["steps"]
+    np.testing.assert_array_equal(resumed.diagnostics["params_flat"], whole.diagnostics["params_flat"])
+
+
+def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_rest, monkeypatch):
+    """The sliding solver's network gradients, counted on the host at every call (each stage's
+    projection or plain gradient): the stages of every attempted step, the first stage at the
+    start and after every change; stats add the new normals (one VJP each) and the entry JVPs."""
+    counts = {"gradients": 0}
+
+    def bump(_):
+        counts["gradients"] += 1
+        return np.zeros((), np.int32)
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            tick = io_callback(bump, jax.ShapeDtypeStruct((), jnp.int32), 0)
+            return jax.tree_util.tree_map(lambda v: v + 0 * tick.astype(v.dtype) if jnp.issubdtype(
+                v.dtype, jnp.floating) else v, out)
+
+        return wrapper
+
+    monkeypatch.setattr(sliding_solver, "project", counted(sliding_solver.project))
+    monkeypatch.setattr(sliding_solver, "evaluate", counted(sliding_solver.evaluate))
+    model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(2), init_scale=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = gf.simulate_flow(model, wine_one_vs_rest, 5.0, num_save=3, diagnostics=NO_SHARPNESS, max_steps=20_000)
+    s = r.stats
+    assert r.status == "completed" and s["sliding_changes"] >= 1
+    stages = 3 * s["steps"] + 3 + s["sliding_refreshes"]  # Bosh3; the start: first stage + 2 for the first step
+    assert counts["gradients"] == stages
+    expected = stages + s["sliding_normals"] + JVP_COST * s["sliding_crossing_steps"]
+    assert s["gradient_evaluations"] == round(expected)
