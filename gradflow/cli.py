@@ -1,10 +1,12 @@
 r"""The ``gradflow`` command line: reproduce the paper's figures, or run a flow from a TOML config.
 
     gradflow reproduce fig1|fig2|fig3|prop44|prop46 [--quick] [--out DIR] [--data digits|cifar10] [--data-dir PATH] [--sgd]
+    gradflow reproduce docs [--out docs]
     gradflow run CONFIG.toml [--out DIR] [--no-progress]
 
 ``reproduce`` writes PNG and PDF plots, ``.npz`` flow results (readable with ``numpy.load``) and a
-JSON file of checks and timings to ``--out``. ``run`` integrates dW/dt = −∇L(W) for the model,
+JSON file of checks and timings to ``--out``; ``reproduce docs`` writes only the README's small
+PNGs of Figures 1–3 (quick size) to ``docs/``. ``run`` integrates dW/dt = −∇L(W) for the model,
 data and options in a TOML file (see ``gradflow run --help`` for every key); a config with an
 unknown key or a wrong type is refused, naming the key and the fix, before anything compiles.
 """
@@ -35,6 +37,7 @@ from .models import nonhomogeneous
 from .options import Diagnostics, check_int, check_solve_options
 from .plotting import plot_flow
 from .progress import simulate_with_progress
+from .result import json_default
 
 __all__ = ["main", "build_parser", "load_config", "run_config", "CONFIG_KEYS", "MODEL_TYPES"]
 
@@ -305,6 +308,7 @@ _TARGETS = {
     "fig3": "Figure 3: per-example margins against ln(n/L) for a ResNet-style net",
     "prop44": "Proposition 4.4: deep linear networks converge to the max-margin (SVM) direction (examples/deep_linear.py)",
     "prop46": "Proposition 4.6: shallow squared-ReLU margins (examples/squared_relu_margins.py)",
+    "docs": "the README's small PNGs of Figures 1-3 (quick size, dpi 60): figure1.png ... figure3.png in --out (default docs)",
 }
 _SCRIPTS = {"prop44": "deep_linear.py", "prop46": "squared_relu_margins.py"}
 
@@ -343,8 +347,18 @@ def _run_example(target: str, argv: list[str]) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     size = "tiny" if args.tiny else "quick" if args.quick else "full"
-    out = args.out
+    out = args.out or ("docs" if args.target == "docs" else "gradflow-out")
     progress = False if args.no_progress else None
+    if args.target == "docs":
+        if args.data != "digits" or args.data_dir is not None or args.sgd or args.batch_size is not None or args.seed != 0:
+            raise InvalidArgumentError("docs: draws the README's figures with their defaults; --data, --data-dir, --sgd, "
+                                       "--batch-size and --seed apply to fig1/fig2/fig3 only.")
+        # quick unless --tiny: the paper's sizes would take hours for three thumbnails
+        docs = figures.write_docs_pngs(out, "tiny" if args.tiny else "quick", progress=progress)
+        for number, checks in docs["checks"].items():
+            print(f"figure {number} checks: {json.dumps(checks, default=json_default)}")
+        print("wrote:\n  " + "\n  ".join(docs["files"]))
+        return 0
     if args.target in ("prop44", "prop46"):
         argv = ["--out", out]
         if args.quick or args.tiny:
@@ -360,7 +374,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         fn = figures.figure2 if args.target == "fig2" else figures.figure3
         res = fn(size, out=out, data=args.data, data_dir=args.data_dir, sgd=args.sgd, batch_size=args.batch_size,
                  progress=progress, seed=args.seed)
-    print(json.dumps({"checks": res["checks"], "timings": res["timings"]}, indent=2, default=figures._json_default))
+    print(json.dumps({"checks": res["checks"], "timings": res["timings"]}, indent=2, default=json_default))
     print("wrote:\n  " + "\n  ".join(res["files"]))
     return 0
 
@@ -414,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quick", action="store_true", help="small sizes that finish in about 2 minutes on 2 CPU cores "
                      "(fig1: width 1000, ln(n/L) to 100; fig2/fig3: 100 digits, ln(n/L) to 15) instead of the paper's sizes")
     rep.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # seconds; for tests
-    rep.add_argument("--out", default="gradflow-out", help="output directory (created if missing; default: gradflow-out)")
+    rep.add_argument("--out", default=None, help="output directory (created if missing; default: gradflow-out, or docs for the docs target)")
     rep.add_argument("--data", choices=["digits", "cifar10"], default="digits",
                      help="fig2/fig3 training images: scikit-learn's bundled 8×8 digits (default) or CIFAR-10 (needs --data-dir)")
     rep.add_argument("--data-dir", default=None, metavar="PATH",

@@ -9,12 +9,15 @@ download).
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from .errors import bad_argument
 
 __all__ = [
     "iris_binary",
@@ -24,6 +27,7 @@ __all__ = [
     "appendix_a_synthetic",
     "digits",
     "load_cifar10",
+    "load_image_data",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -295,3 +299,25 @@ def load_cifar10(data_dir: str | Path, n: int | None = None, train: bool = True)
         data, labels = data[:n], labels[:n]
     x = data.reshape(-1, 3, 32, 32).astype(np.float64) / 255.0
     return x, labels
+
+
+def load_image_data(
+    data: str = "digits", n: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0
+) -> tuple[FloatArray, IntArray]:
+    """The image sets of Figures 2 and 3, by name: images (n, C, H, W) in [0, 1] and int64 labels 0..9.
+
+    * ``'digits'``: scikit-learn's bundled 8×8×1 digits (:func:`digits`; ``n`` a random subset
+      fixed by ``seed``), the default because it needs no download;
+    * ``'cifar10'``: 32×32×3, the first ``n`` training images of the python batches in
+      ``data_dir`` (:func:`load_cifar10`), the paper's data.
+
+    Raises:
+        InvalidArgumentError: an unknown ``data``, or ``'cifar10'`` without ``data_dir``.
+    """
+    if data == "digits":
+        return digits(n=n, seed=seed)
+    if data == "cifar10":
+        if data_dir is None:
+            raise bad_argument("data_dir", "is required with data='cifar10'", "Pass --data-dir PATH holding the CIFAR-10 python batches (data_batch_1 … data_batch_5).")
+        return load_cifar10(data_dir, n=n)
+    raise bad_argument("data", f"unknown data set {data!r}", "Use 'digits' or 'cifar10'.")

@@ -43,12 +43,16 @@ nondecreasing (up to 1e−9 relative) over the save points with L < ℓ(0) (Lemm
 Sizes: ``"full"`` (the paper's width 10 000 for Figure 1; all 1 797 digits), ``"quick"``
 (< 2 minutes per figure on 2 CPU cores) and ``"tiny"`` (seconds; for tests).
 
-Run ``python -m gradflow.figures --docs`` to write small PNGs of all three figures to ``docs/``.
+Where the pieces live: the NTK reference of panel (a) in :mod:`gradflow.ntk`, the data in
+:func:`gradflow.datasets.load_image_data`, the margin networks in
+:func:`gradflow.models.make_margin_model`, W at a save point in :func:`gradflow.theory.model_at`;
+this module runs the flows, checks them and draws. The command line is ``gradflow reproduce``
+(:mod:`gradflow.cli`); ``gradflow reproduce docs`` writes small PNGs of all three figures to
+``docs/`` (:func:`write_docs_pngs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -60,21 +64,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.flatten_util
 import numpy as np
 
 from . import datasets
+from .datasets import load_image_data
 from .descent import normalized_gd, simulate_descent
 from .errors import bad_argument
 from .flow import simulate_flow
 from .losses import get_loss
-from .maxmargin import svm_direction
-from .models import HomogeneousCNN, TwoLayerSquaredReLU
-from .models.nonhomogeneous import SmallDenseNet, SmallResNet
-from .params import combine, partition
-from .precision import x64
+from .models import MARGIN_ARCHITECTURES, TwoLayerSquaredReLU, make_margin_model
+from .ntk import ntk_max_margin, squared_relu_surface
 from .progress import concat_results, descend_with_progress, initial_accuracy, simulate_with_progress
-from .result import FlowResult
+from .result import FlowResult, json_default
+from .theory import model_at
 
 __all__ = [
     "FIGURE1_SIZES",
@@ -83,14 +85,13 @@ __all__ = [
     "figure1",
     "figure2",
     "figure3",
-    "ntk_max_margin",
-    "ntk_features",
     "normalize_by_median",
     "margin_checks",
     "margin_run",
-    "load_image_data",
-    "make_margin_model",
-    "main",
+    "write_docs_pngs",
+    # moved, still importable from here (tests, examples and benchmarks import them from figures):
+    "load_image_data",  # gradflow.datasets.load_image_data
+    "make_margin_model",  # gradflow.models.make_margin_model
 ]
 
 SIZES = ("full", "quick", "tiny")
@@ -109,7 +110,7 @@ MARGIN_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(n=30, target=8.0, steps=200, batch_size=10, segments=2, rtol=1e-4, atol=1e-7, warmup_steps=2_000),
 }
 
-ARCHITECTURES = ("hcnn", "densenet", "resnet")
+ARCHITECTURES = MARGIN_ARCHITECTURES
 _TITLES = {"hcnn": "H-AlexNet (homogeneous, L = 5)", "densenet": "DenseNet-style (biases, skips)", "resnet": "ResNet-style (biases, skips)"}
 
 
@@ -146,55 +147,13 @@ def _write_json(out: str | os.PathLike | None, name: str, payload: dict) -> list
     os.makedirs(out, exist_ok=True)
     path = os.path.join(os.fspath(out), name)
     with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2, default=_json_default)
+        json.dump(payload, fh, indent=2, default=json_default)
     return [path]
-
-
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # --------------------------------------------------------------------------------------------------
 # Figure 1
 # --------------------------------------------------------------------------------------------------
-
-
-def ntk_features(w: np.ndarray, signs: np.ndarray, x: np.ndarray) -> np.ndarray:
-    r"""ψ(x) = (s_j max(0, ⟨w_j, x⟩) x)_{j=1..m}, flattened to (n, m·d) in the row-major order of v (m, d).
-
-    Φ_NTK(x; v) = Σ_j s_j ⟨v_j, x⟩ max(0, ⟨w_j, x⟩) = ⟨v, ψ(x)⟩ (the FrozenActivation predictor)."""
-    act = np.maximum(0.0, x @ w.T) * signs[None, :]  # (n, m)
-    return (act[:, :, None] * x[:, None, :]).reshape(x.shape[0], -1)
-
-
-def ntk_max_margin(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    r"""The NTK max-margin direction v̄ (shape (m, d), ‖v̄‖ = 1) at ``model``'s frozen w and its margin γ.
-
-    v̄ = argmax_{‖v‖≤1} min_i y_i ⟨v, ψ(x_i)⟩ by :func:`gradflow.maxmargin.svm_direction` on the
-    features of :func:`ntk_features`; the limit direction of the gradient flow on the
-    (1-homogeneous, linear) frozen-activation predictor."""
-    w = np.asarray(model.w, np.float64)
-    s = np.asarray(model.signs, np.float64)
-    res = svm_direction(ntk_features(w, s, np.asarray(x, np.float64)), y)
-    return res.direction.reshape(w.shape), float(res.margin)
-
-
-def _squared_relu_surface(w: np.ndarray, s: np.ndarray, pts: np.ndarray, v: np.ndarray | None = None, chunk: int = 2048) -> np.ndarray:
-    """Φ(pts) = Σ_j s_j relu(⟨w_j,x⟩)² (v None) or the NTK Σ_j s_j ⟨v_j,x⟩ relu(⟨w_j,x⟩), in chunks."""
-    out = np.empty(pts.shape[0])
-    for a in range(0, pts.shape[0], chunk):
-        p = pts[a : a + chunk]
-        act = np.maximum(0.0, p @ w.T)
-        out[a : a + chunk] = ((act * act) if v is None else (act * (p @ v.T))) @ s
-    return out
 
 
 def _grid(num: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,14 +162,6 @@ def _grid(num: int, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     z1, z2 = np.meshgrid(g, g)
     pts = scale * np.stack([z1.ravel(), z2.ravel(), np.ones(z1.size)], axis=1)
     return z1, z2, pts
-
-
-def _model_from_flat(like, flat: np.ndarray):
-    """``like`` with its trainable parameters replaced by a row of ``params_flat``."""
-    with x64():
-        params, static = partition(like)
-        _, unravel = jax.flatten_util.ravel_pytree(params)
-        return combine(unravel(jax.numpy.asarray(flat)), static)
 
 
 def figure1(
@@ -257,7 +208,7 @@ def figure1(
     t0 = time.perf_counter()
     v_bar, ntk_margin = ntk_max_margin(model, x, y)
     w0, s = np.asarray(model.w, np.float64), np.asarray(model.signs, np.float64)
-    surf_a = _squared_relu_surface(w0, s, pts, v_bar)
+    surf_a = squared_relu_surface(w0, s, pts, v_bar)
     timings["ntk_svm"] = time.perf_counter() - t0
 
     opts = dict(rtol=cfg["rtol"], atol=cfg["atol"], max_steps=200_000)
@@ -276,9 +227,9 @@ def figure1(
     err = np.asarray(flow_b.train_error)
     perfect = np.flatnonzero(err == 0)
     idx_b = int(perfect[0]) if perfect.size else len(err) - 1
-    model_b = _model_from_flat(model, flow_b.diagnostics["params_flat"][idx_b])
+    model_b = model_at(flow_b, model, idx_b)
     w_b = np.asarray(model_b.w, np.float64)
-    surf_b = _squared_relu_surface(w_b, s, pts)
+    surf_b = squared_relu_surface(w_b, s, pts)
 
     t0 = time.perf_counter()
     flow_c = simulate_with_progress(flow_b.model, (x, y), float(cfg["target"]), segments=int(cfg["segments"]),
@@ -286,7 +237,7 @@ def figure1(
                                     solver=cfg["solver"], **opts)
     timings["flow_c"] = time.perf_counter() - t0
     w_c = np.asarray(flow_c.model.w, np.float64)
-    surf_c = _squared_relu_surface(w_c, s, pts)
+    surf_c = squared_relu_surface(w_c, s, pts)
 
     margin_b = float(flow_b.margin[idx_b])
     margin_c = float(flow_c.margin[-1])
@@ -340,38 +291,6 @@ def figure1(
 # --------------------------------------------------------------------------------------------------
 # Figures 2 and 3
 # --------------------------------------------------------------------------------------------------
-
-
-def load_image_data(data: str = "digits", n: int | None = None, data_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Images (n, C, H, W) in [0, 1] and int labels: 'digits' (8×8×1, bundled) or 'cifar10'
-    (32×32×3, the first n training images of the python batches in ``data_dir``)."""
-
-    if data == "digits":
-        return datasets.digits(n=n, seed=seed)
-    if data == "cifar10":
-        if data_dir is None:
-            raise bad_argument("data_dir", "is required with data='cifar10'", "Pass --data-dir PATH holding the CIFAR-10 python batches (data_batch_1 … data_batch_5).")
-        return datasets.load_cifar10(data_dir, n=n)
-    raise bad_argument("data", f"unknown data set {data!r}", "Use 'digits' or 'cifar10'.")
-
-
-def make_margin_model(arch: str, input_shape: Sequence[int], num_classes: int = 10, *, seed: int = 0):
-    """The network of a margin figure: 'hcnn' (HomogeneousCNN, degree 5), 'densenet' or 'resnet'
-    (non-homogeneous, with biases), sized for ``input_shape`` = (C, H, W)."""
-
-    c, h, _w = input_shape
-    key = jax.random.PRNGKey(seed)
-    if arch == "hcnn":
-        small = h <= 8
-        # init_scale 2.5: outputs O(1) at initialisation (Φ scales like init_scale⁵) instead of ~0.01,
-        # which would leave the flow near the saddle W = 0 for a long time.
-        return HomogeneousCNN(c, h, num_classes, key=key, channels=(4, 8) if small else (6, 16),
-                                 hidden=(16, 16) if small else (32, 16), kernel_size=3 if small else 5, init_scale=2.5)
-    if arch == "densenet":
-        return SmallDenseNet(c, h, num_classes, key=key, stem=8, growth=4, block_layers=(2, 2))
-    if arch == "resnet":
-        return SmallResNet(c, h, num_classes, key=key, channels=(8, 16), blocks_per_stage=1)
-    raise bad_argument("arch", f"unknown architecture {arch!r}", f"Use one of {ARCHITECTURES}.")
 
 
 def normalize_by_median(raw: np.ndarray) -> np.ndarray:
@@ -624,32 +543,26 @@ def figure3(size: str = "quick", *, out: str | os.PathLike | None = None, data: 
 
 
 # --------------------------------------------------------------------------------------------------
-# python -m gradflow.figures --docs
+# the README's PNGs (gradflow reproduce docs)
 # --------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gradflow.figures --docs [--out docs] [--size quick]``: small PNGs of Figures 1–3."""
-    parser = argparse.ArgumentParser(prog="python -m gradflow.figures", description="Write small PNGs of the paper's Figures 1–3 (for the README).")
-    parser.add_argument("--docs", action="store_true", help="write docs/figure1.png, docs/figure2.png, docs/figure3.png (quick size, dpi 60)")
-    parser.add_argument("--out", default="docs", help="output directory (default: docs)")
-    parser.add_argument("--size", choices=SIZES, default="quick", help="run size (default: quick)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    args = parser.parse_args(argv)
-    if not args.docs:
-        parser.print_help()
-        return 0
-    progress = False if args.no_progress else None
+def write_docs_pngs(out: str | os.PathLike = "docs", size: str = "quick", *, progress: bool | None = None,
+                    dpi: int = 60) -> dict[str, Any]:
+    """Small PNGs of Figures 1–3 for the README: ``out/figure1.png``, ``figure2.png``, ``figure3.png``.
+
+    Each figure runs at ``size`` into a temporary directory and only its PNG is copied to ``out``
+    (the PDFs, ``.npz`` results and JSON stay out of the docs). At dpi 60 the three PNGs stay small
+    enough to commit. Returns ``checks`` ({1: ..., 2: ..., 3: ...}, each figure's checks) and
+    ``files`` (the PNGs written)."""
+    checks: dict[int, Any] = {}
+    files: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for number, fn in ((1, figure1), (2, figure2), (3, figure3)):
-            res = fn(args.size, out=tmp, progress=progress, dpi=60)
-            os.makedirs(args.out, exist_ok=True)
-            src = os.path.join(tmp, f"figure{number}.png")
-            dst = os.path.join(args.out, f"figure{number}.png")
-            shutil.copyfile(src, dst)
-            print(f"wrote {dst}  checks: {json.dumps(res['checks'], default=_json_default)}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            res = fn(_check_size(size), out=tmp, progress=progress, dpi=dpi)
+            os.makedirs(out, exist_ok=True)
+            dst = os.path.join(os.fspath(out), f"figure{number}.png")
+            shutil.copyfile(os.path.join(tmp, f"figure{number}.png"), dst)
+            checks[number] = res["checks"]
+            files.append(dst)
+    return {"checks": checks, "files": files}

@@ -14,7 +14,7 @@ from .errors import bad_argument
 from .interop import model_from_params
 from .params import params_to_dict  # noqa: F401  (re-exported: result.params_to_dict)
 
-__all__ = ["FlowResult", "load_result"]
+__all__ = ["FlowResult", "json_default", "load_result"]
 
 _FORMAT = "gradflow-result/1"
 
@@ -112,7 +112,7 @@ class FlowResult:
         arrays = {f"diag/{k}": np.asarray(v) for k, v in self.diagnostics.items()}
         arrays.update({f"params/{k}": np.asarray(v) for k, v in self.params.items()})
         meta = {"format": _FORMAT, "status": self.status, "reason": self.reason, "stats": self.stats, "config": self.config}
-        arrays["metadata"] = np.array(json.dumps(meta, default=_json_default))
+        arrays["metadata"] = np.array(json.dumps(meta, default=json_default))
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
         os.close(fd)
@@ -125,11 +125,16 @@ class FlowResult:
         return path
 
 
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
+def json_default(o: Any) -> Any:
+    """The ``default=`` of :func:`json.dump` for gradflow's records (result metadata, the figures'
+    checks): numpy integers, floats and booleans become their Python values, arrays lists, and
+    anything else its ``str`` (so a record is always written, never refused)."""
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if isinstance(o, np.floating):
         return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)

@@ -15,8 +15,10 @@ from gradflow.datasets import (
     digits,
     iris_binary,
     load_cifar10,
+    load_image_data,
     wine_binary,
 )
+from gradflow.errors import InvalidArgumentError
 from gradflow.maxmargin import svm_direction
 
 
@@ -187,3 +189,20 @@ def test_load_cifar10_refuses_foreign_pickles(tmp_path):
     (tmp_path / "data_batch_2").write_bytes(buf.getvalue())
     with pytest.raises(pickle.UnpicklingError, match="disallowed"):
         load_cifar10(tmp_path)
+
+
+def test_load_image_data_by_name(tmp_path):
+    """The figures' image sets by name: 'digits' is digits(n, seed); 'cifar10' reads data_dir and
+    refuses to run without one; other names are refused with the accepted ones."""
+    x, y = load_image_data("digits", n=12, seed=3)
+    xd, yd = digits(n=12, seed=3)
+    np.testing.assert_array_equal(x, xd)
+    np.testing.assert_array_equal(y, yd)
+    data, labels = _write_cifar(tmp_path, per_batch=4)
+    xc, yc = load_image_data("cifar10", n=6, data_dir=tmp_path)
+    np.testing.assert_array_equal(xc, data[:6].reshape(6, 3, 32, 32) / 255.0)
+    np.testing.assert_array_equal(yc, labels[:6])
+    with pytest.raises(InvalidArgumentError, match="data_dir"):
+        load_image_data("cifar10", n=6)
+    with pytest.raises(InvalidArgumentError, match="'digits' or 'cifar10'"):
+        load_image_data("mnist")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from sklearn.svm import SVC
 
+import gradflow as gf
 from gradflow.datasets import appendix_a_synthetic, breast_cancer_binary, iris_binary, wine_binary
 from gradflow.maxmargin import (
     MaxMarginResult,
@@ -18,6 +20,7 @@ from gradflow.maxmargin import (
     sphere_directions,
     svm_direction,
 )
+from gradflow.ntk import ntk_features, ntk_max_margin, squared_relu_surface
 
 
 def _angle(a: np.ndarray, b: np.ndarray) -> float:
@@ -271,3 +274,47 @@ def test_sphere_directions_high_dim_warns():
     assert any("random directions" in str(w.message) for w in caught)
     assert dirs.shape == (50, 5)
     assert np.isnan(eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# The NTK reference of Figure 1(a) (gradflow.ntk)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_ntk_features_match_frozen_activation():
+    """⟨v, ψ(x)⟩ with ψ flattened (m, d) row-major is the FrozenActivation predictor at v."""
+    model = gf.TwoLayerSquaredReLU(3, 7, key=jax.random.PRNGKey(2))
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    v = np.random.default_rng(1).normal(size=(7, 3))
+    psi = ntk_features(np.asarray(model.w), np.asarray(model.signs, float), x)
+    with gf.x64():
+        direct = np.asarray(gf.linearize(model, init=v)(jax.numpy.asarray(x)))
+    np.testing.assert_allclose(psi @ v.ravel(), direct, rtol=1e-10)
+    np.testing.assert_allclose(squared_relu_surface(model.w, model.signs, x, v, chunk=2), direct, rtol=1e-10)
+
+
+def test_squared_relu_surface_is_the_network_in_chunks():
+    """Φ(p) = Σ_j s_j relu(⟨w_j, p⟩)² in numpy chunks equals the JAX network, whatever the chunk."""
+    model = gf.TwoLayerSquaredReLU(3, 9, key=jax.random.PRNGKey(4), signs="random")
+    pts = np.random.default_rng(2).normal(size=(11, 3))
+    with gf.x64():
+        direct = np.asarray(model(jax.numpy.asarray(pts)))
+    for chunk in (1, 4, 2048):
+        np.testing.assert_allclose(squared_relu_surface(model.w, model.signs, pts, chunk=chunk), direct, rtol=1e-12)
+
+
+def test_ntk_max_margin_is_the_svm_on_the_features():
+    """v̄ (m, d) has unit norm, attains γ through the JAX frozen-activation model, and no other
+    unit v does better (random directions and the initial w itself)."""
+    x, y = appendix_a_synthetic(n=40)
+    model = gf.TwoLayerSquaredReLU(3, 16, key=jax.random.PRNGKey(0), signs="random", init_scale=0.5)
+    v_bar, gamma = ntk_max_margin(model, x, y)
+    assert v_bar.shape == (16, 3) and np.linalg.norm(v_bar) == pytest.approx(1.0, abs=1e-12) and gamma > 0
+    with gf.x64():
+        out = np.asarray(gf.linearize(model, init=v_bar)(jax.numpy.asarray(x)))
+    assert np.min(y * out) == pytest.approx(gamma, rel=1e-8)
+    psi = ntk_features(np.asarray(model.w), np.asarray(model.signs, float), x)
+    others = np.random.default_rng(3).normal(size=(2000, psi.shape[1]))
+    others = np.vstack([others, np.asarray(model.w).ravel()])
+    others /= np.linalg.norm(others, axis=1, keepdims=True)
+    assert np.max(np.min(y[None, :] * (others @ psi.T), axis=1)) < gamma

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gradflow.errors import InvalidArgumentError
 from gradflow.models import (
     DeepLinear,
     FrozenActivation,
@@ -19,7 +20,9 @@ from gradflow.models import (
     alternating_signs,
     check_homogeneity,
     linearize,
+    make_margin_model,
 )
+from gradflow.models.nonhomogeneous import SmallDenseNet, SmallResNet
 from gradflow.params import Frozen, combine, num_params, partition
 from gradflow.precision import x64
 
@@ -360,3 +363,25 @@ def test_init_scale_scales_parameters():
     a = TwoLayerSquaredReLU(D, M, key=key, init_scale=1.0)
     b = TwoLayerSquaredReLU(D, M, key=key, init_scale=3.0)
     np.testing.assert_allclose(np.asarray(b.w), 3.0 * np.asarray(a.w), rtol=1e-15)
+
+
+@pytest.mark.parametrize("arch, cls, degree", [("hcnn", HomogeneousCNN, 5), ("densenet", SmallDenseNet, None),
+                                               ("resnet", SmallResNet, None)])
+def test_make_margin_model(arch, cls, degree):
+    """The margin figures' networks by name: the right class and degree, seeded (another seed,
+    other weights); the digits' H-AlexNet has the 1,252 parameters the benchmarks quote and a
+    CIFAR-size input gets the wider layers. Their forward passes run in test_figures
+    (test_nonhomogeneous_models, test_cifar_path) and in every figure."""
+    model = make_margin_model(arch, (1, 8, 8), 10, seed=0)
+    assert isinstance(model, cls) and model.degree == degree
+    other = make_margin_model(arch, (1, 8, 8), 10, seed=1)
+    pairs = zip(jax.tree_util.tree_leaves(partition(model)[0]), jax.tree_util.tree_leaves(partition(other)[0]), strict=True)
+    assert not all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
+    if arch == "hcnn":
+        assert num_params(model) == 1252
+        assert num_params(make_margin_model(arch, (3, 32, 32), 10)) > 1252
+
+
+def test_make_margin_model_refuses_unknown_names():
+    with pytest.raises(InvalidArgumentError, match="'hcnn', 'densenet', 'resnet'"):
+        make_margin_model("alexnet", (1, 8, 8))

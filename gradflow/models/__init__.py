@@ -4,6 +4,7 @@ from gradflow.model import Model
 from gradflow.models.cnn import HomogeneousCNN
 from gradflow.models.homogeneity import HomogeneityReport, check_homogeneity
 from gradflow.models.linear import DeepLinear, Linear
+from gradflow.models.margin import MARGIN_ARCHITECTURES, make_margin_model
 from gradflow.models.mlp import ReLUMLP
 from gradflow.models.nonhomogeneous import SmallDenseNet, SmallResNet
 from gradflow.models.squared_relu import (
@@ -14,6 +15,7 @@ from gradflow.models.squared_relu import (
 )
 
 __all__ = [
+    "MARGIN_ARCHITECTURES",
     "DeepLinear",
     "FrozenActivation",
     "HomogeneityReport",
@@ -27,4 +29,5 @@ __all__ = [
     "alternating_signs",
     "check_homogeneity",
     "linearize",
+    "make_margin_model",
 ]
