@@ -66,8 +66,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mkdocs.plugins import event_priority
-
 log = logging.getLogger("mkdocs.hooks.results")
 
 PLACEHOLDER = re.compile(r"\{\{\s*(results_(?:table|value|figure)\s*\(.*?\))\s*\}\}", re.S)
@@ -450,7 +448,17 @@ def substitute(markdown: str, results: Results, where: str = "page",
 
 
 # --------------------------------------------------------------------------------------------------
-# MkDocs events
+# MkDocs events (mkdocs itself is imported only inside them: the functions above need no docs tools)
+
+
+def event_priority(priority: float):
+    """``mkdocs.plugins.event_priority``: the attribute MkDocs reads to order the plugins' handlers."""
+
+    def decorate(fn):
+        fn.mkdocs_priority = priority
+        return fn
+
+    return decorate
 
 FIGURE_DIR = "generated"
 _state: dict[str, Any] = {}
