@@ -312,28 +312,29 @@ def test_strict_build_fails_on_a_missing_key(tmp_path):
     assert "no key 'reference_self_error' at cnn" in proc.stderr and "docs/sliding.md" in proc.stderr
 
 
-def _chrome():
+def _chrome() -> tuple:
+    """selenium's webdriver and Debian's chromium and chromedriver, found on the PATH."""
     webdriver = _need("selenium.webdriver")
-    for binary in ("/usr/bin/chromium", "/usr/bin/chromedriver"):
-        if not Path(binary).exists():
-            pytest.fail(f"{binary} missing: apt-get install -y chromium chromium-driver (.ci/run does)")
-    return webdriver
+    binaries = [shutil.which(name) for name in ("chromium", "chromedriver")]
+    if None in binaries:
+        pytest.fail("chromium or chromedriver missing: apt-get install -y chromium chromium-driver (.ci/run does)")
+    return webdriver, *binaries
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    webdriver = _chrome()
+    webdriver, chromium, chromedriver = _chrome()
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,1000",
                  f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
