@@ -239,8 +239,13 @@ def f(rtol, atol, dt0=None):
       dt1: not a parameter.
     """
 '''
-    module = griffe.visit("m", filepath=Path("m.py"), code=code)
+    module = griffe.visit("m", filepath=Path("m.py"), code=code, docstring_parser="google",
+                          docstring_options={"warn_unknown_params": False, "warn_missing_types": False})
     assert [name for name, _ in roles.unknown_parameters(module["f"])] == ["dt1"]
+    roles.split_parameters(module["f"])  # "rtol, atol" as two rows with their own defaults
+    rows = [p for s in module["f"].docstring.parsed if s.kind is griffe.DocstringSectionKind.parameters for p in s.value]
+    assert [(p.name, p.description) for p in rows[:2]] == [("rtol", "tolerances."), ("atol", "tolerances.")]
+    assert [p.name for p in rows] == ["rtol", "atol", "dt0", "dt1"] and str(rows[2].value) == "None"
 
 
 # ------------------------------------------------------------------------------------------------

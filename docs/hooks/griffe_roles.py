@@ -13,7 +13,8 @@ relative to the documented object's module (``:data:`TAU_STEPS``` in ``gradflow.
 It also checks the ``Args:`` of every function against its signature. gradflow documents related
 parameters together (``rtol, atol: tolerances of ...``), which griffe's Google parser takes for one
 unknown parameter named "rtol, atol"; mkdocs.yml turns griffe's own check off, and this extension
-checks each name instead, warning (so failing the strict build) on any name the signature lacks.
+checks each name instead, warning (so failing the strict build) on any name the signature lacks,
+and renders such an entry as one row per name, with that name's type and default.
 """
 
 from __future__ import annotations
@@ -78,6 +79,35 @@ class SphinxRoles(griffe.Extension):
             for name, lineno in unknown_parameters(function):
                 griffe.logger.warning(f"{function.relative_filepath}:{lineno}: {function.path} documents "
                                       f"parameter {name!r}, which is not in its signature")
+            split_parameters(function)
+
+
+def split_parameters(function: griffe.Function) -> None:
+    """Render ``rtol, atol: text`` as two rows, each with its own type and default from the signature.
+
+    The docstring is parsed here with the parser and options mkdocstrings gave griffe, and the result
+    stored as the docstring's (cached) parsed sections, which the templates render."""
+    doc = function.docstring
+    if doc is None or doc.parser is None or "," not in doc.value:
+        return
+    signature = {p.name: p for p in function.parameters}
+    sections = doc.parse()
+    changed = False
+    for section in sections:
+        if section.kind is not griffe.DocstringSectionKind.parameters:
+            continue
+        rows = []
+        for param in section.value:
+            names = [n.strip() for n in param.name.split(",")]
+            if len(names) > 1 and all(n in signature for n in names):
+                rows += [griffe.DocstringParameter(n, description=param.description, annotation=signature[n].annotation,
+                                                   value=signature[n].default) for n in names]
+                changed = True
+            else:
+                rows.append(param)
+        section.value = rows
+    if changed:
+        doc.__dict__["parsed"] = sections  # griffe.Docstring.parsed is a cached_property
 
 
 def _functions(obj: griffe.Object):
