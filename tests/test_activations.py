@@ -43,8 +43,9 @@ def _numpy_window_argmax(z):
     return out
 
 
+# sliding=False: 'auto' switches solvers, which it cannot do with sliding (it then stays explicit)
 MLP_OPTS = dict(t_max=50.0, until_accuracy=6.0, save_params=True, num_save=40, rtol=1e-6, atol=1e-9, solver="auto",
-                auto_explicit_steps=15)
+                auto_explicit_steps=15, sliding=False)
 
 
 def _checkpointed(path) -> gf.RunOptions:

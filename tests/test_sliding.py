@@ -211,7 +211,7 @@ def test_fixed_pattern_is_the_flow_without_sliding():
     assert np.all(on.diagnostics["activation_flips"] == 0)
     assert on.stats["steps"] == off.stats["steps"] and on.stats["sliding_changes"] == 0
     np.testing.assert_array_equal(on.t, off.t)
-    np.testing.assert_allclose(on.diagnostics["params_flat"], off.diagnostics["params_flat"], rtol=1e-13, atol=0)
+    np.testing.assert_allclose(on.diagnostics["params_flat"], off.diagnostics["params_flat"], rtol=1e-13, atol=1e-15)
     for key, val in off.diagnostics.items():
         np.testing.assert_allclose(on.diagnostics[key], val, rtol=1e-12, atol=1e-300, err_msg=key)
 

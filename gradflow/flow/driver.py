@@ -232,10 +232,10 @@ class Driver:
         saved = jax.tree_util.tree_map(lambda v: np.asarray(v)[: len(points)], out.saved)
         final_diag = jax.tree_util.tree_map(lambda v: np.asarray(v)[0], out.final)  # SubSaveAt(t1): length-1 axis
         reached = np.isfinite(saved["log_loss"])  # diffrax fills save points after a stop with inf
-        if not reached.any():  # failed before the first save point: report at least the start
+        stats = {k: int(v) for k, v in out.stats.items() if k != "max_steps"}
+        if not reached.any() and not stats["capacity_overflow"]:  # failed before the first save point: report the start
             saved = jax.tree_util.tree_map(np.asarray, out.initial)
             reached = np.isfinite(saved["log_loss"])
-        stats = {k: int(v) for k, v in out.stats.items() if k != "max_steps"}
         s_final = float(np.asarray(out.s_final).reshape(-1)[0])
         accepted = max(stats["num_accepted_steps"], 1)
         result = result_name(out.result)
