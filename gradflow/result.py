@@ -22,7 +22,8 @@ _FORMAT = "gradflow-result/1"
 @dataclass
 class FlowResult:
     """Diagnostics along a trajectory W_t, one row per save point: the arrays below have length T
-    (the save points reached) unless stated.
+    (the save points reached) unless stated. Normalized quantities are NaN when ``degree`` is None
+    (non-homogeneous model).
 
     Attributes:
       t: physical time (inf where it overflows float64; then use ``log_t``); for descent runs
@@ -39,7 +40,6 @@ class FlowResult:
         log_sharpness: ln λ_max (finite at any ln L; NaN when λ_max < 0). sharpness_hvps: HVPs
         spent at each point. min_eigenvalue: λ_min(∇²L) (when asked for). two_over_eta,
         log_two_over_eta (descent runs): the stability bound 2/η_k. See :mod:`gradflow.sharpness`.
-      Normalized quantities are NaN when ``degree`` is None (non-homogeneous model).
       activation_flips, pool_switches, near_zero_share: the activation pattern's changes since
         the previous save point (models with ``activation_pattern``; :mod:`gradflow.activations`).
       error_direction, error_margins, error_smoothed_margin(_rel): differences from a run at

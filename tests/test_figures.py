@@ -152,12 +152,26 @@ def test_nonhomogeneous_models(cls, kwargs):
 
 @pytest.mark.slow  # ~45 s on 2 idle cores (two compiles: GD warm-up and flow)
 def test_margin_run_hcnn_tiny_checks():
-    r = figures.margin_run("hcnn", "tiny", progress=False)
+    r = figures.margin_run("hcnn", "tiny", progress=False, warmup=True)
     c = figures.margin_checks(r, homogeneous=True)
     assert c["final_train_error"] == 0.0
     assert c["margins_converge"], c
     assert c["alpha_tilde_nondecreasing"], c
     assert r.config["warmup_points"] > 0 and np.all(np.diff(r.log_t) >= 0)
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores (benchmarks/figures.py measures it)
+def test_figure2_quick_from_the_random_initialisation(tmp_path):
+    """The default Figure 2 follows the flow from the random initialisation, through the transient
+    where the ReLU pairs slide: both networks complete with every example classified, and their
+    margins converge by gradflow's own check."""
+    res = figures.figure2("quick", out=tmp_path, progress=False)
+    for arch, r in res["results"].items():
+        assert r.status == "completed", (arch, r.reason)
+        assert "warmup_points" not in r.config and r.config["sliding"]
+        assert r.diagnostics["sliding_pairs"].max() >= 1  # it did slide on the way
+        checks = res["checks"][arch]
+        assert checks["final_train_error"] == 0.0 and checks["margins_converge"], (arch, checks)
 
 
 def _write_cifar(root, n_per_batch=4):

@@ -150,6 +150,35 @@ def test_same_flow_four_ways(flows, name, way):
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_same_flow_through_relu_kinks(separable_2d):
+    """A start that crosses ReLU kinks and slides (5 entries into the sliding set and 4 exits by
+    t = 20, measured): gradflow's ReLUMLP, the Equinox MLP and the plain function integrate the same
+    sliding flow. Their forward passes round differently, so W agrees to about the integration error."""
+    model = gf.ReLUMLP((3, 4, 1), key=jax.random.PRNGKey(2), init_scale=1.0)
+    a1, a2 = (np.asarray(a) for a in model.layers)
+    mlp = eqx.nn.MLP(3, "scalar", 4, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                     key=jax.random.PRNGKey(0))
+    with gf.x64():
+        mlp = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[1].weight), mlp, (jnp.asarray(a1), jnp.asarray(a2)))
+    function = gf.as_model(_per_example_apply, {"hidden": a1, "out": a2, "act": _relu})
+    runs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for way, m in (("gradflow", model), ("equinox", gf.as_model(mlp, degree=2)), ("function", function)):
+            runs[way] = gf.simulate_flow(m, separable_2d, 20.0, num_save=6, rtol=1e-8, save_params=True,
+                                         diagnostics=gf.Diagnostics(sharpness=False))
+    ref = runs["gradflow"]
+    assert ref.status == "completed" and ref.stats["sliding_entries"] >= 3 and ref.stats["sliding_exits"] >= 2
+    for way in ("equinox", "function"):
+        r = runs[way]
+        assert r.status == "completed" and r.config["sliding"], (way, r.reason)
+        assert (r.stats["sliding_entries"], r.stats["sliding_exits"]) == (ref.stats["sliding_entries"],
+                                                                          ref.stats["sliding_exits"])
+        np.testing.assert_allclose(r.accuracy, ref.accuracy, rtol=1e-7, err_msg=way)
+        # W flattened: the hidden layer (4, 3), then the output layer (1, 4), in every representation
+        np.testing.assert_allclose(r.diagnostics["params_flat"], ref.diagnostics["params_flat"], atol=1e-6, err_msg=way)
+
+
 def test_final_model_is_the_users_type(flows, name):
     a1, a2 = flows[name, "gradflow"][0].model.layers
     eqx_model = flows[name, "equinox"][0].model

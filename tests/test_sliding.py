@@ -2,6 +2,7 @@
 independent reference, bit-for-bit agreement where nothing slides, model representations, and
 ReLU nets from random starts (several seeds, status asserted)."""
 
+import os
 import warnings
 
 import equinox as eqx
@@ -91,14 +92,14 @@ def test_entries_and_exits_match_the_smoothed_reference(small, small_run):
     model, data = small
     r = small_run
     assert r.status == "completed", r.reason
-    assert r.stats["sliding_entries"] >= 2 and r.stats["sliding_exits"] >= 1
+    assert r.stats["sliding_entries"] == 4 and r.stats["sliding_exits"] == 2  # the fixture's documented count
     fine, coarse = (smoothed_flow(model, data, SMALL_TIMES, eps=e) for e in (1e-7, 1e-6))
     reference = (10 * fine - coarse) / 9
     err = np.max(np.abs(r.diagnostics["params_flat"] - reference), axis=1)
     # measured: ≤ 7.1e-7, where the reference's own two extrapolations (ε = 1e-5…1e-7) differ by 1.9e-6
     assert np.max(err) < 3e-6, err
     assert np.max(r.diagnostics["sliding_drift"]) <= DRIFT * 1e-10
-    assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-6
+    assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-9  # measured 1.2e-11
 
 
 def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
@@ -152,16 +153,47 @@ def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
     assert np.all((sigma > 0) & (sigma < 1))
 
 
-def test_representations_slide_alike(small, small_run):
-    """The same net as an Equinox MLP (one example in, vmapped) and a Flax NNX module: the jaxprs
-    differ (the pre-activations are (units, n) in the first), the sliding flows agree."""
-    nnx = pytest.importorskip("flax.nnx")
-    model, data = small
-    a, v = (np.asarray(w) for w in (model.layers[0], model.layers[1]))
+def _slides_like(user, layers, small, small_run):
+    """``user`` (a representation of the small net) slides as gradflow's own model does."""
+    _, data = small
+    final = [np.asarray(w) for w in small_run.model.layers]
+    r = gf.simulate_flow(user, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, diagnostics=NO_SHARPNESS)
+    assert r.status == "completed" and r.config["sliding"], r.reason
+    assert r.stats["sliding_entries"] == small_run.stats["sliding_entries"]
+    assert r.stats["sliding_exits"] == small_run.stats["sliding_exits"]
+    np.testing.assert_allclose(r.accuracy, small_run.accuracy, atol=1e-8)  # the target; measured 8e-9
+    # measured 1.6e-7 in W (the issue's target, 1e-8, is missed): the representations round
+    # differently, so their steps differ, and each entry projects W onto the surface from wherever
+    # its step overshot it (no event location), an error at the level of the reference test's 7e-7
+    for got, want in zip(layers(r.model), final, strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, atol=5e-7)
+
+
+def _small_weights(small):
+    model, _ = small
+    return (np.asarray(w) for w in (model.layers[0], model.layers[1]))
+
+
+def test_equinox_representation_slides_alike(small, small_run):
+    """The same net as an Equinox MLP (one example in, vmapped): the jaxprs differ (the
+    pre-activations are (units, n) here), the sliding flows agree."""
+    a, v = _small_weights(small)
     with gf.x64():  # float64 weights: jnp.asarray outside it would round them to float32
         mlp = eqx.nn.MLP(3, "scalar", 2, 1, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
                          key=jax.random.PRNGKey(0))
         mlp = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[1].weight), mlp, (jnp.asarray(a), jnp.asarray(v)))
+    _slides_like(gf.as_model(mlp, degree=2), lambda m: [m.layers[0].weight, m.layers[1].weight], small, small_run)
+
+
+def test_nnx_representation_slides_alike(small, small_run):
+    """The same net as a Flax NNX module (skipped without flax, unless GRADFLOW_REQUIRE_FLAX is set:
+    CI installs flax, and there a missing flax fails)."""
+    if os.environ.get("GRADFLOW_REQUIRE_FLAX"):
+        from flax import nnx
+    else:
+        nnx = pytest.importorskip("flax.nnx")
+    a, v = _small_weights(small)
+    with gf.x64():
 
         class Net(nnx.Module):
             def __init__(self):
@@ -173,19 +205,9 @@ def test_representations_slide_alike(small, small_run):
             def __call__(self, x):
                 return self.out(jax.nn.relu(self.hidden(x)))[..., 0]
 
-    final = [np.asarray(w) for w in small_run.model.layers]
-    for user, layers in ((gf.as_model(mlp, degree=2), lambda m: [m.layers[0].weight, m.layers[1].weight]),
-                         (gf.as_model(Net(), degree=2), lambda m: [m.hidden.kernel.value.T, m.out.kernel.value.T])):
-        r = gf.simulate_flow(user, data, 10.0, save_at=SMALL_TIMES, rtol=1e-10, atol=1e-12, diagnostics=NO_SHARPNESS)
-        assert r.status == "completed" and r.config["sliding"], r.reason
-        assert r.stats["sliding_entries"] == small_run.stats["sliding_entries"]
-        assert r.stats["sliding_exits"] == small_run.stats["sliding_exits"]
-        np.testing.assert_allclose(r.accuracy, small_run.accuracy, atol=1e-8)  # the target; measured 8e-9
-        # measured 1.6e-7 in W (the issue's target, 1e-8, is missed): the representations round
-        # differently, so their steps differ, and each entry projects W onto the surface from wherever
-        # its step overshot it (no event location), an error at the level of the reference test's 7e-7
-        for got, want in zip(layers(r.model), final, strict=True):
-            np.testing.assert_allclose(np.asarray(got), want, atol=5e-7)
+        net = Net()
+    _slides_like(gf.as_model(net, degree=2), lambda m: [m.hidden.kernel.value.T, m.out.kernel.value.T], small,
+                 small_run)
 
 
 def test_fixed_pattern_is_the_flow_without_sliding():
