@@ -395,6 +395,16 @@ def part_cost(churn_n: int | None = 300) -> dict:
         _write("cost", out)
     out["phases_bare_gradients"] = _phases(model, x, y, checkpoint, bare)
     print("  phases:", out["phases_bare_gradients"], flush=True)
+    # is the churn real (pairs that truly slide briefly) or made by the entry rule at this step size?
+    # Then its counts would not settle as rtol shrinks; real slides converge to the flow's own.
+    out["churn_vs_rtol"] = {}
+    for rtol in (1e-5, 1e-6, 1e-7):
+        r = gf.simulate_flow(model, (x, y), T, **(kw | dict(rtol=rtol, atol=rtol * 1e-3)), **short)
+        out["churn_vs_rtol"][f"{rtol:.0e}"] = dict(steps=r.stats["steps"], **{
+            k: r.stats[k] for k in ("sliding_entries", "sliding_exits", "sliding_brief_exits", "sliding_changes",
+                                    "sliding_drift_changes")})
+        print(f"  churn at rtol {rtol:.0e}: {out['churn_vs_rtol'][f'{rtol:.0e}']}", flush=True)
+        _write("cost", out)
     target = math.log(n) + 1
     for name, extra in variants.items():
         # compiles the same solve (the stop at the target and t_max are traced): a very short run

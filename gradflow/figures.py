@@ -467,32 +467,18 @@ def _plot_margins(ax, result: FlowResult, title: str) -> None:
     ax.set(xlabel="ln(n/L)", ylabel="margin / median nonnegative margin", title=title)
 
 
-def _margin_figure(
-    number: int,
-    archs: Sequence[str],
-    size: str,
-    *,
-    out: str | os.PathLike | None,
-    data: str,
-    data_dir: str | os.PathLike | None,
-    sgd: bool,
-    batch_size: int | None,
-    progress: bool | None,
-    seed: int,
-    n: int | None,
-    target: float | None,
-    steps: int | None,
-    dpi: int,
-    warmup: bool = False,
-) -> dict[str, Any]:
+def _margin_figure(number: int, archs: Sequence[str], size: str, *, out: str | os.PathLike | None, dpi: int,
+                   run: dict[str, Any]) -> dict[str, Any]:
+    """Figure ``number``: one :func:`margin_run` per architecture with the options ``run``, plotted
+    side by side, saved with their results and checks."""
+    data, sgd = run["data"], run["sgd"]
     start = time.perf_counter()
     if out is not None:
         os.makedirs(out, exist_ok=True)
     results, checks, timings, files = {}, {}, {}, []
     for arch in archs:
         t0 = time.perf_counter()
-        r = margin_run(arch, size, data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress,
-                       seed=seed, n=n, target=target, steps=steps, warmup=warmup)
+        r = margin_run(arch, size, **run)
         timings[arch] = time.perf_counter() - t0
         results[arch] = r
         checks[arch] = margin_checks(r, homogeneous=(arch == "hcnn" and not sgd))
@@ -526,9 +512,9 @@ def figure2(size: str = "quick", *, out: str | os.PathLike | None = None, data: 
     ``out``. Returns ``checks`` per architecture (see :func:`margin_checks`), ``files``,
     ``timings`` and ``results``. The flow runs from the random initialisation; ``warmup=True``
     crosses the transient with normalized GD first (see :func:`margin_run`)."""
-    return _margin_figure(2, ("hcnn", "densenet"), _check_size(size), out=out, data=data, data_dir=data_dir, sgd=sgd,
-                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi,
-                          warmup=warmup)
+    return _margin_figure(2, ("hcnn", "densenet"), _check_size(size), out=out, dpi=dpi, run=dict(
+        data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress, seed=seed, n=n, target=target,
+        steps=steps, warmup=warmup))
 
 
 def figure3(size: str = "quick", *, out: str | os.PathLike | None = None, data: str = "digits",
@@ -536,9 +522,9 @@ def figure3(size: str = "quick", *, out: str | os.PathLike | None = None, data: 
             progress: bool | None = None, seed: int = 0, n: int | None = None, target: float | None = None,
             steps: int | None = None, dpi: int = 110, warmup: bool = False) -> dict[str, Any]:
     """Figure 3: margins of a ResNet-style net against ln(n/L) (as :func:`figure2`)."""
-    return _margin_figure(3, ("resnet",), _check_size(size), out=out, data=data, data_dir=data_dir, sgd=sgd,
-                          batch_size=batch_size, progress=progress, seed=seed, n=n, target=target, steps=steps, dpi=dpi,
-                          warmup=warmup)
+    return _margin_figure(3, ("resnet",), _check_size(size), out=out, dpi=dpi, run=dict(
+        data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress, seed=seed, n=n, target=target,
+        steps=steps, warmup=warmup))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ steps that contain one), and the diagnostics are evaluated after the loop
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import diffrax
 import equinox as eqx
@@ -84,6 +84,55 @@ class SlidingSolverState(eqx.Module):
     z0: jax.Array
     keys: SlideKey | None
     steps: jax.Array
+
+
+class _StepEnd(NamedTuple):
+    """What the end of a step knows for a change of the sliding set: the clock value ``t1`` and step
+    ``h``; y₁, the field f₁ there and its :class:`gradflow.sliding.Stage`; the step's sliding state
+    ``slide``; dz/ds along f₁ (``dz1``), the pairs that enter, approach, and the kept sides (flat
+    pair arrays); whether a sliding pair drifted far (``rebuild``) or off its band (``drifted``;
+    ``drifting``: which), whether the Baumgarte term turned stiff, and the accepted steps so far."""
+
+    t1: Any
+    h: Any
+    y1: FlowState
+    f1: FlowState
+    stage: Stage
+    slide: SlideState
+    dz1: Any
+    entries: Any
+    approach: Any
+    kept_side: Any
+    rebuild: Any
+    drifted: Any
+    drifting: Any
+    stiff: Any
+    steps: Any
+
+
+class _Revised(NamedTuple):
+    """The step's end after :meth:`SlidingSolver._update`: y₁ (W projected where A changed), the new
+    sliding state, the field and kink values there (the next step's first stage and z₀), and the
+    work [gradient evaluations, JVPs, overflow] beyond the step's stages."""
+
+    y1: FlowState
+    slide: SlideState
+    f1: FlowState
+    z1: Any
+    work: Any
+
+
+class _NewSet(NamedTuple):
+    """The new sliding set of a change, in the capacity's slots: ``slots``, ``lam``, ``normals``,
+    ``chol``; W's step back onto the surfaces; the pairs that left and the sides they keep."""
+
+    slots: Any
+    lam: Any
+    normals: Any
+    chol: Any
+    step_back: Any
+    leaving_pairs: Any
+    leave_side: Any
 
 
 def _cond(batched: bool, pred, true_fn, false_fn, *operands):
@@ -250,12 +299,10 @@ class SlidingSolver(DelegatingSolver):
                                      lambda: (slide.kept, slide.kept_side))
         unchanged = slide_with(slide, kept=kept, kept_side=kept_values)
         # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
-        new_slide, W, refresh, work = _cond(
-            self.batched, change,
-            lambda: self._change(t1, h, y1, f1, stage, slide, dz1, entries, approach, side,
-                                 (jnp.any(far), jnp.any(drift), stiff, solver_state.steps, pattern.active & ~near),
-                                 args),
-            lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
+        end = _StepEnd(t1, h, y1, f1, stage, slide, dz1, entries, approach, side, jnp.any(far), jnp.any(drift),
+                       pattern.active & ~near, stiff, solver_state.steps)
+        new_slide, W, refresh, work = _cond(self.batched, change, lambda: self._change(end, args),
+                                            lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
         work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
         def refreshed():
@@ -266,17 +313,15 @@ class SlidingSolver(DelegatingSolver):
         tally = jnp.zeros_like(new_slide.counts).at[-2].set(need.astype(dtype)).at[-1].set(refresh.astype(dtype))
         new_slide = slide_with(new_slide, counts=new_slide.counts + tally)
         work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
-        return FlowState(W, y1.aux), new_slide, f1_, z1_, work
+        return _Revised(FlowState(W, y1.aux), new_slide, f1_, z1_, work)
 
-    def _change(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, slide: SlideState, dz1, entries, approach,
-                kept_side, flags, args: FieldArgs):
+    def _change(self, end: _StepEnd, args: FieldArgs):
         """A new sliding set at the step's end. The entering pairs join A with λ = ω c (the field of
         their side, ω = 1[z > 0]); then κ (N Nᵀ) Δλ = −(dz_A/ds + z_A/τ) is solved with
         σ = λ/c ∈ [0, 1] (box-constrained, dense, the size of the set). Pairs that end at a bound
         leave A and keep that bound's derivative (an approaching pair that does not slide stays
         free). New normals are computed for the entering pairs and for the sliding pairs that drifted
-        off their band, all of them when one drifted far (``flags`` = (rebuild, drifted, stiff,
-        steps, drifting pairs)). Returns (S, W, True, work).
+        off their band, all of them when one drifted far. Returns (S, W, True, work).
 
         Why the drifting pairs' normals are recomputed: the field projects on the normals of the last
         change of A, and as W moves they go stale, so z_A drifts at a rate that grows with their age;
@@ -284,7 +329,9 @@ class SlidingSolver(DelegatingSolver):
         intervals. Measured on the ``hcnn`` CNN (100 digits, rtol 1e-5, to t = 0.05): 213 of 688
         changes of A were such drift projections before."""
         sliding: Sliding = args.sliding
-        rebuild, drifted, stiff, steps, drifting = flags
+        t1, h, y1, f1, stage, slide = end.t1, end.h, end.y1, end.f1, end.stage, end.slide
+        dz1, entries, approach, kept_side = end.dz1, end.entries, end.approach, end.kept_side
+        rebuild, drifted, stiff, steps, drifting = end.rebuild, end.drifted, end.stiff, end.steps, end.drifting
         capacity = slide.slots.shape[0]
         dtype = y1.aux.dtype
         size = sliding.size
@@ -342,13 +389,13 @@ class SlidingSolver(DelegatingSolver):
             z_a = jnp.where(new_valid, stage.z[jnp.where(new_valid, new_slots, 0)], 0.0)
             step_back = new_normals.T @ jax.scipy.linalg.cho_solve((block, True), z_a)
             leaving_pairs = jnp.where(valid & leave, slots_m, size)
-            return (jnp.full((capacity,), -1, jnp.int32).at[:m].set(new_slots),
-                    jnp.zeros((capacity,), dtype).at[:m].set(new_lam),
-                    normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block), step_back,
-                    leaving_pairs, leave_side)
+            return _pad_leaving(_NewSet(jnp.full((capacity,), -1, jnp.int32).at[:m].set(new_slots),
+                                        jnp.zeros((capacity,), dtype).at[:m].set(new_lam),
+                                        normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block), step_back,
+                                        leaving_pairs, leave_side), capacity, size)
 
-        slots, lam, normals, chol, step_back, leaving_pairs, leave_side = bucketed(
-            count, capacity, lambda m, *ops: _pad_leaving(solve(m, *ops), capacity, size), normals, slide.chol)
+        slots, lam, normals, chol, step_back, leaving_pairs, leave_side = bucketed(count, capacity, solve, normals,
+                                                                                  slide.chol)
         computed = jnp.sum(which)
         kept_side = kept_side.at[leaving_pairs].set(leave_side, mode="drop")
         kept, kept_values, kept_overflow = _kept_list(kept_side, capacity)
@@ -382,13 +429,12 @@ def slide_with(slide: SlideState, **changes) -> SlideState:
     return eqx.tree_at(lambda s: [getattr(s, name) for name in changes], slide, list(changes.values()))
 
 
-def _pad_leaving(out, capacity, size):
-    """The bucket's outputs with the list of leaving pairs padded to ``capacity`` (same shapes for every bucket)."""
-    *head, leaving_pairs, leave_side = out
-    m = leaving_pairs.shape[0]
-    pairs = jnp.full((capacity,), size, leaving_pairs.dtype).at[:m].set(leaving_pairs)
-    sides = jnp.zeros((capacity,), leave_side.dtype).at[:m].set(leave_side)
-    return (*head, pairs, sides)
+def _pad_leaving(new: _NewSet, capacity, size) -> _NewSet:
+    """A bucket's new set with its list of leaving pairs padded to ``capacity`` (the same shapes for every bucket)."""
+    m = new.leaving_pairs.shape[0]
+    pairs = jnp.full((capacity,), size, new.leaving_pairs.dtype).at[:m].set(new.leaving_pairs)
+    sides = jnp.zeros((capacity,), new.leave_side.dtype).at[:m].set(new.leave_side)
+    return new._replace(leaving_pairs=pairs, leave_side=sides)
 
 
 def _kept_list(kept_side, capacity):
