@@ -49,11 +49,16 @@ def _run_many(many, t_max=1.5):
                                 save_params=True, diagnostics=NO_SHARPNESS)
 
 
-def test_more_than_128_pairs_slide_at_once(many):
+def test_more_than_128_pairs_slide_at_once(many, monkeypatch):
+    """Started at the 128 slots the sliding state once had for good, the run grows its capacity to the
+    150 pairs that slide at once (one segment end and one more compile) instead of leaving pairs to
+    chatter, and follows the closed form."""
+    monkeypatch.setattr(integration, "INITIAL_CAPACITY", 128)
     r = _run_many(many)
     _, _, w0 = many
     assert r.status == "completed", r.reason
-    assert r.stats["sliding_overflow"] == 0 and r.stats["sliding_capacity"] >= M
+    assert r.stats["sliding_overflow"] == 0 and r.stats["sliding_capacity"] == M
+    assert r.stats["segments"] >= 2  # a segment ended at the growth
     assert r.stats["sliding_entries"] == M and r.stats["sliding_exits"] == 0
     assert r.diagnostics["sliding_pairs"][-1] == M  # every pair slides from t = 1
     # params_flat is ravelled in key order: v, then w
@@ -62,14 +67,16 @@ def test_more_than_128_pairs_slide_at_once(many):
     np.testing.assert_allclose(r.diagnostics["params_flat"][:, 0], exact[:, M], rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_capacity_grows_where_a_step_needs_more(many, monkeypatch):
     """Started at 32 slots, the run grows its capacity (32 → 64 → 128 → 150, one more compile each)
-    instead of leaving pairs to chatter, and ends where the run that started large does."""
+    and ends where the run that starts with room for every pair does."""
     monkeypatch.setattr(integration, "INITIAL_CAPACITY", 32)
     grown = _run_many(many)
     monkeypatch.undo()
     large = _run_many(many)
     assert grown.status == "completed", grown.reason
+    assert large.stats["sliding_capacity"] >= M and large.stats["segments"] == 1
     assert grown.stats["sliding_overflow"] == 0 and grown.stats["sliding_capacity"] == M
     assert grown.stats["segments"] > large.stats["segments"]  # a segment ended at each growth
     np.testing.assert_allclose(grown.diagnostics["params_flat"], large.diagnostics["params_flat"], atol=1e-8)
