@@ -110,7 +110,8 @@ def test_flip_count_equals_brute_force(mlp_case):
 def test_switch_off_and_bad_flag(mlp_case):
     model, x, _ = mlp_case
     y = np.sign(x[:, 0] + 0.3)
-    res = gf.simulate_flow(model, (x, y), t_max=0.5, num_save=4, diagnostics=gf.Diagnostics(activation_patterns=False))
+    res = gf.simulate_flow(model, (x, y), t_max=0.5, num_save=4, sliding=False,
+                           diagnostics=gf.Diagnostics(activation_patterns=False))
     assert "activation_flips" not in res.diagnostics and not res.config["activation_patterns"]
     with pytest.raises(gf.InvalidTypeError, match="activation_patterns"):
         gf.Diagnostics(activation_patterns="yes")

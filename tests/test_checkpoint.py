@@ -38,6 +38,7 @@ def _run(path, env=None):
     return subprocess.Popen([sys.executable, "-c", SCRIPT, path], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # two subprocesses, each compiling its own solve (~55 s on 2 cores)
 def test_kill_and_resume(tmp_path):
     """Uninterrupted vs killed-then-resumed: same diagnostics (bitwise: the segments are the same)."""
     ref_path = str(tmp_path / "ref.npz")

@@ -175,9 +175,9 @@ def test_a_new_part_needs_one_placeholder_line(tmp_path):
 
 def test_a_missing_key_fails_loudly():
     h = hook()
-    out, errors = h.substitute('x {{ results_table("sliding", "cost") }} y', h.Results(RESULTS), where="docs/p.md")
+    out, errors = h.substitute('x {{ results_table("sliding", "nowhere") }} y', h.Results(RESULTS), where="docs/p.md")
     assert len(errors) == 1
-    assert "docs/p.md" in errors[0] and "no key 'cost'" in errors[0] and "cnn" in errors[0]  # the keys that exist
+    assert "docs/p.md" in errors[0] and "no key 'nowhere'" in errors[0] and "cnn" in errors[0]  # the keys that exist
     assert '!!! failure "missing result"' in out
     for bad in ('{{ results_value("nope", "x") }}', '{{ results_value("sliding", "cnn.runs.default.stepz") }}',
                 '{{ results_value("sliding", "__import__(\'os\').getcwd()") }}',

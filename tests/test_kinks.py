@@ -97,6 +97,7 @@ def test_fixed_pattern_same_accuracy_as_pid():
     assert err["kink"] < 2.0 * err["pid"], err
 
 
+@pytest.mark.slow  # a tight Tsit5 reference through 32 × 60 kinks (~80 s on 2 cores)
 def test_relu_random_start_default_matches_tight_reference():
     # kink-dense: 60 examples × 32 ReLU units from a random start (Tsit5 + PID rejects ~1/3 of its steps)
     rng = np.random.default_rng(3)

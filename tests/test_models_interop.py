@@ -149,7 +149,6 @@ def test_same_flow_four_ways(flows, name, way):
     assert interface["batched"] is (way == "nnx")
 
 
-@pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_same_flow_through_relu_kinks(separable_2d):
     """A start that crosses ReLU kinks and slides (5 entries into the sliding set and 4 exits by
     t = 20, measured): gradflow's ReLUMLP, the Equinox MLP and the plain function integrate the same
@@ -179,6 +178,7 @@ def test_same_flow_through_relu_kinks(separable_2d):
         np.testing.assert_allclose(r.diagnostics["params_flat"], ref.diagnostics["params_flat"], atol=1e-6, err_msg=way)
 
 
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_final_model_is_the_users_type(flows, name):
     a1, a2 = flows[name, "gradflow"][0].model.layers
     eqx_model = flows[name, "equinox"][0].model

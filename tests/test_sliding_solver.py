@@ -49,6 +49,7 @@ def _run_many(many, t_max=1.5):
                                 save_params=True, diagnostics=NO_SHARPNESS)
 
 
+@pytest.mark.slow
 def test_more_than_128_pairs_slide_at_once(many, monkeypatch):
     """Started at the 128 slots the sliding state once had for good, the run grows its capacity to the
     150 pairs that slide at once (one segment end and one more compile) instead of leaving pairs to
@@ -92,6 +93,7 @@ def wine_one_vs_rest():
     return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
 
 
+@pytest.mark.slow
 def test_ensemble_of_relu_starts_slides_like_single_runs(wine_one_vs_rest):
     """Four random starts of the issue's net (8 bias-free ReLU units on wine) in one vmapped ensemble:
     every member completes, with its own run's steps and final ln(n/L) (measured: equal to 1e-12)."""
@@ -110,13 +112,21 @@ def test_ensemble_of_relu_starts_slides_like_single_runs(wine_one_vs_rest):
         np.testing.assert_allclose(member.diagnostics["sliding_pairs"], single.diagnostics["sliding_pairs"])
 
 
-def test_implicit_solver_on_relu_net_is_refused_or_bounded(wine_one_vs_rest):
+def test_implicit_solver_on_relu_net_is_refused():
     """An implicit solver cannot enter sliding modes: with sliding (the default on ReLU nets) it is
-    refused before anything compiles; with sliding=False it chatters and ends at a small max_steps;
-    'auto' stays explicit (with a warning) and completes."""
+    refused before anything compiles, naming the argument and the ways out."""
     model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(0), init_scale=1.0)
-    with pytest.raises(gf.InvalidArgumentError, match="solver.*cannot integrate the sliding"):
-        gf.simulate_flow(model, wine_one_vs_rest, 1e4, solver="kvaerno5")
+    x, y = np.ones((3, 14)), np.array([1.0, -1.0, 1.0])
+    for solver in ("kvaerno5", "kvaerno3"):
+        with pytest.raises(gf.InvalidArgumentError, match="solver.*cannot integrate the sliding"):
+            gf.simulate_flow(model, (x, y), 1e4, solver=solver)
+
+
+@pytest.mark.slow  # two compiles of the wine net's solve (~60 s on 2 cores)
+def test_implicit_solver_on_relu_net_is_bounded(wine_one_vs_rest):
+    """With sliding=False an implicit solver chatters on the kinks and ends at a small max_steps
+    (never minutes to end failed); 'auto' stays explicit (with a warning) and completes."""
+    model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(0), init_scale=1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         r = gf.simulate_flow(model, wine_one_vs_rest, 1e4, solver="kvaerno5", sliding=False, max_steps=300,
@@ -132,6 +142,7 @@ class _Killed(Exception):
     """Stands for a process killed right after a checkpoint was written."""
 
 
+@pytest.mark.slow
 def test_resume_with_sliding_pairs_in_the_checkpoint(wine_one_vs_rest, tmp_path, monkeypatch):
     """A checkpointed run killed after a chunk while pairs slide, then resumed: the same steps and the
     same W, bit for bit, as the same run uninterrupted (the sliding set, its multipliers and
@@ -168,6 +179,7 @@ def test_resume_with_sliding_pairs_in_the_checkpoint(wine_one_vs_rest, tmp_path,
     np.testing.assert_array_equal(resumed.diagnostics["params_flat"], whole.diagnostics["params_flat"])
 
 
+@pytest.mark.slow
 def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_rest, monkeypatch):
     """The sliding solver's network passes, counted on the host at every call inside the compiled
     solve (rejected attempts included): gradients (each stage's projection or plain gradient, the
