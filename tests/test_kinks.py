@@ -82,6 +82,7 @@ def _final_w(result):
     return result.diagnostics["params_flat"][-1]
 
 
+@pytest.mark.slow  # a Tsit5 reference at rtol 1e-12 (~50 s on 2 cores)
 def test_fixed_pattern_same_accuracy_as_pid():
     model, data = _relu_problem(positive=True)
     T = 0.2

@@ -149,6 +149,7 @@ def test_same_flow_four_ways(flows, name, way):
     assert interface["batched"] is (way == "nnx")
 
 
+@pytest.mark.slow  # three sliding compiles (~65 s on 2 cores)
 def test_same_flow_through_relu_kinks(separable_2d):
     """A start that crosses ReLU kinks and slides (5 entries into the sliding set and 4 exits by
     t = 20, measured): gradflow's ReLUMLP, the Equinox MLP and the plain function integrate the same

@@ -247,6 +247,7 @@ def test_switching_a_default_diagnostic_off_changes_nothing_else(iris_flows, iri
             k: v for k, v in default.stats.items() if k not in ignore}
 
 
+@pytest.mark.slow  # compiles the CNN solve with the sharpness (~50 s on 2 cores)
 def test_cnn_flow_from_random_start():
     x, y = gf.datasets.digits(n=20, seed=0)
     model = gf.figures.make_margin_model("hcnn", x.shape[1:], seed=0)
