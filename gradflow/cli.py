@@ -351,9 +351,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     if args.target == "docs":
         if (args.data != "digits" or args.data_dir is not None or args.sgd or args.batch_size is not None or args.seed != 0
-                or args.warmup):
+                or args.from_init):
             raise InvalidArgumentError("docs: draws the README's figures with their defaults; --data, --data-dir, --sgd, "
-                                       "--batch-size, --seed and --warmup apply to fig1/fig2/fig3 only.")
+                                       "--batch-size, --seed and --from-init apply to fig1/fig2/fig3 only.")
         # quick unless --tiny: the paper's sizes would take hours for three thumbnails
         docs = figures.write_docs_pngs(out, "tiny" if args.tiny else "quick", progress=progress)
         for number, checks in docs["checks"].items():
@@ -370,13 +370,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.target == "fig1":
         if args.data != "digits" or args.data_dir is not None or args.sgd:
             raise InvalidArgumentError("fig1: uses the Appendix A synthetic data and gradient flow; --data, --data-dir and --sgd apply to fig2/fig3 only.")
-        if args.warmup:
-            raise InvalidArgumentError("fig1: --warmup applies to fig2/fig3 only (Figure 1 starts on the flow).")
+        if args.from_init:
+            raise InvalidArgumentError("fig1: --from-init applies to fig2/fig3 only (Figure 1 always starts on the flow).")
         res = figures.figure1(size, out=out, progress=progress, seed=args.seed)
     else:
         fn = figures.figure2 if args.target == "fig2" else figures.figure3
         res = fn(size, out=out, data=args.data, data_dir=args.data_dir, sgd=args.sgd, batch_size=args.batch_size,
-                 progress=progress, seed=args.seed, warmup=args.warmup)
+                 progress=progress, seed=args.seed, warmup=not args.from_init)
     print(json.dumps({"checks": res["checks"], "timings": res["timings"]}, indent=2, default=json_default))
     print("wrote:\n  " + "\n  ".join(res["files"]))
     return 0
@@ -436,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fig2/fig3 training images: scikit-learn's bundled 8×8 digits (default) or CIFAR-10 (needs --data-dir)")
     rep.add_argument("--data-dir", default=None, metavar="PATH",
                      help="directory with the CIFAR-10 python batches (data_batch_1 … data_batch_5, or cifar-10-batches-py/ inside it)")
-    rep.add_argument("--warmup", action="store_true", help="fig2/fig3: cross the transient from the random "
-                     "initialisation with normalized GD, then follow the flow (default: the flow from the start)")
+    rep.add_argument("--from-init", action="store_true", help="fig2/fig3: follow the flow from the random "
+                     "initialisation (default: cross the transient with normalized GD first, then follow the flow)")
     rep.add_argument("--sgd", action="store_true", help="fig2/fig3: mini-batch normalized SGD (step η/L̂, batch --batch-size) "
                      "as in the paper, instead of the full-batch gradient flow")
     rep.add_argument("--batch-size", type=int, default=None, help="mini-batch size with --sgd (default 512; 32 with --quick; capped at n)")

@@ -366,25 +366,26 @@ def margin_run(
     n: int | None = None,
     target: float | None = None,
     steps: int | None = None,
-    warmup: bool = False,
+    warmup: bool = True,
 ) -> FlowResult:
     r"""One margin trajectory: ``arch`` trained with the cross-entropy loss on ``data``.
 
-    Flow (default): the gradient flow from the random initialisation to ln(n/L) = ``target`` in the
-    accuracy clock, in progress segments (:func:`gradflow.progress.simulate_with_progress`), with the
-    default solver, which slides along the ReLU kinks (:mod:`gradflow.sliding`). Its transient
-    (from L(W₀) ≥ ℓ(0) to L < ℓ(0)) is what benchmarks/sliding.py's ``cost`` part measures for
-    ``hcnn`` on 100 digits.
-
-    ``warmup=True``: two phases concatenated into one result (t and ζ offset):
+    Flow (``warmup=True``, the default): two phases concatenated into one result (t and ζ offset):
 
     1. warm-up: full-batch normalized GD, W ← W − c_k (η/L)∇L (η = 1, update norm capped at 1),
        from the random initialisation until ln(n/L) ≥ ln n + 1. Then L < 1/e < ℓ(0) = ln 2, so
        Assumption 2.3 holds and every example is classified (ℓ(q_i) < ln 2 ⇒ p_i ≥ q_i > 0);
-       ``config['warmup_points']`` counts its save points. (Before the sliding solver cost about
-       one gradient per stage, issue 25, this was the default: the flow's transient took longer.)
+       ``config['warmup_points']`` counts its save points.
     2. the gradient flow in the accuracy clock (Tsit5) from there to ln(n/L) = ``target``, in
        progress segments.
+
+    ``warmup=False``: the gradient flow from the random initialisation itself to ln(n/L) =
+    ``target``, in progress segments (:func:`gradflow.progress.simulate_with_progress`), with the
+    default solver, which slides along the ReLU kinks (:mod:`gradflow.sliding`). It is not the
+    default because its transient (from L(W₀) ≥ ℓ(0) to L < ℓ(0)) is still too slow for the quick
+    size: measured in benchmarks/results/figures.json (the quick Figure 2 from the initialisation,
+    against a 2-minute target) and, for ``hcnn`` on 100 digits, in the ``cost`` part of
+    benchmarks/results/sliding.json.
 
     SGD (``sgd=True``): normalized mini-batch SGD (η = 1, update norm ≤ 1) for ``steps``
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early
@@ -506,12 +507,12 @@ def _margin_figure(number: int, archs: Sequence[str], size: str, *, out: str | o
 def figure2(size: str = "quick", *, out: str | os.PathLike | None = None, data: str = "digits",
             data_dir: str | os.PathLike | None = None, sgd: bool = False, batch_size: int | None = None,
             progress: bool | None = None, seed: int = 0, n: int | None = None, target: float | None = None,
-            steps: int | None = None, dpi: int = 110, warmup: bool = False) -> dict[str, Any]:
+            steps: int | None = None, dpi: int = 110, warmup: bool = True) -> dict[str, Any]:
     """Figure 2: margins of (a) the homogeneous H-AlexNet and (b) a DenseNet-style net against
     ln(n/L). Writes ``figure2.png``/``.pdf``, ``figure2_<arch>.npz`` and ``figure2.json`` to
     ``out``. Returns ``checks`` per architecture (see :func:`margin_checks`), ``files``,
-    ``timings`` and ``results``. The flow runs from the random initialisation; ``warmup=True``
-    crosses the transient with normalized GD first (see :func:`margin_run`)."""
+    ``timings`` and ``results``. The transient is crossed with normalized GD first, then the flow
+    follows; ``warmup=False`` follows the flow from the random initialisation (see :func:`margin_run`)."""
     return _margin_figure(2, ("hcnn", "densenet"), _check_size(size), out=out, dpi=dpi, run=dict(
         data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress, seed=seed, n=n, target=target,
         steps=steps, warmup=warmup))
@@ -520,7 +521,7 @@ def figure2(size: str = "quick", *, out: str | os.PathLike | None = None, data: 
 def figure3(size: str = "quick", *, out: str | os.PathLike | None = None, data: str = "digits",
             data_dir: str | os.PathLike | None = None, sgd: bool = False, batch_size: int | None = None,
             progress: bool | None = None, seed: int = 0, n: int | None = None, target: float | None = None,
-            steps: int | None = None, dpi: int = 110, warmup: bool = False) -> dict[str, Any]:
+            steps: int | None = None, dpi: int = 110, warmup: bool = True) -> dict[str, Any]:
     """Figure 3: margins of a ResNet-style net against ln(n/L) (as :func:`figure2`)."""
     return _margin_figure(3, ("resnet",), _check_size(size), out=out, dpi=dpi, run=dict(
         data=data, data_dir=data_dir, sgd=sgd, batch_size=batch_size, progress=progress, seed=seed, n=n, target=target,
