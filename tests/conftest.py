@@ -24,6 +24,18 @@ def separable_2d():
 
 
 @pytest.fixture(scope="session")
+def wine_one_vs_rest():
+    """Wine, class 2 against the rest (±1), standardized, a constant feature appended, ‖x_i‖ ≤ 1:
+    the issue's data for bias-free ReLU nets that slide."""
+    from sklearn.datasets import load_wine
+
+    d = load_wine()
+    x = (d.data - d.data.mean(0)) / d.data.std(0)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
+
+
+@pytest.fixture(scope="session")
 def squared_relu_model(separable_2d):
     """Width-6 squared-ReLU net (alternating signs, eq. 4.5) with L(W_0) < ℓ(0) on ``separable_2d``.
 

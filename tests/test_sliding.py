@@ -238,16 +238,6 @@ def test_fixed_pattern_is_the_flow_without_sliding():
         np.testing.assert_allclose(on.diagnostics[key], val, rtol=1e-12, atol=1e-300, err_msg=key)
 
 
-@pytest.fixture(scope="module")
-def wine_one_vs_rest():
-    from sklearn.datasets import load_wine
-
-    d = load_wine()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
-    x = np.hstack([x, np.ones((len(x), 1))])
-    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_relu_net_from_random_starts_reaches_late_training(wine_one_vs_rest, seed):
     """The issue's case: 8 bias-free ReLU units on wine (class 2 against the rest), exponential loss,

@@ -83,16 +83,6 @@ def test_capacity_grows_where_a_step_needs_more(many, monkeypatch):
     np.testing.assert_allclose(grown.diagnostics["params_flat"], large.diagnostics["params_flat"], atol=1e-8)
 
 
-@pytest.fixture(scope="module")
-def wine_one_vs_rest():
-    from sklearn.datasets import load_wine
-
-    d = load_wine()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
-    x = np.hstack([x, np.ones((len(x), 1))])
-    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
-
-
 @pytest.mark.slow
 def test_ensemble_of_relu_starts_slides_like_single_runs(wine_one_vs_rest):
     """Four random starts of the issue's net (8 bias-free ReLU units on wine) in one vmapped ensemble:
