@@ -153,7 +153,9 @@ def test_log_sharpness_where_the_loss_underflows():
 @pytest.fixture(scope="module")
 def iris_flows(iris_mlp, tmp_path_factory):
     model, x, y = iris_mlp
-    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True)
+    # sliding=False: the sharpness is checked at the saved W, whichever field moved it (the sliding solve only
+    # adds compile time here; the default flow with sliding is tested in test_sliding)
+    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True, sliding=False)
     where = tmp_path_factory.mktemp("sharpness")
     import warnings
 
@@ -195,7 +197,7 @@ def test_turning_sharpness_off_changes_nothing_else(iris_flows):
 def iris_defaults(iris_mlp, tmp_path_factory):
     """The same flow as ``iris_flows`` with the default diagnostics, and with activation patterns off."""
     model, x, y = iris_mlp
-    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True)
+    kw = dict(rtol=1e-6, atol=1e-9, num_save=8, save_params=True, sliding=False)  # as iris_flows
     where = tmp_path_factory.mktemp("sharpness_defaults")
     import warnings
 
