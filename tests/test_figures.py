@@ -164,15 +164,39 @@ def test_margin_run_hcnn_tiny_checks():
 def test_hcnn_tiny_from_the_random_initialisation():
     """``warmup=False`` follows the flow from the random initialisation, through the transient where
     the ReLU pairs slide: the homogeneous H-AlexNet of Figure 2a completes with every example
-    classified, and its margins converge by gradflow's own check. (The DenseNet of Figure 2b, with
-    biases, does not classify every example at the tiny size from its initialisation: 10 % training
-    error at ln(n/L) ≈ 1.1, measured; the warm-up default gets it there.)"""
+    classified, and its margins converge by gradflow's own check. (The DenseNet of Figure 2b: the
+    next test.)"""
     r = figures.margin_run("hcnn", "tiny", progress=False, warmup=False)
     assert r.status == "completed", r.reason
     assert "warmup_points" not in r.config and r.config["sliding"]
     assert r.diagnostics["sliding_pairs"].max() >= 1  # it did slide on the way
     checks = figures.margin_checks(r, homogeneous=True)
     assert checks["final_train_error"] == 0.0 and checks["margins_converge"], checks
+
+
+@pytest.mark.slow  # about 3 minutes on 2 cores
+def test_densenet_tiny_from_the_random_initialisation_fails_where_it_leaves_the_clock():
+    """The DenseNet of Figure 2b (biases: not homogeneous) from its initialisation in the accuracy
+    clock: past ln(n/L) ≈ 5.6 the integrated α runs ahead of α(W) (W at the target 8 had ln(n/L) =
+    1.14, and the run used to report "completed"). It fails there with its reason, and every save
+    point it keeps has W at that save point's ln(n/L)."""
+    r = figures.margin_run("densenet", "tiny", progress=False, warmup=False)
+    assert r.status == "failed" and "left the clock" in r.reason, (r.status, r.reason)
+    kept = r.accuracy[:-1]  # the last row is the final W, which the reason says is not the flow's
+    assert len(kept) >= 2 and np.all(np.diff(kept) > 0) and kept[-1] < 8.0
+    assert abs(r.accuracy[-1] - 8.0) > 1.0  # the state that left the clock
+
+
+def test_off_clock_finds_the_first_save_point_away_from_its_value():
+    """gradflow.flow.driver.off_clock: the tolerance max(1e-3, 100 rtol)·max(1, |K|), save points at the start skipped."""
+    from gradflow.flow.driver import off_clock
+
+    wanted = np.array([-0.8, 1.0, 3.0, 5.6, 8.0])
+    assert off_clock(wanted + 5e-4, wanted, -0.9, 1e-8) is None
+    assert off_clock(np.array([-0.8, 1.0, 3.0, 5.6, 1.14]), wanted, -0.9, 1e-4) == 4
+    assert off_clock(np.array([-0.8, 1.0, 3.1, 5.6, 8.0]), wanted, -0.9, 1e-8) == 2  # 0.1 > 3e-3
+    assert off_clock(np.array([-0.8, 1.0, 3.1, 5.6, 8.0]), wanted, -0.9, 1e-3) is None  # 0.1 ≤ 0.1·3
+    assert off_clock(np.array([-0.7, 1.0]), np.array([-2.0, 1.0]), -0.7, 1e-8) is None  # below the start: the start
 
 
 def _write_cifar(root, n_per_batch=4):
