@@ -116,18 +116,9 @@ def one_width(width: int, members: int, repeats: int, x, y) -> dict:
     return out
 
 
-def _wine_one_vs_rest():
-    from sklearn.datasets import load_wine
-
-    d = load_wine()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
-    x = np.hstack([x, np.ones((len(x), 1))])
-    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
-
-
 def sliding_case(repeats: int, members: int = 8) -> dict:
     """The ensemble of ReLU starts that slide (see the module docstring)."""
-    x, y = _wine_one_vs_rest()
+    x, y = gf.datasets.wine_one_vs_rest(2)
     models = [gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=1.0) for seed in range(members)]
     opts = dict(max_steps=20_000, num_save=20)
     diag = gf.Diagnostics(sharpness=False)

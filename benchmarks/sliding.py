@@ -57,6 +57,7 @@ from gradflow.figures import make_margin_model
 from gradflow.params import combine, partition
 from gradflow.progress import initial_accuracy
 from gradflow.reference import smoothed_flow
+from gradflow.sliding import APPROACH
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 # the four representations are compared to this time, at rtol 1e-10 (most of their ~40,000 steps are
@@ -67,15 +68,6 @@ MLP_T20_RTOLS = (1e-8,)  # the Equinox module alone to t = 20 (at rtol 1e-10: th
 # uncertainty from the two largest
 REFERENCE_EPS = (1e-5, 1e-6, 1e-7)
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "sliding.json")
-
-
-def wine_one_vs_rest(cls: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_wine
-
-    d = load_wine()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
-    x = np.hstack([x, np.ones((len(x), 1))])
-    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == cls, 1.0, -1.0)
 
 
 def _row(r, wall: float) -> dict:
@@ -117,7 +109,7 @@ def _summarize(out: dict) -> None:
 
 
 def part_wine(seeds: int, without: int = 3) -> dict:
-    data = wine_one_vs_rest(2)
+    data = gf.datasets.wine_one_vs_rest(2)
     out: dict = {"time_clock": [], "accuracy_clock": [], "without_sliding": []}
     for scale in (0.05, 1.0):
         for seed in range(seeds):
@@ -146,10 +138,23 @@ def part_wine(seeds: int, without: int = 3) -> dict:
     return out
 
 
-def part_reference() -> dict:
-    data = wine_one_vs_rest(2)
+def _cnn_case(n: int):
+    """The CNN of the ``cnn``, ``cost`` and ``approach`` parts: ``hcnn`` (1,252 parameters) on ``n``
+    digits: (model, x, y)."""
+    x, y = gf.datasets.digits(n=n, seed=0)
+    return make_margin_model("hcnn", x.shape[1:], 10, seed=0), x, y
+
+
+def _reference_case():
+    """The start of the ``reference`` part (seed 1, init scale 1 on wine class 2 against the rest):
+    (model, data, save times)."""
+    data = gf.datasets.wine_one_vs_rest(2)
     model = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(1), init_scale=1.0)
-    times = np.array([0.0, 0.2, 2.0, 6.0, 20.0])
+    return model, data, np.array([0.0, 0.2, 2.0, 6.0, 20.0])
+
+
+def part_reference() -> dict:
+    model, data, times = _reference_case()
     t0 = time.perf_counter()
     runs = {eps: smoothed_flow(model, data, times, eps=eps, rtol=1e-10, atol=1e-13) for eps in REFERENCE_EPS}
     fine, mid, coarse = (runs[e] for e in sorted(REFERENCE_EPS))
@@ -177,7 +182,7 @@ def part_reference() -> dict:
 def _stationary_start() -> dict:
     """The start of the wine part that stops short of ln(n/L) = 100 in the accuracy clock (init scale 0.05,
     seed 10): ln(n/L) of the flow and of the ε = 1e-5 smoothed reference at t = 1 … 1000."""
-    x, y = wine_one_vs_rest(2)
+    x, y = gf.datasets.wine_one_vs_rest(2)
     model = gf.ReLUMLP([x.shape[1], 8, 1], key=jax.random.PRNGKey(10), init_scale=0.05)
     times = np.array([0.0, 1.0, 10.0, 100.0, 1000.0])
     r = gf.simulate_flow(model, (x, y), 1000.0, save_at=times, max_steps=20_000, diagnostics=NO_SHARPNESS)
@@ -195,8 +200,7 @@ def _stationary_start() -> dict:
 
 def part_cnn() -> dict:
     n = 100
-    x, y = gf.datasets.digits(n=n, seed=0)
-    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    model, x, y = _cnn_case(n)
     kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=NO_SHARPNESS)
     target = math.log(n) + 1
     T = 0.05
@@ -237,7 +241,7 @@ def part_cnn() -> dict:
 def part_mlp() -> dict:
     from flax import nnx
 
-    x, y = wine_one_vs_rest(1)
+    x, y = gf.datasets.wine_one_vs_rest(1)
     d = x.shape[1]
     with gf.x64():
         mlp = eqx.nn.MLP(d, "scalar", 8, 3, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
@@ -372,8 +376,7 @@ def part_cost(churn_n: int | None = 300) -> dict:
     import tempfile
 
     n = 100
-    x, y = gf.datasets.digits(n=n, seed=0)
-    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    model, x, y = _cnn_case(n)
     kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=NO_SHARPNESS, max_steps=300_000)
     T = 0.05
     bare = _bare_gradient_us(model, x, y)
@@ -444,8 +447,7 @@ def _approach_cases(approach: float | None) -> dict:
 
     if approach is not None:
         solver_module.APPROACH = approach  # read when the solve is traced: this process traces it first
-    x, y = gf.datasets.digits(n=100, seed=0)
-    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    model, x, y = _cnn_case(100)
     out = {}
     cnn_kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=NO_SHARPNESS, save_params=True,
                   max_steps=300_000)
@@ -453,9 +455,7 @@ def _approach_cases(approach: float | None) -> dict:
     r, wall = _timed(lambda: gf.simulate_flow(model, (x, y), 0.05, save_at=np.array([0.0, 0.05]), **cnn_kw))
     out["cnn"] = dict(_row(r, wall), W=r.diagnostics["params_flat"][-1].tolist(),
                       **{k: v for k, v in r.stats.items() if k.startswith("sliding_")})
-    data = wine_one_vs_rest(2)
-    wine = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(1), init_scale=1.0)
-    times = np.array([0.0, 0.2, 2.0, 6.0, 20.0])
+    wine, data, times = _reference_case()
     wine_kw = dict(rtol=1e-8, atol=1e-10, save_params=True, diagnostics=NO_SHARPNESS, max_steps=100_000)
     gf.simulate_flow(wine, data, 0.2, save_at=times / 100, **wine_kw)  # compiles the same solve
     r, wall = _timed(lambda: gf.simulate_flow(wine, data, 20.0, save_at=times, **wine_kw))
@@ -486,18 +486,14 @@ def part_approach() -> dict:
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return json.loads(next(ln for ln in run.stdout.splitlines() if ln.startswith("RESULT"))[6:])
 
-    x, y = gf.datasets.digits(n=100, seed=0)
-    model = make_margin_model("hcnn", x.shape[1:], 10, seed=0)
+    model, x, y = _cnn_case(100)
     ref_cnn = gf.simulate_flow(model, (x, y), 0.05, loss="cross_entropy", rtol=1e-7, atol=1e-10,
                                diagnostics=NO_SHARPNESS, save_at=np.array([0.0, 0.05]), save_params=True,
                                max_steps=300_000).diagnostics["params_flat"][-1]
-    data = wine_one_vs_rest(2)
-    wine = gf.ReLUMLP([data[0].shape[1], 8, 1], key=jax.random.PRNGKey(1), init_scale=1.0)
-    ref_wine = gf.simulate_flow(wine, data, 20.0, save_at=np.array([0.0, 0.2, 2.0, 6.0, 20.0]), rtol=1e-10,
+    wine, data, times = _reference_case()
+    ref_wine = gf.simulate_flow(wine, data, 20.0, save_at=times, rtol=1e-10,
                                 atol=1e-12, save_params=True, diagnostics=NO_SHARPNESS,
                                 max_steps=200_000).diagnostics["params_flat"]
-    from gradflow.sliding import APPROACH
-
     out: dict = {"default": APPROACH, "runs": {}}
     for value in APPROACH_VALUES:
         res = child(value)

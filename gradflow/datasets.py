@@ -23,6 +23,7 @@ __all__ = [
     "iris_binary",
     "breast_cancer_binary",
     "wine_binary",
+    "wine_one_vs_rest",
     "appendix_a_teacher",
     "appendix_a_synthetic",
     "digits",
@@ -110,6 +111,25 @@ def wine_binary(classes: tuple[int, int] = (0, 1)) -> tuple[FloatArray, FloatArr
     keep = np.isin(data.target, (a, b))
     feats = _standardize(np.asarray(data.data[keep], dtype=np.float64))
     return _with_bias_unit_rows(feats), np.where(data.target[keep] == b, 1.0, -1.0)
+
+
+def wine_one_vs_rest(cls: int = 2) -> tuple[FloatArray, FloatArray]:
+    """Wine: one cultivar (y = +1) against the other two (y = −1), all 178 rows.
+
+    The 13 features standardized over all rows, a constant-1 column appended, rows divided by the
+    largest row norm (as :func:`wine_binary`). Class 2 against the rest is the data of the sliding
+    benchmarks and tests (bias-free ReLU nets that slide from random starts).
+
+    Returns:
+        ``x`` of shape (178, 14) and ``y`` of shape (178,) float64 in {−1, +1}.
+    """
+    from sklearn.datasets import load_wine
+
+    if cls not in (0, 1, 2):
+        raise ValueError(f"cls must be a label in {{0, 1, 2}}, got {cls}")
+    data = load_wine()
+    feats = _standardize(np.asarray(data.data, dtype=np.float64))
+    return _with_bias_unit_rows(feats), np.where(data.target == cls, 1.0, -1.0)
 
 
 def appendix_a_teacher(seed: int = 0, width: int = 8) -> Callable[[FloatArray], FloatArray]:

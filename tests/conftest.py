@@ -27,12 +27,7 @@ def separable_2d():
 def wine_one_vs_rest():
     """Wine, class 2 against the rest (±1), standardized, a constant feature appended, ‖x_i‖ ≤ 1:
     the issue's data for bias-free ReLU nets that slide."""
-    from sklearn.datasets import load_wine
-
-    d = load_wine()
-    x = (d.data - d.data.mean(0)) / d.data.std(0)
-    x = np.hstack([x, np.ones((len(x), 1))])
-    return x / np.linalg.norm(x, axis=1).max(), np.where(d.target == 2, 1.0, -1.0)
+    return gf.datasets.wine_one_vs_rest(2)
 
 
 @pytest.fixture(scope="session")
