@@ -297,12 +297,12 @@ def part_mlp() -> dict:
     return out
 
 
-def _bare_gradient_us(model, x, y, reps: int = 200) -> float:
-    """Median wall time of a jitted ``jax.grad`` of the mean cross-entropy on the same data (µs)."""
+def _bare_gradient_us(model, x, y, reps: int = 200, loss_name: str = "cross_entropy") -> float:
+    """Median wall time of a jitted ``jax.grad`` of the mean loss ``loss_name`` on the same data (µs)."""
     from gradflow.problem import prepare_problem
 
     with gf.x64():
-        prob = prepare_problem(model, (x, y), "cross_entropy", "float64", False, "benchmark")
+        prob = prepare_problem(model, (x, y), loss_name, "float64", False, "benchmark")
         xs, ys, loss, static, n = prob.x, prob.y, prob.loss, prob.static, prob.n
         grad = jax.jit(jax.grad(lambda p: jnp.exp(loss.log_loss(combine(p, static)(xs), ys)) / n))
         jax.block_until_ready(grad(prob.params0))

@@ -122,6 +122,10 @@ def test_sliding_velocity_is_the_minimum_norm_subgradient(small, small_run):
         slots = jnp.full((cap,), -1, jnp.int32).at[: on.size].set(jnp.asarray(on, jnp.int32))
         key = SlideKey(slots, jnp.full((cap,), -1, jnp.int32), jnp.zeros((cap,)), jnp.asarray(jnp.inf))
         slide = sliding.state_at(params, static, x, key, jnp.float64)  # the normals of A at W
+        rows, lower = np.asarray(slide.normals[: on.size]), np.asarray(slide.chol_t[: on.size, : on.size]).T
+        gram = rows @ rows.T  # the state holds Lᵀ of L Lᵀ = N Nᵀ (plus a 1e-12 relative ridge)
+        np.testing.assert_allclose(lower @ lower.T, gram, atol=1e-10 * np.max(np.abs(gram)))
+        assert np.all(np.triu(lower, 1) == 0)
         stage = sliding.project(params, static, x, y, loss, slide, lambda p: 1.0)
         v = ravel_pytree(stage.point.grad_alpha)[0]
 

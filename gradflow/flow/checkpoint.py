@@ -27,7 +27,7 @@ from .state import FlowState
 
 __all__ = ["CheckpointStore"]
 
-_FORMAT = "gradflow-checkpoint/1"
+_FORMAT = "gradflow-checkpoint/2"
 
 
 class CheckpointStore:

@@ -124,7 +124,7 @@ class _Revised(NamedTuple):
 
 class _NewSet(NamedTuple):
     """The new sliding set of a change, in the capacity's slots: ``slots``, ``lam``, ``normals``,
-    ``chol``; W's step back onto the surfaces; the pairs that left and the sides they keep."""
+    ``chol`` (Lᵀ, as :class:`gradflow.sliding.SlideState` holds it); W's step back onto the surfaces; the pairs that left and the sides they keep."""
 
     slots: Any
     lam: Any
@@ -168,7 +168,13 @@ class SlidingSolver(DelegatingSolver):
     last stage (at y₁ for first-same-as-last tableaus, else one more evaluation) also gives z, c
     and λ there. Then :meth:`_update` revises S at y₁ (entries, exits, released sides) and, when S
     or W changed, evaluates the field there once more: the next step's first stage. The network
-    passes this costs beyond one gradient per stage are added to the state's work counter."""
+    passes this costs beyond one gradient per stage are added to the state's work counter.
+
+    Each phase runs in a ``jax.named_scope`` (``sliding_stage``, ``sliding_step_end``,
+    ``sliding_crossing_jvp``, ``sliding_change``, ``sliding_normals``, ``sliding_box_qp``,
+    ``sliding_cholesky``, ``sliding_restore``, ``sliding_refresh``; ``sliding_projection`` in
+    :meth:`gradflow.sliding.Sliding.project`), which names its operations in XLA's metadata:
+    ``benchmarks/profile_sliding.py`` attributes a profiled solve's time to the phases by it."""
 
     clock: Clock = eqx.field(static=True)
     slide0: SlideState
@@ -198,7 +204,8 @@ class SlidingSolver(DelegatingSolver):
         for i, (a_i, c_i) in enumerate(zip(tab.a_lower, tab.c, strict=True)):
             yi = _combine(y0, ks, a_i)
             final = tab.fsal and i == len(tab.c) - 1
-            f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final)
+            with jax.named_scope("sliding_stage"):
+                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final)
             ks.append(_scale(h, f_i))
             if final:
                 last = (yi, f_i, stage)
@@ -208,14 +215,16 @@ class SlidingSolver(DelegatingSolver):
             y1 = _combine(y0, ks, tab.b_sol)
         y_error = _combine(_zero_like(y0), ks, tab.b_error)
         if last is None:  # not first-same-as-last: the field at y₁ is one more evaluation (the next step's first stage)
-            f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True)
+            with jax.named_scope("sliding_stage"):
+                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True)
         else:
             f1, stage1 = last[1], last[2]
         stacked = jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks)
         no_work = Work(jnp.zeros((len(ks), 3), y0.aux.dtype))
         dense_info = dict(y0=y0, y1=FlowState(y1.W, y1.aux, None, y0.work),
                           k=FlowState(stacked.W, stacked.aux, None, no_work))
-        y1, new_slide, f1, z1, work = self._update(t1, h, y1, f1, stage1, solver_state, args)
+        with jax.named_scope("sliding_step_end"):
+            y1, new_slide, f1, z1, work = self._update(t1, h, y1, f1, stage1, solver_state, args)
         keys = solver_state.keys
         if keys is not None:  # the sliding set of this step, at the save points it contains
             inside = (self.save_ts > t0) & (self.save_ts <= t1)
@@ -289,8 +298,9 @@ class SlidingSolver(DelegatingSolver):
         dtype = y1.aux.dtype
         need = jnp.any(crossed) | jnp.any(approach) | must
         # one JVP along the step's last stage when a pair crossed or approaches: dz/ds of every pair on its side
-        dz1 = _cond(self.batched, need, lambda: jax.jvp(
-            lambda p: sliding.kink_values(p, args.static, args.x, pattern), (y1.W,), (f1.W,))[1], lambda: z1 * 0.0)
+        with jax.named_scope("sliding_crossing_jvp"):
+            dz1 = _cond(self.batched, need, lambda: jax.jvp(
+                lambda p: sliding.kink_values(p, args.static, args.x, pattern), (y1.W,), (f1.W,))[1], lambda: z1 * 0.0)
         entries = (crossed & (dz1 * z1 < 0)) | (approach & (c1 <= 0))
         change = need & (jnp.any(entries) | must)
         # the pairs released from their sides (small arrays, outside the branch that holds the normals)
@@ -301,15 +311,17 @@ class SlidingSolver(DelegatingSolver):
         # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
         end = _StepEnd(t1, h, y1, f1, stage, slide, dz1, entries, approach, side, jnp.any(far), jnp.any(drift),
                        pattern.active & ~near, stiff, solver_state.steps)
-        new_slide, W, refresh, work = _cond(self.batched, change, lambda: self._change(end, args),
-                                            lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
+        with jax.named_scope("sliding_change"):
+            new_slide, W, refresh, work = _cond(self.batched, change, lambda: self._change(end, args),
+                                                lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
         work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
         def refreshed():
             f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True)
             return f, st.z
 
-        f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
+        with jax.named_scope("sliding_refresh"):
+            f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
         tally = jnp.zeros_like(new_slide.counts).at[-2].set(need.astype(dtype)).at[-1].set(refresh.astype(dtype))
         new_slide = slide_with(new_slide, counts=new_slide.counts + tally)
         work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
@@ -357,7 +369,8 @@ class SlidingSolver(DelegatingSolver):
         count = jnp.sum(cand >= 0)
         normals, which = bucketed(count, capacity, remap, slide.normals)
         # the new rows: one VJP each (a loop over them, outside the buckets: one copy of the network's graph)
-        normals = sliding.normal_rows(y1.W, args.static, args.x, pattern, cand, which, normals)
+        with jax.named_scope("sliding_normals"):
+            normals = sliding.normal_rows(y1.W, args.static, args.x, pattern, cand, which, normals)
 
         def solve(m, normals, chol_old):
             slots_m = cand[:m]
@@ -369,7 +382,8 @@ class SlidingSolver(DelegatingSolver):
             lam_s = jnp.where(valid, lam_pairs[at], 0.0)
             c_s = jnp.where(valid, stage.c[at], 0.0)
             attract = c_s < 0
-            delta, at_lo, at_hi = box_qp(gram, resid, jnp.where(attract, c_s, 0.0) - lam_s, -lam_s, valid)
+            with jax.named_scope("sliding_box_qp"):
+                delta, at_lo, at_hi = box_qp(gram, resid, jnp.where(attract, c_s, 0.0) - lam_s, -lam_s, valid)
             lam_s = lam_s + delta
             leave = valid & (at_lo | at_hi | ~attract)
             # σ = λ/c: at λ = c (σ = 1) the pair keeps relu' = 1, at λ = 0 (σ = 0) it keeps 0
@@ -382,30 +396,32 @@ class SlidingSolver(DelegatingSolver):
             new_slots = jnp.where(new_valid, slots_m[pick], -1)
             new_normals = jnp.where(new_valid[:, None], rows[pick], 0.0)
             new_lam = jnp.where(new_valid, lam_s[pick], 0.0)
-            block = jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid))
+            with jax.named_scope("sliding_cholesky"):
+                block = jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid))
             # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
             # a pair that entered across its surface, and drift, so that the Baumgarte term only has
             # the integration error of later steps to correct
             z_a = jnp.where(new_valid, stage.z[jnp.where(new_valid, new_slots, 0)], 0.0)
-            step_back = new_normals.T @ jax.scipy.linalg.cho_solve((block, True), z_a)
+            step_back = jax.scipy.linalg.cho_solve((block, True), z_a) @ new_normals
             leaving_pairs = jnp.where(valid & leave, slots_m, size)
             return _pad_leaving(_NewSet(jnp.full((capacity,), -1, jnp.int32).at[:m].set(new_slots),
                                         jnp.zeros((capacity,), dtype).at[:m].set(new_lam),
-                                        normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block), step_back,
+                                        normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block.T), step_back,
                                         leaving_pairs, leave_side), capacity, size)
 
         slots, lam, normals, chol, step_back, leaving_pairs, leave_side = bucketed(count, capacity, solve, normals,
-                                                                                  slide.chol)
+                                                                                  slide.chol_t)
         computed = jnp.sum(which)
         kept_side = kept_side.at[leaving_pairs].set(leave_side, mode="drop")
         kept, kept_values, kept_overflow = _kept_list(kept_side, capacity)
         flat, unravel = ravel_pytree(y1.W)
         W = unravel(flat - step_back)
-        new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol=chol, kept=kept, kept_side=kept_values,
+        new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol_t=chol, kept=kept, kept_side=kept_values,
                          tau=tau)
         # the projection moved W; a clock that is a function of W (α) is restored along the last stage
-        W = self.clock.restore(W, t1, f1.W, lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss,
-                                                                   sliding.pattern(new)))
+        with jax.named_scope("sliding_restore"):
+            W = self.clock.restore(W, t1, f1.W, lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss,
+                                                                       sliding.pattern(new)))
         valid_new = slots >= 0
         active_new = jnp.zeros((size,), bool).at[jnp.where(valid_new, slots, size)].set(True, mode="drop")
         n_in = jnp.sum(active_new & ~active_old)

@@ -156,10 +156,11 @@ class Sliding(eqx.Module):
         def correct(m, v0, z_a):
             normals = slide.normals[:m]
             rhs = jnp.where(valid[:m], -z_a[:m] / (slide.tau * k) - normals @ v0, 0.0)
-            delta = jnp.where(valid[:m], jax.scipy.linalg.cho_solve((slide.chol[:m, :m], True), rhs), 0.0)
-            return v0 + normals.T @ delta, jnp.zeros_like(slide.lam).at[:m].set(delta)
+            delta = jnp.where(valid[:m], jax.scipy.linalg.cho_solve((slide.chol_t[:m, :m].T, True), rhs), 0.0)
+            return v0 + delta @ normals, jnp.zeros_like(slide.lam).at[:m].set(delta)
 
-        v, delta = bucketed(active_count(slide), self.max_pairs, correct, v0, z_a)
+        with jax.named_scope("sliding_projection"):
+            v, delta = bucketed(active_count(slide), self.max_pairs, correct, v0, z_a)
         pt = point_from_gradient(params, pt0.outputs, pt0.log_loss, pt0.alpha, unravel(v), loss)
         return Stage(pt, slide.lam + delta, z, c, kappa(pt))
 
@@ -198,11 +199,11 @@ class Sliding(eqx.Module):
         def factor(m, normals):
             valid = key.slots[:m] >= 0
             block = jnp.linalg.cholesky(ridge(normals[:m] @ normals[:m].T, valid))
-            return jnp.eye(capacity, dtype=dtype).at[:m, :m].set(block)
+            return jnp.eye(capacity, dtype=dtype).at[:m, :m].set(block.T)
 
-        chol = bucketed(active_count(key), self.max_pairs, factor, normals)
+        chol_t = bucketed(active_count(key), self.max_pairs, factor, normals)
         zeros = jnp.zeros((capacity,), dtype)
-        return SlideState(key.slots, zeros, normals, chol, key.kept, key.kept_side, jnp.zeros((capacity,), jnp.int32),
+        return SlideState(key.slots, zeros, normals, chol_t, key.kept, key.kept_side, jnp.zeros((capacity,), jnp.int32),
                           key.tau, jnp.zeros((0,), dtype))
 
 
