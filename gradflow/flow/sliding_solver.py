@@ -54,9 +54,9 @@ from ..sliding import (
     box_qp,
     bucketed,
     compact,
+    gram_factor_t,
     project,
     remap_rows,
-    ridge,
 )
 from ..solvers.counting import Work
 from ..solvers.delegate import DelegatingSolver
@@ -124,12 +124,13 @@ class _Revised(NamedTuple):
 
 class _NewSet(NamedTuple):
     """The new sliding set of a change, in the capacity's slots: ``slots``, ``lam``, ``normals``,
-    ``chol`` (Lᵀ, as :class:`gradflow.sliding.SlideState` holds it); W's step back onto the surfaces; the pairs that left and the sides they keep."""
+    ``chol_t`` (Lᵀ, as :class:`gradflow.sliding.SlideState` holds it); W's step back onto the
+    surfaces; the pairs that left and the sides they keep."""
 
     slots: Any
     lam: Any
     normals: Any
-    chol: Any
+    chol_t: Any
     step_back: Any
     leaving_pairs: Any
     leave_side: Any
@@ -397,26 +398,26 @@ class SlidingSolver(DelegatingSolver):
             new_normals = jnp.where(new_valid[:, None], rows[pick], 0.0)
             new_lam = jnp.where(new_valid, lam_s[pick], 0.0)
             with jax.named_scope("sliding_cholesky"):
-                block = jnp.linalg.cholesky(ridge(new_normals @ new_normals.T, new_valid))
+                block_t = gram_factor_t(new_normals, new_valid)
             # the state back onto the surfaces of A (one Gauss–Newton step): removes the overshoot of
             # a pair that entered across its surface, and drift, so that the Baumgarte term only has
             # the integration error of later steps to correct
             z_a = jnp.where(new_valid, stage.z[jnp.where(new_valid, new_slots, 0)], 0.0)
-            step_back = jax.scipy.linalg.cho_solve((block, True), z_a) @ new_normals
+            step_back = jax.scipy.linalg.cho_solve((block_t.T, True), z_a) @ new_normals
             leaving_pairs = jnp.where(valid & leave, slots_m, size)
             return _pad_leaving(_NewSet(jnp.full((capacity,), -1, jnp.int32).at[:m].set(new_slots),
                                         jnp.zeros((capacity,), dtype).at[:m].set(new_lam),
-                                        normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block.T), step_back,
+                                        normals.at[:m].set(new_normals), chol_old.at[:m, :m].set(block_t), step_back,
                                         leaving_pairs, leave_side), capacity, size)
 
-        slots, lam, normals, chol, step_back, leaving_pairs, leave_side = bucketed(count, capacity, solve, normals,
+        slots, lam, normals, chol_t, step_back, leaving_pairs, leave_side = bucketed(count, capacity, solve, normals,
                                                                                   slide.chol_t)
         computed = jnp.sum(which)
         kept_side = kept_side.at[leaving_pairs].set(leave_side, mode="drop")
         kept, kept_values, kept_overflow = _kept_list(kept_side, capacity)
         flat, unravel = ravel_pytree(y1.W)
         W = unravel(flat - step_back)
-        new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol_t=chol, kept=kept, kept_side=kept_values,
+        new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol_t=chol_t, kept=kept, kept_side=kept_values,
                          tau=tau)
         # the projection moved W; a clock that is a function of W (α) is restored along the last stage
         with jax.named_scope("sliding_restore"):

@@ -67,7 +67,7 @@ counts them.
 """
 
 from .projection import Pattern, Sliding, Stage, project
-from .qp import box_qp, bucket_sizes, bucketed, compact, remap_rows, ridge
+from .qp import box_qp, bucket_sizes, bucketed, compact, gram_factor_t, remap_rows, ridge
 from .state import (
     APPROACH,
     BRIEF_STEPS,
@@ -86,5 +86,5 @@ from .state import (
 )
 
 __all__ = ["Sliding", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
-           "project", "sliding_capacity", "box_qp", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
+           "project", "sliding_capacity", "box_qp", "gram_factor_t", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
            "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]

@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..diagnostics import Point, point_from_gradient
 from ..kinkmap import Kinks, apply_with_kinks, model_apply
-from .qp import bucketed, ridge
+from .qp import bucketed, gram_factor_t
 from .state import SlideKey, SlideState, active_count
 
 __all__ = ["Sliding", "Pattern", "Stage", "project"]
@@ -198,8 +198,7 @@ class Sliding(eqx.Module):
 
         def factor(m, normals):
             valid = key.slots[:m] >= 0
-            block = jnp.linalg.cholesky(ridge(normals[:m] @ normals[:m].T, valid))
-            return jnp.eye(capacity, dtype=dtype).at[:m, :m].set(block.T)
+            return jnp.eye(capacity, dtype=dtype).at[:m, :m].set(gram_factor_t(normals[:m], valid))
 
         chol_t = bucketed(active_count(key), self.max_pairs, factor, normals)
         zeros = jnp.zeros((capacity,), dtype)

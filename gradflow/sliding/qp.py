@@ -18,7 +18,7 @@ import equinox.internal as eqxi
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["box_qp", "ridge", "compact", "remap_rows", "bucket_sizes", "bucketed", "MAX_PASSES", "RIDGE"]
+__all__ = ["box_qp", "ridge", "gram_factor_t", "compact", "remap_rows", "bucket_sizes", "bucketed", "MAX_PASSES", "RIDGE"]
 
 # the smallest bucket
 _SMALLEST = 8
@@ -36,6 +36,13 @@ def ridge(gram, valid):
     mean = jnp.sum(jnp.where(valid, jnp.diag(gram), 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     ridge = RIDGE * jnp.where(mean > 0, mean, 1.0)
     return jnp.where(both, gram, 0.0) + jnp.diag(jnp.where(valid, ridge, 1.0))
+
+
+def gram_factor_t(rows, valid):
+    """Lᵀ for the lower Cholesky factor L of the ridged Gram matrix of ``rows`` (m × k):
+    L Lᵀ = :func:`ridge`(rows rowsᵀ, valid). The transpose is the form
+    :class:`gradflow.sliding.SlideState` holds (``chol_t``, where its docstring says why)."""
+    return jnp.linalg.cholesky(ridge(rows @ rows.T, valid)).T
 
 
 def box_qp(gram, grad, lo, hi, valid):
