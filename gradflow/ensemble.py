@@ -52,7 +52,7 @@ import numpy as np
 from .clock import TimeClock
 from .controllers import initial_step, nan_to_inf, step_controller
 from .errors import InvalidTypeError, bad_argument
-from .flow.assemble import Segment, assemble, result_name
+from .flow.assemble import Segment, assemble, fail_off_clock, result_name
 from .flow.field import Data, FieldArgs, vector_field
 from .flow.integration import Request, choose_integration
 from .flow.record import Record
@@ -347,7 +347,7 @@ def simulate_ensemble(
                       steps=steps, ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
         # one device-to-host copy of everything, then numpy slicing per member (indexing the
         # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
-        saved, final_diag, stats = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats))
+        saved, final_diag, stats, initial = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats, out.initial))
         results = [_member(result, i, as_numpy=False) for i in range(members_n)]
         final_params, final_aux = jax.tree_util.tree_map(np.asarray, (final_state.W, final_state.aux))
         start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=solve.dt0 is None)
@@ -371,6 +371,11 @@ def simulate_ensemble(
                 start_evals=start_evals, solver_name=type(solver_obj).__name__,
                 implicit_segments=int(is_implicit(solver_obj)),
             )
+            ran_its_course = segment.result_name in ("successful", "event_occurred") and reached.sum() == len(save_points)
+            if steps == "per_member" and ran_its_course:  # W at its clock's value at every save point, as in simulate_flow
+                key = solve.clock.save_key
+                fail_off_clock(segment, key, np.asarray(save_points)[reached],
+                               float(np.reshape(initial[key][i], -1)[0]), solve.rtol)
             members.append(assemble([segment], first.static, first.degree, config=dict(config, member=i),
                                      throw=False, stop_reason=solve.clock.stop(solve.t_max, solve.until_accuracy)))
     return EnsembleResult(members=members, diagnostics=_stack(members), stats={"wall_time": wall, "members": len(members)})

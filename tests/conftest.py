@@ -1,5 +1,9 @@
 """Shared fixtures. Sizes are tiny and options shared so compiled solves are reused across tests."""
 
+import os
+import shutil
+import tempfile
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,32 @@ import pytest
 import gradflow as gf
 
 TEACHER = np.array([1.0, -0.5, 0.2])
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the session, shared by the xdist workers (they
+    inherit the environment): a solve whose HLO another test or module already compiled is loaded,
+    not compiled again. Measured on 2 cores: the default suite 634 s without it, 494 s with it
+    (from an empty cache). A cache the user set (the environment variable) is used as it is."""
+    if os.environ.get(_CACHE_ENV):
+        path = os.environ[_CACHE_ENV]
+    else:
+        path = tempfile.mkdtemp(prefix="gradflow-tests-jax-cache-")
+        os.environ[_CACHE_ENV] = path
+        config._gradflow_jax_cache = path  # made here: removed at the end
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    # this process imported jax before the environment was set (the workers import it after)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def pytest_unconfigure(config):
+    path = getattr(config, "_gradflow_jax_cache", None)
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -188,8 +188,8 @@ def test_densenet_tiny_from_the_random_initialisation_fails_where_it_leaves_the_
 
 
 def test_off_clock_finds_the_first_save_point_away_from_its_value():
-    """gradflow.flow.driver.off_clock: the tolerance max(1e-3, 100 rtol)·max(1, |K|), save points at the start skipped."""
-    from gradflow.flow.driver import off_clock
+    """gradflow.flow.assemble.off_clock: the tolerance max(1e-3, 100 rtol)·max(1, |K|), save points at the start skipped."""
+    from gradflow.flow.assemble import off_clock
 
     wanted = np.array([-0.8, 1.0, 3.0, 5.6, 8.0])
     assert off_clock(wanted + 5e-4, wanted, -0.9, 1e-8) is None

@@ -154,3 +154,41 @@ def _warn_if_stalled(diag: dict, config: dict) -> None:
             "paper's late-training regime is never reached. Use a more expressive model or separable data.",
             stacklevel=3,
         )
+
+
+def fail_off_clock(seg: Segment, key: str, wanted, start: float, rtol: float) -> None:
+    """Fail a segment that ran its course from its first save point whose W is not at the clock's
+    value (see :func:`off_clock`), keeping the save points before it. ``key``: the clock's saved
+    quantity (``Clock.save_key``); ``wanted``: the save points reached; ``start``: the quantity at
+    the segment's start. Used by :func:`gradflow.simulate_flow` and, per member, by
+    :func:`gradflow.simulate_ensemble`."""
+    first = off_clock(np.asarray(seg.saved[key]), wanted, start, rtol)
+    if first is None:
+        return
+    got, want = float(seg.saved[key][first]), float(wanted[first])
+    before = float(seg.saved[key][first - 1]) if first > 0 else start
+    seg.saved = {k: v[:first] for k, v in seg.saved.items()}
+    seg.result_name = "failed"
+    seg.reason = (f"The state left the clock between ln(n/L) = {before:.6g} and the save point ln(n/L) = {want:.6g}: "
+                  f"W there has ln(n/L) = {got:.6g}. In the accuracy clock W is integrated in α (dW/dα = ∇α/‖∇α‖²), "
+                  "and where ‖∇α‖ collapses (a stationary point of the field, or a sliding mode along which α "
+                  "cannot grow) the integrated α runs ahead of α(W); the save points from there on are dropped, and "
+                  "the final W (the result's last row and model) is not the flow's. Try: clock='time' to follow the flow "
+                  "through it (it shows whether L stalls), or a smaller rtol.")
+
+
+def off_clock(position, wanted, start: float, rtol: float) -> int | None:
+    """The first save point whose W is not at its clock value, or None.
+
+    The accuracy clock integrates dW/dα = ∇α/‖∇α‖², so ln(n/L) of W at a save point equals the save
+    point up to the integration error (the time clock saves at t itself: always equal). ``position``:
+    the clock's quantity of W at the save points reached (ln(n/L), or t); ``wanted``: those save
+    points; ``start``: the quantity at the start (save points at or below it are the start itself).
+    Off means |position − wanted| > max(1e-3, 100 rtol) · max(1, |wanted|). Measured (the DenseNet of
+    Figure 2 at the tiny size from its initialisation, rtol 1e-4): the save points matched ln(n/L) of
+    W to 1e-3 up to 5.62, then the target 8 was saved with W at ln(n/L) = 1.14 and the run reported
+    "completed"."""
+    position, wanted = np.asarray(position, np.float64), np.asarray(wanted, np.float64)
+    tol = max(1e-3, 100.0 * rtol) * np.maximum(1.0, np.abs(wanted))
+    bad = (np.abs(position - wanted) > tol) & (wanted > start + tol)
+    return int(np.argmax(bad)) if bad.any() else None
