@@ -50,8 +50,8 @@ from jax import lax
 
 from .params import combine
 
-__all__ = ["KinkSite", "Kinks", "FieldKinks", "find_kinks", "apply_with_kinks", "field_kinks", "model_kinks",
-           "model_apply", "nonsmooth_primitives"]
+__all__ = ["KinkSite", "Kinks", "ExampleKinks", "FieldKinks", "find_kinks", "example_kinks", "apply_with_kinks",
+           "field_kinks", "model_kinks", "model_apply", "nonsmooth_primitives"]
 
 # call-like primitives whose body is inlined when it contains a kink, and the parameter holding it
 _CALLS = {
@@ -343,15 +343,30 @@ def nonsmooth_primitives(apply, params, x) -> list[str]:
     return sorted(_primitive_names(closed.jaxpr) & _NONSMOOTH)
 
 
+class ExampleKinks(NamedTuple):
+    """Where the examples sit in the C⁰ sites of a batch's forward pass (:func:`example_kinks`).
+
+    ``sites``: the kink sites of the forward pass of one example (the batch's, in the same order,
+    each with its example axis of length 1); ``axes``: for each C⁰ site (in :attr:`Kinks.sliding`
+    order), the axis of the batch's site array that indexes the examples. A pair's kink value z_s
+    then depends on its own example only, so its normal ∇z_s is a VJP through that example alone
+    (:meth:`gradflow.sliding.Sliding.normal_rows`)."""
+
+    sites: Kinks
+    axes: tuple[int, ...]
+
+
 class FieldKinks(NamedTuple):
     """What the forward pass says about the field −∇L (:func:`field_kinks`).
 
     ``primitives``: the non-smooth primitives found; ``sites``: the elementwise ``max`` sites,
     each C⁰ (∇L jumps across it) or C¹ (its output is only squared: ∇L is continuous, only the
-    Hessian jumps; :mod:`gradflow.kinkmap`)."""
+    Hessian jumps; :mod:`gradflow.kinkmap`); ``example``: where the examples sit in the C⁰ sites
+    (None where they cannot be told apart: :func:`example_kinks`)."""
 
     primitives: list[str]
     sites: Kinks
+    example: ExampleKinks | None = None
 
     @property
     def jumps(self) -> bool:
@@ -369,7 +384,31 @@ def field_kinks(params, static, x) -> FieldKinks:
     with diffrax's PID controller. A ReLU net, a max-pool or an ``abs`` make the field jump; a
     squared ReLU does not (the flow of Figure 1's network is C¹), and gets the smooth-field default."""
     apply, arrays = model_apply(static)
-    return FieldKinks(nonsmooth_primitives(lambda p, x_: apply(p, arrays, x_), params, x), find_kinks(apply, params, arrays, x))
+    sites = find_kinks(apply, params, arrays, x)
+    return FieldKinks(nonsmooth_primitives(lambda p, x_: apply(p, arrays, x_), params, x), sites,
+                      example_kinks(apply, sites, params, arrays, x))
+
+
+def example_kinks(apply: Callable, kinks: Kinks, params, arrays, x) -> ExampleKinks | None:
+    """The example axis of every C⁰ site of ``kinks`` (the sites of ``apply(params, arrays, x)``),
+    read from the forward pass of the first example alone (traced, nothing runs): the one axis whose
+    length is n = len(x) in the batch's site and 1 in the example's, every other axis equal. None
+    when some C⁰ site has no such axis (a site independent of the examples, or one that merges them
+    with other axes), when the two passes have different sites, or for a single example."""
+    n = int(x.shape[0])
+    if n < 2 or not kinks.sliding:
+        return None
+    one = find_kinks(apply, params, arrays, x[:1])
+    if [(s.smooth, len(s.shape)) for s in one.sites] != [(s.smooth, len(s.shape)) for s in kinks.sites]:
+        return None
+    axes = []
+    for i in kinks.sliding:
+        full, single = kinks.sites[i].shape, one.sites[i].shape
+        differ = [a for a, (f, g) in enumerate(zip(full, single, strict=True)) if f != g]
+        if len(differ) != 1 or full[differ[0]] != n or single[differ[0]] != 1:
+            return None
+        axes.append(differ[0])
+    return ExampleKinks(one, tuple(axes))
 
 
 def model_kinks(params, static, x) -> Kinks:

@@ -14,11 +14,11 @@ from jax.flatten_util import ravel_pytree
 from scipy.optimize import lsq_linear
 
 import gradflow as gf
-from gradflow.kinkmap import apply_with_kinks, model_kinks
+from gradflow.kinkmap import apply_with_kinks, field_kinks, model_kinks
 from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
-from gradflow.sliding import DRIFT, SlideKey, Sliding, sliding_capacity
+from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, sliding_capacity
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 C = 0.5  # the toy's slope on the off side
@@ -254,3 +254,55 @@ def test_relu_net_from_random_starts_reaches_late_training(wine_one_vs_rest, see
     assert np.max(r.diagnostics["sliding_drift"]) <= DRIFT * r.config["rtol"]
     assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-6
     assert r.stats["gradient_evaluations"] > 3 * r.stats["steps"]
+
+
+def _relu_of_weights(params, x_):  # a kink that no example owns: relu of a weight
+    return (jax.nn.relu(params["a"]) @ x_)[0]
+
+
+@pytest.mark.parametrize("kind", ["relu_mlp", "equinox", "weights"])
+def test_normals_through_one_example_equal_the_batch_ones(wine_one_vs_rest, kind):
+    """A pair's normal ∇z_s as one VJP through its own example (the example axis of each site read
+    from the forward pass of one example) against the VJP through the whole batch, with sliding and
+    side-keeping pairs upstream (random masks, three draws): the same rows; and the rates dz/ds at
+    some pairs through their examples only against the batch's JVP. Sites with examples first
+    (gradflow's ReLUMLP, two layers) and last (a vmapped Equinox MLP); a kink no example owns (relu of
+    a weight) leaves the batch's VJP."""
+    x, y = wine_one_vs_rest
+    if kind == "relu_mlp":
+        model, axes = gf.ReLUMLP([14, 8, 6, 1], key=jax.random.PRNGKey(0)), (0, 0)
+    elif kind == "equinox":
+        mlp = eqx.nn.MLP(14, "scalar", 8, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+                         key=jax.random.PRNGKey(0))
+        model, axes = gf.as_model(mlp, degree=3, batched=False), (1, 1)
+    else:
+        model, axes = gf.as_model(_relu_of_weights, {"a": np.random.default_rng(0).normal(size=(1, 14))}, degree=1,
+                                  batched=False), None
+    with gf.x64():
+        params, static = partition(gf.interop.wrap(model))
+        params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), params)  # Equinox's are float32
+        xs = jnp.asarray(x)
+        field = field_kinks(params, static, xs)
+        assert (None if field.example is None else field.example.axes) == axes
+        if axes is None:
+            return
+        per_example, batch = Sliding(field.sites, 1e-8, 16, field.example), Sliding(field.sites, 1e-8, 16)
+        k = ravel_pytree(params)[0].size
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            active = rng.random(batch.size) < 0.1
+            pattern = Pattern(jnp.asarray(active), jnp.asarray(rng.choice([-1.0, 0.0, 1.0], batch.size) * ~active))
+            slots = jnp.full((16,), -1, jnp.int32).at[:8].set(jnp.asarray(rng.choice(batch.size, 8, replace=False)))
+            rows = [s.normal_rows(params, static, xs, pattern, slots, slots >= 0, jnp.zeros((16, k)))
+                    for s in (per_example, batch)]
+            assert np.all(np.any(np.asarray(rows[1][:8]) != 0, axis=1))
+            np.testing.assert_allclose(rows[0], rows[1], rtol=0, atol=1e-14 * float(jnp.max(jnp.abs(rows[1]))))
+            # dz/ds along a tangent at the needed pairs: through the examples that own them (8, 32 or
+            # 128 of them, padded) or through the batch (all 178), against the batch's JVP
+            tangent = jax.tree_util.tree_map(lambda a, r=rng: jnp.asarray(r.normal(size=a.shape)), params)
+            full = jax.jvp(lambda p, pt=pattern: batch.kink_values(p, static, xs, pt), (params,), (tangent,))[1]
+            for fraction in (0.002, 0.02, 0.1, 1.0):
+                needed = jnp.asarray(rng.random(batch.size) < fraction)
+                got = per_example.kink_rates(params, static, xs, pattern, tangent, needed)
+                np.testing.assert_allclose(got, jnp.where(needed, full, 0.0), rtol=0,
+                                           atol=1e-13 * float(jnp.max(jnp.abs(full))))

@@ -114,5 +114,5 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
     slide, max_capacity = None, 0
     if sliding:
         max_capacity = sliding_capacity(field.sites.pairs, num_params)
-        slide = Sliding(field.sites, None, min(INITIAL_CAPACITY, max_capacity) if grow else max_capacity)
+        slide = Sliding(field.sites, None, min(INITIAL_CAPACITY, max_capacity) if grow else max_capacity, field.example)
     return Integration(solver, solver_obj, auto, step_control, controller, slide, max_capacity)

@@ -274,7 +274,7 @@ class Plan:
 
     def with_capacity(self, capacity: int) -> Plan:
         """This plan with the sliding solver's capacity set to ``capacity`` (one more compile)."""
-        return replace(self, sliding=Sliding(self.sliding.kinks, None, capacity))
+        return replace(self, sliding=self.sliding.with_capacity(capacity))
 
     def solver_by_name(self, name: str):
         """A solver from its recorded name (a checkpoint's, or the implicit one ``auto`` switches to)."""

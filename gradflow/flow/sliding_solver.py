@@ -298,10 +298,12 @@ class SlidingSolver(DelegatingSolver):
         must = jnp.any(leaving) | jnp.any(drift) | stiff
         dtype = y1.aux.dtype
         need = jnp.any(crossed) | jnp.any(approach) | must
-        # one JVP along the step's last stage when a pair crossed or approaches: dz/ds of every pair on its side
+        # one JVP along the step's last stage when a pair crossed or approaches: dz/ds on its side of
+        # each pair that a change reads (crossed, approaching, sliding)
         with jax.named_scope("sliding_crossing_jvp"):
-            dz1 = _cond(self.batched, need, lambda: jax.jvp(
-                lambda p: sliding.kink_values(p, args.static, args.x, pattern), (y1.W,), (f1.W,))[1], lambda: z1 * 0.0)
+            dz1 = _cond(self.batched, need, lambda: sliding.kink_rates(y1.W, args.static, args.x, pattern, f1.W,
+                                                                      crossed | approach | pattern.active),
+                        lambda: z1 * 0.0)
         entries = (crossed & (dz1 * z1 < 0)) | (approach & (c1 <= 0))
         change = need & (jnp.any(entries) | must)
         # the pairs released from their sides (small arrays, outside the branch that holds the normals)
