@@ -343,14 +343,15 @@ def _phases(model, x, y, checkpoint: str, bare_us: float) -> dict:
         k = sum(int(a.size) for a in leaves)
         like = initial_slide(capacity, k, jnp.float64)
         slide = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), slide_leaves)
-        sites = field_kinks(prob.params0, prob.static, prob.x).sites
-        sliding = Sliding(sites, 1e-5, capacity)
+        field = field_kinks(prob.params0, prob.static, prob.x)
+        sliding = Sliding(field.sites, 1e-5, capacity, field.example)
         active = int(jnp.sum(slide.slots >= 0))
         m = next(b for b in bucket_sizes(capacity) if b >= active)
         static, xs, ys, loss = prob.static, prob.x, prob.y, prob.loss
         stage = jax.jit(lambda p, sl: sliding.project(p, static, xs, ys, loss, sl, lambda pt: 1.0))
         pattern = sliding.pattern(slide)
-        jvp = jax.jit(lambda p, v: jax.jvp(lambda q: sliding.kink_values(q, static, xs, pattern), (p,), (v,))[1])
+        # the step end's JVP, read at the sliding pairs (a step with a crossing reads the crossed pairs too)
+        jvp = jax.jit(lambda p, v: sliding.kink_rates(p, static, xs, pattern, v, pattern.active))
         one = jnp.zeros_like(slide.slots, dtype=bool).at[0].set(True)
         normal = jax.jit(lambda p, sl: sliding.normal_rows(p, static, xs, pattern, sl.slots, one, sl.normals))
         rows = slide.normals[:m]
