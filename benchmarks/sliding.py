@@ -317,8 +317,9 @@ def _bare_gradient_us(model, x, y, reps: int = 200, loss_name: str = "cross_entr
 def _phases(model, x, y, checkpoint: str, bare_us: float) -> dict:
     """Wall time of each phase of a sliding step at the state a checkpoint holds, each timed as its
     own jitted function (median of 50), in bare gradients: a stage (the sliding field: a gradient with
-    the kinks re-evaluated, and the projection on the |A| normals), the entry JVP, one normal, the
-    box solve and the Cholesky factor on the set's bucket."""
+    the kinks re-evaluated, and the projection on the |A| normals), the entry JVP (read at the
+    sliding pairs: through the examples that own them), one normal (through its example), the box
+    solve and the Cholesky factor on the set's bucket."""
     from gradflow.kinkmap import field_kinks
     from gradflow.problem import prepare_problem
     from gradflow.sliding import SlideState, Sliding, box_qp, bucket_sizes, initial_slide, ridge
