@@ -19,6 +19,7 @@ from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
 from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, sliding_capacity
+from gradflow.sliding.projection import EXAMPLE_RATES_MIN_PAIRS
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
 C = 0.5  # the toy's slope on the off side
@@ -266,13 +267,14 @@ def test_normals_through_one_example_equal_the_batch_ones(wine_one_vs_rest, kind
     from the forward pass of one example) against the VJP through the whole batch, with sliding and
     side-keeping pairs upstream (random masks, three draws): the same rows; and the rates dz/ds at
     some pairs through their examples only against the batch's JVP. Sites with examples first
-    (gradflow's ReLUMLP, two layers) and last (a vmapped Equinox MLP); a kink no example owns (relu of
-    a weight) leaves the batch's VJP."""
+    (gradflow's ReLUMLP, two layers) and last (a vmapped Equinox MLP), wide enough (70 and 80 pairs
+    per example) for the rates' subset path; a kink no example owns (relu of a weight) leaves the
+    batch's VJP."""
     x, y = wine_one_vs_rest
     if kind == "relu_mlp":
-        model, axes = gf.ReLUMLP([14, 8, 6, 1], key=jax.random.PRNGKey(0)), (0, 0)
+        model, axes = gf.ReLUMLP([14, 40, 30, 1], key=jax.random.PRNGKey(0)), (0, 0)
     elif kind == "equinox":
-        mlp = eqx.nn.MLP(14, "scalar", 8, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
+        mlp = eqx.nn.MLP(14, "scalar", 40, 2, activation=jax.nn.relu, use_bias=False, use_final_bias=False,
                          key=jax.random.PRNGKey(0))
         model, axes = gf.as_model(mlp, degree=3, batched=False), (1, 1)
     else:
@@ -287,6 +289,7 @@ def test_normals_through_one_example_equal_the_batch_ones(wine_one_vs_rest, kind
         if axes is None:
             return
         per_example, batch = Sliding(field.sites, 1e-8, 16, field.example), Sliding(field.sites, 1e-8, 16)
+        assert field.example.sites.pairs >= EXAMPLE_RATES_MIN_PAIRS  # wide enough for the rates' subset path
         k = ravel_pytree(params)[0].size
         for seed in range(3):
             rng = np.random.default_rng(seed)
