@@ -194,15 +194,12 @@ class Sliding(eqx.Module):
             def row(s):
                 return vjp(jnp.zeros((self.size,), normals.dtype).at[s].set(1.0))[0]
         else:
-            one = Sliding(self.example.sites, self.rtol, self.max_pairs)
-
             owner, local = self._owners()
 
             def row(s):
                 e = owner[s]
-                x_e = lax.dynamic_slice_in_dim(x, e, 1, axis=0)
-                _, vjp = jax.vjp(lambda p: one.kink_values(p, static, x_e, self._example_pattern(pattern, e)), params)
-                return vjp(jnp.zeros((one.size,), normals.dtype).at[local[s]].set(1.0))[0]
+                _, vjp = jax.vjp(lambda p: self._example_kink_values(p, static, x, pattern, e), params)
+                return vjp(jnp.zeros((self.example.sites.pairs,), normals.dtype).at[local[s]].set(1.0))[0]
 
         def body(carry):
             i, rows = carry
@@ -236,7 +233,6 @@ class Sliding(eqx.Module):
             return batch()
         owner, local = self._owners()
         used = jnp.zeros((n,), bool).at[jnp.where(needed, owner, n)].set(True, mode="drop")
-        one = Sliding(self.example.sites, self.rtol, self.max_pairs)
         sizes = _example_buckets(n)
 
         def some(m):
@@ -244,9 +240,8 @@ class Sliding(eqx.Module):
                 which = jnp.nonzero(used, size=m, fill_value=0)[0]
 
                 def rates(e):
-                    x_e = lax.dynamic_slice_in_dim(x, e, 1, axis=0)
-                    pat = self._example_pattern(pattern, e)
-                    return jax.jvp(lambda p: one.kink_values(p, static, x_e, pat), (params,), (tangent,))[1]
+                    return jax.jvp(lambda p: self._example_kink_values(p, static, x, pattern, e), (params,),
+                                   (tangent,))[1]
 
                 out = jax.vmap(rates)(which)  # (m, pairs of one example)
                 row = jnp.zeros((n,), jnp.int32).at[which].set(jnp.arange(m, dtype=jnp.int32))
@@ -270,6 +265,13 @@ class Sliding(eqx.Module):
             locals1.append(jnp.broadcast_to(start1 + jnp.arange(size1, dtype=jnp.int32).reshape(shape1), shape))
             start1 += size1
         return self.flat(tuple(examples)), self.flat(tuple(locals1))
+
+    def _example_kink_values(self, params, static, x, pattern: Pattern, e) -> jax.Array:
+        """z at the C⁰ pairs of example ``e`` alone (flat, in the order of the forward pass of one
+        example), with its slice of ``pattern``: one forward pass of that example."""
+        one = Sliding(self.example.sites, self.rtol, self.max_pairs)
+        return one.kink_values(params, static, lax.dynamic_slice_in_dim(x, e, 1, axis=0),
+                               self._example_pattern(pattern, e))
 
     def _example_pattern(self, pattern: Pattern, e) -> Pattern:
         """``pattern`` restricted to example ``e`` (the masks of one example's forward pass)."""
