@@ -17,6 +17,17 @@ attempted step + 1 first stage + 2 for the initial step size; 1 per save point +
 of the log-loss with tiny descent steps (as in benchmarks/overhead.py), run for the same number
 of evaluations. ``ratio`` = flow evaluations/s ÷ bare evaluations/s (target ≥ 0.8 on a GPU).
 
+Part ``cost`` (issue 25): the ``cost`` part of benchmarks/sliding.py on this device, without
+its churn runs (``--transient`` adds the transients to ln(n/L) = ln n + 1): ``hcnn`` on 100
+digits, the default (sliding) and Tsit5 + PID to t = 0.05, each step's and each counted
+evaluation's wall time in bare jitted gradients on the same device, and the phases of a sliding
+step. Part ``ensemble``: the 8 sliding wine members of benchmarks/ensemble.py (``--part
+sliding``), ``simulate_ensemble`` against a loop of ``simulate_flow``. Their results go under
+``sliding_cost`` and ``sliding_ensemble``; the throughput part's stay at the top level.
+
+    python benchmarks/gpu.py                     # all three parts
+    python benchmarks/gpu.py --part cost --part ensemble
+
 Runs unchanged on a CUDA machine and on CPU. ``--quick`` uses 256 examples when no accelerator
 is present (10,000 otherwise) and one repeat; ``--n`` sets the number of examples explicitly.
 Writes benchmarks/results/gpu.json with the device name.
@@ -33,11 +44,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from overhead import bare_loop  # noqa: E402  (sibling script: benchmarks/ is on sys.path)
+from overhead import bare_loop  # noqa: E402  (sibling scripts: benchmarks/ is on sys.path)
 
 import gradflow as gf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results", "gpu.json")
 
 
 def has_accelerator() -> bool:
@@ -52,8 +64,43 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _device() -> dict:
+    dev = jax.devices()[0]
+    return {"platform": dev.platform, "device_kind": getattr(dev, "device_kind", ""), "name": str(dev),
+            "count": jax.device_count(), "jax": jax.__version__}
+
+
+def _merge(update: dict) -> None:
+    """Merge ``update`` into the results file after every part (a part cut short keeps the others)."""
+    out = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
+    out.update(update)
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump(out, f, indent=2)
+    print(f"wrote {RESULTS}", flush=True)
+
+
+def part_cost(transient: bool) -> dict:
+    from sliding import part_cost as sliding_cost
+
+    device = _device()
+    return sliding_cost(churn_n=None, churn_rtols=(), transient=transient,
+                        write=lambda out: _merge({"sliding_cost": dict(out, device=device)}))
+
+
+def part_ensemble(repeats: int) -> dict:
+    from ensemble import sliding_case
+
+    out = dict(sliding_case(repeats), device=_device())
+    print(json.dumps(out, indent=1), flush=True)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["throughput", "cost", "ensemble"], action="append",
+                        help="run only these parts (default: all); the others keep their results")
+    parser.add_argument("--transient", action="store_true", help="the cost part runs the transients too")
     parser.add_argument("--n", type=int, default=None, help="examples (default 10,000; 256 with --quick on CPU)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 python batches (else synthetic images)")
     parser.add_argument("--steps", type=int, default=None, help="adaptive steps (default 40; 3 on CPU)")
@@ -63,14 +110,22 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)  # Assumption 2.3 at a random start, stalls
+    parts = args.part or ["throughput", "cost", "ensemble"]
+    print(f"jax {jax.__version__} on {_device()}", flush=True)
+    if "throughput" in parts:
+        _merge(part_throughput(args))
+    if "cost" in parts:
+        _merge({"sliding_cost": dict(part_cost(args.transient), device=_device())})
+    if "ensemble" in parts:
+        _merge({"sliding_ensemble": part_ensemble(args.repeats or 2)})
 
+
+def part_throughput(args) -> dict:
     accel = has_accelerator()
     n = args.n if args.n is not None else (256 if args.quick and not accel else 10_000)
     repeats = args.repeats or (1 if args.quick else 2)
     steps = args.steps or (40 if accel else 3)
-    dev = jax.devices()[0]
-    device = {"platform": dev.platform, "device_kind": getattr(dev, "device_kind", ""), "name": str(dev),
-              "count": jax.device_count()}
+    device = _device()
     print(f"device: {device['platform']} {device['device_kind']} ({device['name']}), n = {n}", flush=True)
 
     if args.data_dir:
@@ -122,12 +177,8 @@ def main(argv=None):
         "repeats": repeats,
         "quick": bool(args.quick),
     }
-    print(json.dumps(out, indent=2))
-    path = os.path.join(HERE, "results", "gpu.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {path}")
+    print(json.dumps(out, indent=2), flush=True)
+    return out
 
 
 if __name__ == "__main__":

@@ -365,7 +365,8 @@ def _phases(model, x, y, checkpoint: str, bare_us: float) -> dict:
                     one_normal=med(normal, params, slide), box_qp=med(qp, gram, jnp.ones(m)), cholesky=med(chol, gram))
 
 
-def part_cost(churn_n: int | None = 300) -> dict:
+def part_cost(churn_n: int | None = 300, churn_rtols: tuple = (1e-5, 1e-6, 1e-7), transient: bool = True,
+              write=lambda out: _write("cost", out)) -> dict:
     """The cost of the sliding flow in wall time, measured side by side in one process (issue 25).
 
     ``hcnn`` on 100 digits, cross-entropy, rtol 1e-5: a bare jitted gradient of the same mean
@@ -374,7 +375,9 @@ def part_cost(churn_n: int | None = 300) -> dict:
     evaluation, in bare gradients; the phases of a sliding step (:func:`_phases`); and the whole
     transient to ln(n/L) = ln n + 1 of both (evaluations, wall time, their ratio, and the changes of
     the sliding set against its entries). ``churn_n``: the default's transient on that many digits
-    too (changes against entries)."""
+    too (changes against entries); ``churn_rtols``: the rtols of the churn's settling test;
+    ``transient``: run the transients; ``write``: called with the results after every run
+    (benchmarks/gpu.py writes them elsewhere)."""
     import tempfile
 
     n = 100
@@ -400,19 +403,21 @@ def part_cost(churn_n: int | None = 300) -> dict:
         print(f"  to t = {T}: {name:10s} {row['steps']} steps, {row['gradient_evaluations']} evals, {wall:.1f} s: "
               f"{row['per_step_bare_gradients']:.2f} bare gradients per step, "
               f"{row['per_evaluation_bare_gradients']:.2f} per evaluation", flush=True)
-        _write("cost", out)
+        write(out)
     out["phases_bare_gradients"] = _phases(model, x, y, checkpoint, bare)
     print("  phases:", out["phases_bare_gradients"], flush=True)
     # is the churn real (pairs that truly slide briefly) or made by the entry rule at this step size?
     # Then its counts would not settle as rtol shrinks; real slides converge to the flow's own.
     out["churn_vs_rtol"] = {}
-    for rtol in (1e-5, 1e-6, 1e-7):
+    for rtol in churn_rtols:
         r = gf.simulate_flow(model, (x, y), T, **(kw | dict(rtol=rtol, atol=rtol * 1e-3)), **short)
         out["churn_vs_rtol"][f"{rtol:.0e}"] = dict(steps=r.stats["steps"], **{
             k: r.stats[k] for k in ("sliding_entries", "sliding_exits", "sliding_brief_exits", "sliding_changes",
                                     "sliding_drift_changes")})
         print(f"  churn at rtol {rtol:.0e}: {out['churn_vs_rtol'][f'{rtol:.0e}']}", flush=True)
-        _write("cost", out)
+        write(out)
+    if not transient:
+        return out
     target = math.log(n) + 1
     for name, extra in variants.items():
         # compiles the same solve (the stop at the target and t_max are traced): a very short run
@@ -423,7 +428,7 @@ def part_cost(churn_n: int | None = 300) -> dict:
                                       **{k: v for k, v in r.stats.items() if k.startswith("sliding_")})
         print(f"  transient {name:10s}: {r.status} {r.stats['steps']} steps {r.stats['gradient_evaluations']} evals "
               f"{wall:.0f} s", flush=True)
-        _write("cost", out)
+        write(out)
     d, t = out["transient"]["default"], out["transient"]["tsit5_pid"]
     out["transient_wall_ratio_tsit5_pid_over_default"] = t["wall_s"] / d["wall_s"]
     out["transient_evaluations_ratio_tsit5_pid_over_default"] = t["gradient_evaluations"] / d["gradient_evaluations"]
