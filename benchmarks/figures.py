@@ -48,6 +48,8 @@ def run(number: int) -> dict:
     return dict(wall_s=wall, target_s=120.0, target_met=wall <= 120.0, timings=_plain(res["timings"]),
                 checks=_plain(res["checks"]),
                 statuses={arch: r.status for arch, r in results.items()},
+                reasons={arch: r.reason for arch, r in results.items()},
+                final_accuracy={arch: float(r.accuracy[-1]) for arch, r in results.items()},
                 steps={arch: int(r.stats["steps"]) for arch, r in results.items()},
                 gradient_evaluations={arch: r.stats.get("gradient_evaluations") for arch, r in results.items()},
                 warmup=False)
