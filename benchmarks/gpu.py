@@ -81,7 +81,7 @@ def _merge(update: dict) -> None:
 
 
 def part_cost(transient: bool) -> dict:
-    from sliding import part_cost as sliding_cost
+    from sliding import part_cost as sliding_cost  # a sibling script, loaded only for this part
 
     device = _device()
     return sliding_cost(churn_n=None, churn_rtols=(), transient=transient,
@@ -89,6 +89,8 @@ def part_cost(transient: bool) -> dict:
 
 
 def part_ensemble(repeats: int) -> dict:
+    # imported here: ensemble.py sets XLA_FLAGS (one host device per core) when it is imported,
+    # which must not change the devices the other parts see
     from ensemble import sliding_case
 
     out = dict(sliding_case(repeats), device=_device())
