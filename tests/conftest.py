@@ -14,10 +14,6 @@ import gradflow as gf
 
 TEACHER = np.array([1.0, -0.5, 0.2])
 _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
-# XLA's CPU backend at optimization level 0 for the default suite, which is compile-bound: a sliding
-# solve of a 6-unit net compiled in 10.5 s at the default level and 7.0 s at 0, and ran in the same
-# 0.04 s. Not for the slow tests: hcnn on 100 digits to t = 0.02 ran in 30.4 s at 0 against 4.7 s.
-_XLA_TEST_FLAG = "--xla_backend_optimization_level=0"
 
 
 def pytest_configure(config):
@@ -37,12 +33,6 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    # read when a process first starts XLA: the xdist workers (and a run without xdist that has not
-    # used a device yet); a level the user set is kept. Measured on 2 cores: the default suite 613 s
-    # at the default level, 543 s at 0, every test passing at both.
-    flags = os.environ.get("XLA_FLAGS", "")
-    if config.getoption("markexpr", "") == "not slow" and "xla_backend_optimization_level" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {_XLA_TEST_FLAG}".strip()
 
 
 def pytest_unconfigure(config):
