@@ -135,7 +135,8 @@ def sliding_case(repeats: int, members: int = 8) -> dict:
         for k, f in runs.items():
             best[k] = min(best[k], _timed(f))
     singles, ens = outputs["loop"], outputs["one_device"]
-    out = {"members": members, "statuses": ens.status, "completed": sum(s == "completed" for s in ens.status), "single_statuses": [r.status for r in singles],
+    out = {"members": members, "statuses": ens.status, "completed": sum(s == "completed" for s in ens.status),
+           "single_statuses": [r.status for r in singles],
            "steps": [m.stats["steps"] for m in ens.members], "single_steps": [r.stats["steps"] for r in singles],
            "final_accuracy": [float(m.accuracy[-1]) for m in ens.members],
            "max_relative_difference_final_accuracy": max(

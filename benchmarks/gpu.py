@@ -84,8 +84,9 @@ def part_cost(transient: bool) -> dict:
     from sliding import part_cost as sliding_cost  # a sibling script, loaded only for this part
 
     device = _device()
-    return sliding_cost(churn_n=None, churn_rtols=(), transient=transient,
-                        write=lambda out: _merge({"sliding_cost": dict(out, device=device)}))
+    out = sliding_cost(churn_n=None, churn_rtols=(), transient=transient,
+                       write=lambda out: _merge({"sliding_cost": dict(out, device=device)}))
+    return dict(out, device=device)
 
 
 def part_ensemble(repeats: int) -> dict:
@@ -117,7 +118,7 @@ def main(argv=None):
     if "throughput" in parts:
         _merge(part_throughput(args))
     if "cost" in parts:
-        _merge({"sliding_cost": dict(part_cost(args.transient), device=_device())})
+        _merge({"sliding_cost": part_cost(args.transient)})
     if "ensemble" in parts:
         _merge({"sliding_ensemble": part_ensemble(args.repeats or 2)})
 
