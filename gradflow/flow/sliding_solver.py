@@ -43,6 +43,7 @@ from ..diagnostics import evaluate
 from ..sliding import (
     APPROACH,
     BRIEF_STEPS,
+    COUNTS,
     DRIFT,
     REBUILD_DRIFT,
     TAU_STEPS,
@@ -91,7 +92,8 @@ class _StepEnd(NamedTuple):
     ``h``; y₁, the field f₁ there and its :class:`gradflow.sliding.Stage`; the step's sliding state
     ``slide``; dz/ds along f₁ (``dz1``), the pairs that enter, approach, and the kept sides (flat
     pair arrays); whether a sliding pair drifted far (``rebuild``) or off its band (``drifted``;
-    ``drifting``: which), whether the Baumgarte term turned stiff, and the accepted steps so far."""
+    ``drifting``: which), whether the Baumgarte term turned stiff, the accepted steps so far, and
+    whether a pair released from its side is on the other side (``wrong_side``: f₁ must be recomputed)."""
 
     t1: Any
     h: Any
@@ -108,6 +110,7 @@ class _StepEnd(NamedTuple):
     drifting: Any
     stiff: Any
     steps: Any
+    wrong_side: Any
 
 
 class _Revised(NamedTuple):
@@ -276,7 +279,9 @@ class SlidingSolver(DelegatingSolver):
         band = DRIFT * sliding.rtol * sliding.site_scale(z1)
         near = jnp.abs(z1) <= band
         free = ~pattern.active & (pattern.side == 0)
-        crossed = free & (jnp.sign(z1) != jnp.sign(z0)) & (z1 != 0)
+        # a free pair that crossed its surface; it can slide only where the jump of dz/ds across it
+        # points back at the surface from both sides (c < 0), so only those need the JVP below
+        crossed = free & (jnp.sign(z1) != jnp.sign(z0)) & (z1 != 0) & (c1 < 0)
         # a free pair within the band of its surface and about to reach it at this step's rate
         # (APPROACH): entering it now moves W by at most the band when it is projected
         approach = (free & near & (jnp.sign(z1) == jnp.sign(z0)) & (jnp.abs(z1) < jnp.abs(z0))
@@ -313,7 +318,7 @@ class SlidingSolver(DelegatingSolver):
         unchanged = slide_with(slide, kept=kept, kept_side=kept_values)
         # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
         end = _StepEnd(t1, h, y1, f1, stage, slide, dz1, entries, approach, side, jnp.any(far), jnp.any(drift),
-                       pattern.active & ~near, stiff, solver_state.steps)
+                       pattern.active & ~near, stiff, solver_state.steps, wrong_side)
         with jax.named_scope("sliding_change"):
             new_slide, W, refresh, work = _cond(self.batched, change, lambda: self._change(end, args),
                                                 lambda: (unchanged, y1.W, wrong_side, jnp.zeros((3,), dtype)))
@@ -325,7 +330,8 @@ class SlidingSolver(DelegatingSolver):
 
         with jax.named_scope("sliding_refresh"):
             f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
-        tally = jnp.zeros_like(new_slide.counts).at[-2].set(need.astype(dtype)).at[-1].set(refresh.astype(dtype))
+        tally = (jnp.zeros_like(new_slide.counts).at[COUNTS.index("crossing_steps")].set(need.astype(dtype))
+                 .at[COUNTS.index("refreshes")].set(refresh.astype(dtype)))
         new_slide = slide_with(new_slide, counts=new_slide.counts + tally)
         work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
         return _Revised(FlowState(W, y1.aux), new_slide, f1_, z1_, work)
@@ -336,7 +342,15 @@ class SlidingSolver(DelegatingSolver):
         σ = λ/c ∈ [0, 1] (box-constrained, dense, the size of the set). Pairs that end at a bound
         leave A and keep that bound's derivative (an approaching pair that does not slide stays
         free). New normals are computed for the entering pairs and for the sliding pairs that drifted
-        off their band, all of them when one drifted far. Returns (S, W, True, work).
+        off their band, all of them when one drifted far. Returns (S, W, refresh, work).
+
+        A change is *declined* when no pair joined or left A, none drifted, τ stayed and every
+        candidate left again free (an approaching pair whose σ ends at a bound: the other side's field
+        does not point back at the surface). Then the old S and W stand, f₁ is still the field at y₁
+        and ``refresh`` is False (unless a released pair needs it): the candidates' normals were the
+        whole cost. Measured on the ``hcnn`` CNN (100 digits, rtol 1e-5, to t = 0.05): 273 of 674
+        attempted changes were declined, and the field was evaluated 430 times after a change instead
+        of 687 (the wine reference flow at rtol 1e-8 is unchanged to 1e-12).
 
         Why the drifting pairs' normals are recomputed: the field projects on the normals of the last
         change of A, and as W moves they go stale, so z_A drifts at a rate that grows with their age;
@@ -432,15 +446,24 @@ class SlidingSolver(DelegatingSolver):
         n_out = jnp.sum(exits)
         brief = jnp.sum(exits & (steps - entered_pairs <= BRIEF_STEPS))
         entered = jnp.where(valid_new, entered_pairs[jnp.where(valid_new, slots, 0)], 0)
-        step_counts = jnp.stack([n_in, n_out, 1, computed, overflow + kept_overflow,
-                                 drifted.astype(jnp.int32), stiff.astype(jnp.int32), brief, 0, 0]).astype(dtype)
+        # declined: no pair joined or left A, none drifted, τ stayed, and every candidate left again
+        # free (an approaching pair whose σ ends at a bound): the old set, W and f₁ stand (the pairs
+        # released from their sides aside), and the field is not evaluated again
+        declined = ((n_in == 0) & (n_out == 0) & ~drifted & ~stiff & (overflow + kept_overflow == 0)
+                    & ~jnp.any(entries & ~active_old & (kept_side != 0)))
+        step_counts = jnp.stack([n_in, n_out, ~declined, computed, overflow + kept_overflow,
+                                 drifted.astype(jnp.int32), stiff.astype(jnp.int32), brief, 0, 0,
+                                 declined]).astype(dtype)
         new = slide_with(new, entered=entered, counts=slide.counts + step_counts)
+        kept_slide = slide_with(slide, kept=kept, kept_side=kept_values, counts=new.counts)
+        new = jax.tree_util.tree_map(lambda a, b: jnp.where(declined, a, b), kept_slide, new)
+        W = jax.tree_util.tree_map(lambda a, b: jnp.where(declined, a, b), y1.W, W)
         # work: one VJP per new normal, and the clock's restoring forward pass (the new field is counted by the
         # caller); and the entries that did not fit, where the driver can grow the capacity (the step is then rejected)
         grow = (overflow > 0) if self.can_grow else jnp.zeros((), bool)
         work = jnp.stack([computed.astype(dtype) + self.clock.restore_work(), jnp.zeros((), dtype),
                           jnp.where(grow, overflow, 0).astype(dtype)])
-        return new, W, jnp.ones((), bool), work
+        return new, W, ~declined | end.wrong_side, work
 
 
 def slide_with(slide: SlideState, **changes) -> SlideState:

@@ -47,9 +47,11 @@ gradient; a change of A costs one VJP per new normal and one more gradient.
 
 **Entries and exits** (:class:`gradflow.flow.sliding_solver.SlidingSolver`, after every attempted step). A free pair enters A
 when its z changed sign over the step and the field on its new side points back at the surface
-(dz_s/ds · z_s < 0, from one JVP along the step's last stage), or when it approaches its
+(dz_s/ds · z_s < 0, from one JVP along the step's last stage, taken only where c_s < 0: with
+c_s ≥ 0 the jump across the surface cannot make it attractive), or when it approaches its
 surface (within the band below) so fast that it would reach it within a fraction of one more
-step (it may bounce off an attracting surface inside a step, where no sign change shows it). The entering pairs start at λ = ω c
+step (it may bounce off an attracting surface inside a step, where no sign change shows it). An attempt whose candidates all leave again at once, free, is declined: the set, W
+and the field stand. The entering pairs start at λ = ω c
 (ω their current relu', so the field is continuous), and λ of the whole set is solved on its
 Gram matrix with σ ∈ [0, 1] enforced by a dense box-constrained solve (Lawson–Hanson style, the
 worst violator fixed at its bound per pass). A pair whose σ ends at a bound leaves A and *keeps*

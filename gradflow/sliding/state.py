@@ -43,9 +43,10 @@ INITIAL_CAPACITY = 256
 TAU_STEPS = 8.0
 # an exit at most this many accepted steps after the pair's entry counts as brief (statistics)
 BRIEF_STEPS = 2
-# the counters of SlideState.counts, over the accepted steps
+# the counters of SlideState.counts, over the accepted steps (``changes``: of the sliding set or of W;
+# ``declined``: attempted changes that left both as they were, see SlidingSolver._change)
 COUNTS = ("entries", "exits", "changes", "normals", "overflow", "drift_changes", "tau_changes", "brief_exits",
-          "crossing_steps", "refreshes")
+          "crossing_steps", "refreshes", "declined")
 
 
 class SlideState(eqx.Module):
