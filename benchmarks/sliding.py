@@ -314,27 +314,34 @@ def _bare_gradient_us(model, x, y, reps: int = 200, loss_name: str = "cross_entr
     return float(np.median(times)) * 1e6
 
 
-def _phases(model, x, y, checkpoint: str, bare_us: float) -> dict:
+def _phases(model, x, y, checkpoint: str) -> dict:
     """Wall time of each phase of a sliding step at the state a checkpoint holds, each timed as its
-    own jitted function (median of 50), in bare gradients: a stage (the sliding field: a gradient with
-    the kinks re-evaluated, and the projection on the |A| normals), the entry JVP (read at the
-    sliding pairs: through the examples that own them), one normal (through its example), the box
-    solve and the Cholesky factor on the set's bucket."""
+    own jitted function (median of 50), in bare gradients timed just before it (median of 50; a
+    single bare timing for all phases let the machine's drift move one phase by 2.3×): a stage (the
+    sliding field: a gradient with the kinks re-evaluated, and the projection on the |A| normals), the
+    entry JVP (read at the sliding pairs: through the examples that own them), one normal (through its
+    example), the box solve and the Cholesky factor on the set's bucket."""
     from gradflow.kinkmap import field_kinks
     from gradflow.problem import prepare_problem
     from gradflow.sliding import SlideState, Sliding, box_qp, bucket_sizes, initial_slide, ridge
 
-    def med(f, *a):
+    def median_us(f, *a):
         jax.block_until_ready(f(*a))
         times = []
         for _ in range(50):
             t0 = time.perf_counter()
             jax.block_until_ready(f(*a))
             times.append(time.perf_counter() - t0)
-        return float(np.median(times)) * 1e6 / bare_us
+        return float(np.median(times)) * 1e6
 
     with gf.x64():
         prob = prepare_problem(model, (x, y), "cross_entropy", "float64", False, "benchmark")
+        n = prob.n
+        bare = jax.jit(jax.grad(lambda p: jnp.exp(prob.loss.log_loss(combine(p, prob.static)(prob.x), prob.y)) / n))
+
+        def med(f, *a):
+            return median_us(f, *a) / median_us(bare, prob.params0)
+
         saved = np.load(checkpoint)
         leaves, treedef = jax.tree_util.tree_flatten(prob.params0)
         params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(saved[f"state/params/{i}"])
@@ -409,7 +416,7 @@ def part_cost(churn_n: int | None = 300, churn_rtols: tuple = (1e-5, 1e-6, 1e-7)
               f"{row['per_step_bare_gradients']:.2f} bare gradients per step, "
               f"{row['per_evaluation_bare_gradients']:.2f} per evaluation", flush=True)
     write(out)
-    out["phases_bare_gradients"] = _phases(model, x, y, checkpoint, bare)
+    out["phases_bare_gradients"] = _phases(model, x, y, checkpoint)
     print("  phases:", out["phases_bare_gradients"], flush=True)
     # is the churn real (pairs that truly slide briefly) or made by the entry rule at this step size?
     # Then its counts would not settle as rtol shrinks; real slides converge to the flow's own.
