@@ -297,14 +297,19 @@ def part_mlp() -> dict:
     return out
 
 
+def _bare_gradient(prob):
+    """The bare gradient of a prepared problem: a jitted ``jax.grad`` of its mean loss."""
+    xs, ys, loss, static, n = prob.x, prob.y, prob.loss, prob.static, prob.n
+    return jax.jit(jax.grad(lambda p: jnp.exp(loss.log_loss(combine(p, static)(xs), ys)) / n))
+
+
 def _bare_gradient_us(model, x, y, reps: int = 200, loss_name: str = "cross_entropy") -> float:
     """Median wall time of a jitted ``jax.grad`` of the mean loss ``loss_name`` on the same data (µs)."""
     from gradflow.problem import prepare_problem
 
     with gf.x64():
         prob = prepare_problem(model, (x, y), loss_name, "float64", False, "benchmark")
-        xs, ys, loss, static, n = prob.x, prob.y, prob.loss, prob.static, prob.n
-        grad = jax.jit(jax.grad(lambda p: jnp.exp(loss.log_loss(combine(p, static)(xs), ys)) / n))
+        grad = _bare_gradient(prob)
         jax.block_until_ready(grad(prob.params0))
         times = []
         for _ in range(reps):
@@ -336,8 +341,7 @@ def _phases(model, x, y, checkpoint: str) -> dict:
 
     with gf.x64():
         prob = prepare_problem(model, (x, y), "cross_entropy", "float64", False, "benchmark")
-        n = prob.n
-        bare = jax.jit(jax.grad(lambda p: jnp.exp(prob.loss.log_loss(combine(p, prob.static)(prob.x), prob.y)) / n))
+        bare = _bare_gradient(prob)
 
         def med(f, *a):
             return median_us(f, *a) / median_us(bare, prob.params0)

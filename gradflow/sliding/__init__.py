@@ -50,9 +50,9 @@ when its z changed sign over the step and the field on its new side points back 
 (dz_s/ds · z_s < 0, from one JVP along the step's last stage, taken only where c_s < 0: with
 c_s ≥ 0 the jump across the surface cannot make it attractive), or when it approaches its
 surface (within the band below) so fast that it would reach it within a fraction of one more
-step (it may bounce off an attracting surface inside a step, where no sign change shows it). An attempt whose candidates all leave again at once, free, is declined: the set, W
-and the field stand. The entering pairs start at λ = ω c
-(ω their current relu', so the field is continuous), and λ of the whole set is solved on its
+step (it may bounce off an attracting surface inside a step, where no sign change shows it). An
+attempt whose candidates all leave again at once, free, is declined: the set, W and the field
+stand. The entering pairs start at λ = ω c (ω their current relu', so the field is continuous), and λ of the whole set is solved on its
 Gram matrix with σ ∈ [0, 1] enforced by a dense box-constrained solve (Lawson–Hanson style, the
 worst violator fixed at its bound per pass). A pair whose σ ends at a bound leaves A and *keeps*
 that bound's derivative (σ = 1: relu' = 1, σ = 0: relu' = 0) until it is clear of its surface by
