@@ -295,7 +295,7 @@ def test_normals_through_one_example_equal_the_batch_ones(wine_one_vs_rest, kind
             rng = np.random.default_rng(seed)
             active = rng.random(batch.size) < 0.1
             pattern = Pattern(jnp.asarray(active), jnp.asarray(rng.choice([-1.0, 0.0, 1.0], batch.size) * ~active))
-            slots = jnp.full((16,), -1, jnp.int32).at[:8].set(jnp.asarray(rng.choice(batch.size, 8, replace=False)))
+            slots = jnp.full((16,), -1, jnp.int32).at[:8].set(jnp.asarray(rng.choice(batch.size, 8, replace=False), jnp.int32))
             rows = [s.normal_rows(params, static, xs, pattern, slots, slots >= 0, jnp.zeros((16, k)))
                     for s in (per_example, batch)]
             assert np.all(np.any(np.asarray(rows[1][:8]) != 0, axis=1))

@@ -132,8 +132,11 @@ class CheckpointStore:
                 for i, v in enumerate(like_state.eigvec)))
         if getattr(like_state, "slide", None) is not None:
             slide_leaves, slide_def = jax.tree_util.tree_flatten(like_state.slide)
-            state = state._replace(slide=jax.tree_util.tree_unflatten(
-                slide_def, [jnp.asarray(files[f"state/slide/{i}"], leaf.dtype) for i, leaf in enumerate(slide_leaves)]))
+            saved = [jnp.asarray(files[f"state/slide/{i}"], leaf.dtype) for i, leaf in enumerate(slide_leaves)]
+            # the counters (last leaf) grow at the end when a counter is added: an older checkpoint's
+            # missing counters start at zero
+            saved[-1] = jnp.zeros_like(slide_leaves[-1]).at[:saved[-1].shape[0]].set(saved[-1])
+            state = state._replace(slide=jax.tree_util.tree_unflatten(slide_def, saved))
         evals = meta["evals_per_step"]
         stats = dict(meta["stats"])
         if None in evals:
