@@ -69,18 +69,18 @@ class Record(eqx.Module):
         return budget_subset(num_save)
 
     def saveat(self, ts, sliding: bool = False) -> diffrax.SaveAt:
-        """diffrax's SaveAt: the diagnostics at ``ts`` (or the bare states, when deferred), at the
-        end and the start, the final state, the solver and controller states, and the bare W at the
+        """diffrax's SaveAt: the diagnostics at ``ts`` (or the bare states, when deferred), the bare
+        states at the end and the start (their diagnostics are evaluated after the loop, see
+        :meth:`recorded`), the final state, the solver and controller states, and the bare W at the
         save points the sharpness is computed at. With ``sliding`` every diagnostic is deferred:
         the sliding state of a point is the solver's (:meth:`recorded_sliding`)."""
         subset = self.sharpness_subset(ts.shape[0])
-        at_ends = _bare if sliding else self.save
         return diffrax.SaveAt(
             subs=[
                 diffrax.SubSaveAt(ts=ts, fn=_bare if (self.defer or sliding) else self.save),
-                diffrax.SubSaveAt(t1=True, fn=at_ends),
+                diffrax.SubSaveAt(t1=True, fn=_bare),
                 diffrax.SubSaveAt(t1=True),
-                diffrax.SubSaveAt(t0=True, fn=at_ends),
+                diffrax.SubSaveAt(t0=True, fn=_bare),
                 *([diffrax.SubSaveAt(ts=ts if subset is None else ts[subset], fn=_bare_params)]
                   if self.sharpness is not None else []),
             ],
@@ -91,38 +91,44 @@ class Record(eqx.Module):
     def recorded(self, ys, args: FieldArgs) -> Recorded:
         """The diagnostics of diffrax's ``sol.ys`` for :meth:`saveat` (deferred ones evaluated here)."""
         saved, final, _, initial = ys[:4]
-        if self.defer:
-            saved_s, saved_states = saved
-            saved = jax.vmap(lambda s_, st: self.save(s_, st, args))(saved_s, saved_states)
-        return Recorded(saved, initial, final)
+        ends = _stack(initial, final)
+        if self.defer:  # the save points and both ends in one evaluation
+            rows = jax.vmap(lambda s_, st: self.save(s_, st, args))(*_stack(saved, ends))
+            return _split_ends(rows)
+        rows = jax.vmap(lambda s_, st: self.save(s_, st, args))(*ends)
+        return Recorded(saved, *_split_ends(rows, saved=False))
 
     def recorded_sliding(self, ys, args: FieldArgs, keys, ends: tuple) -> Recorded:
         """The diagnostics of a flow with sliding, from diffrax's ``sol.ys`` (bare states) and the
         sliding set at every save point (``keys``, :class:`gradflow.sliding.SlideKey` stacked) and
-        at the start and end (``ends`` = (S₀, S₁), the solver's states). At a save point the normals
-        of its sliding pairs are computed at its W (:meth:`gradflow.sliding.Sliding.state_at`);
-        the points not reached (diffrax fills them with inf) are skipped and stay inf."""
-        (s_saved, y_saved), (s_final, y_final), _, (s_start, y_start) = ys[:4]
+        at the start and end (``ends`` = (S₀, S₁), the solver's states). At every point, the ends
+        included, the normals of its sliding pairs are computed at its W
+        (:meth:`gradflow.sliding.Sliding.state_at`); the save points not reached (diffrax fills them
+        with inf) are skipped and stay inf.
+
+        The save points and both ends are one ``lax.map``: one copy of the diagnostics (a
+        gradient, the normals' VJPs, two JVPs) in the compiled solve instead of three; measured on
+        the Figure 2 DenseNet (1,842 parameters, 100 digits), the XLA compile of the solve is
+        where most of a short run's wall time goes (``benchmarks/compile_time.py``)."""
+        saved, final, _, initial = ys[:4]
         sliding = args.sliding
         dtype = args.x.dtype
 
-        def at(s, y, slide):
-            return self.save(s, FlowState(y.W, y.aux, slide), args)
+        def at(s, y, key):
+            return self.save(s, FlowState(y.W, y.aux, sliding.state_at(y.W, args.static, args.x, key, dtype)), args)
 
         def one(item):
-            s, y, key = item
-            shape = jax.eval_shape(lambda: at(s, y, sliding.state_at(y.W, args.static, args.x, key, dtype)))
-            reached = jnp.isfinite(s) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(y.W)[0]))
-            return jax.lax.cond(reached,
-                                lambda: at(s, y, sliding.state_at(y.W, args.static, args.x, key, dtype)),
+            s, y, key, end = item
+            shape = jax.eval_shape(lambda: at(s, y, key))
+            reached = end | (jnp.isfinite(s) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(y.W)[0])))
+            return jax.lax.cond(reached, lambda: at(s, y, key),
                                 lambda: jax.tree_util.tree_map(lambda v: jnp.full(v.shape, jnp.inf, v.dtype), shape))
 
-        saved = jax.lax.map(one, (s_saved, y_saved, keys))
-        first = jax.tree_util.tree_map(lambda v: v[0], (s_start, y_start))
-        last = jax.tree_util.tree_map(lambda v: v[0], (s_final, y_final))
-        initial = jax.tree_util.tree_map(lambda v: v[None], at(*first, ends[0]))
-        final = jax.tree_util.tree_map(lambda v: v[None], at(*last, ends[1]))
-        return Recorded(saved, initial, final)
+        num = keys.slots.shape[0]
+        end_keys = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), ends[0].key(), ends[1].key())
+        items = (*_stack(saved, _stack(initial, final)), _stack(keys, end_keys),
+                 jnp.arange(num + 2) >= num)
+        return _split_ends(jax.lax.map(one, items))
 
     def patterns_along(self, rec: Recorded, W0, W1, pattern_prev, args: FieldArgs) -> tuple[Recorded, Any]:
         """The activation-pattern diagnostics (:func:`gradflow.activations.segment_counts`) from W
@@ -183,9 +189,14 @@ class Record(eqx.Module):
             take, ends_taken = reached, True
         else:
             take, ends_taken = budget_points(reached, gradient_evaluations, budget), False
-        vecs, first = step(eigvec, (initial_params, finite(initial_params) & ends_taken))
-        vecs, rows = jax.lax.scan(step, vecs, (saved_params, take))
-        vecs, last = step(vecs, (final_params, finite(final_params) & ends_taken))
+        # the start, the save points and the final state in one scan (one copy of the power iteration)
+        params_all = _stack(jax.tree_util.tree_map(lambda v: v[None], initial_params), saved_params,
+                            jax.tree_util.tree_map(lambda v: v[None], final_params))
+        ends_ok = jnp.stack([finite(initial_params), finite(final_params)]) & ends_taken
+        vecs, rows_all = jax.lax.scan(step, eigvec, (params_all, jnp.concatenate([ends_ok[:1], take, ends_ok[1:]])))
+        first = jax.tree_util.tree_map(lambda v: v[0], rows_all)
+        rows = jax.tree_util.tree_map(lambda v: v[1:-1], rows_all)
+        last = jax.tree_util.tree_map(lambda v: v[-1], rows_all)
         subset = self.sharpness_subset(rec.saved["log_loss"].shape[0])
         if subset is not None:  # back onto all save points: NaN (0 HVPs) where W was not kept
             num = rec.saved["log_loss"].shape[0]
@@ -193,6 +204,20 @@ class Record(eqx.Module):
                     for k, v in rows.items()}
         return Recorded({**rec.saved, **rows}, {**rec.initial, **jax.tree_util.tree_map(lambda v: v[None], first)},
                         {**rec.final, **jax.tree_util.tree_map(lambda v: v[None], last)}), vecs
+
+
+def _stack(*trees):
+    """The trees concatenated along their leading axis."""
+    return jax.tree_util.tree_map(lambda *v: jnp.concatenate(v), *trees)
+
+
+def _split_ends(rows: dict, saved: bool = True):
+    """Rows evaluated at [save points..., start, end] as a :class:`Recorded`; without ``saved``,
+    rows at [start, end] as (initial, final)."""
+    if not saved:
+        return ({k: v[:1] for k, v in rows.items()}, {k: v[1:] for k, v in rows.items()})
+    return Recorded({k: v[:-2] for k, v in rows.items()}, {k: v[-2:-1] for k, v in rows.items()},
+                    {k: v[-1:] for k, v in rows.items()})
 
 
 def _bare(s, state, args):

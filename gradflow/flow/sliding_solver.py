@@ -241,7 +241,10 @@ class SlidingSolver(DelegatingSolver):
         return y1, y_error, dense_info, state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
-        return self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=False)[0]
+        """The sliding field at y₀, for diffrax's choice of the first step (two evaluations): the
+        projected field alone, without the stages' branch to the plain gradient, which saves run
+        time but would put two more copies of the network into the compiled solve."""
+        return self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=True)[0]
 
     # ------------------------------------------------------------------------------------------
 

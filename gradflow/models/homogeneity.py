@@ -139,10 +139,13 @@ def check_homogeneity(
         if not jax.tree_util.tree_leaves(params):
             raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
 
-        def phi(c: float) -> np.ndarray:
-            scaled: PyTree = jax.tree_util.tree_map(lambda p: p * c, params)
-            net: Callable = combine(scaled, static)
-            return np.asarray(net(x_arr), dtype=np.float64).ravel()
+        @jax.jit
+        def scaled_outputs(params: PyTree, xs, c):
+            net: Callable = combine(jax.tree_util.tree_map(lambda p: p * c, params), static)
+            return net(xs)
+
+        def phi(c: float) -> np.ndarray:  # one compile for every c (op by op, a CNN compiled each operation)
+            return np.asarray(scaled_outputs(params, x_arr, jnp.asarray(c, jnp.float64)), dtype=np.float64).ravel()
 
         base = phi(1.0)
         outs = [phi(c) for c in scales]
