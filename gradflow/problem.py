@@ -16,7 +16,7 @@ from . import interop
 from .data import as_dataset
 from .errors import bad_argument
 from .losses import Loss, get_loss
-from .models.homogeneity import check_homogeneity, resolve_degree
+from .models.homogeneity import check_homogeneity, model_outputs, resolve_degree
 from .params import combine, partition
 from .precision import warn_if_float32
 
@@ -92,9 +92,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
         if len(outputs.shape) != 1:
             raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
         y = jnp.asarray(data.binary_labels(), fdtype)
-    # jitted: op by op, a CNN's forward pass compiled each of its operations (seconds per call)
-    p_cast, s_cast = partition(model_cast)
-    out0 = jax.jit(lambda p, xs: combine(p, s_cast)(xs))(p_cast, x)
+    out0 = model_outputs(*partition(model_cast), x)
     if not bool(jnp.all(jnp.isfinite(out0))):
         raise bad_argument(
             "model",
@@ -106,7 +104,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
     degree = model_cast.degree
     if check_degree and interface["degree_source"] == "declared":
         check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
-    log_loss0 = float(jax.jit(loss_fn.log_loss)(out0, y))
+    log_loss0 = float(loss_fn.log_loss(out0, y))
     return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0, interface,
                    lambda m: interop.same_wrapping(m, model_cast))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,14 @@ def _declared_degree(model: object) -> int | None:
     return deg if isinstance(deg, int) and not isinstance(deg, bool) else None
 
 
+@eqx.filter_jit
+def model_outputs(params: PyTree, static: PyTree, x) -> jax.Array:
+    """Φ(x; W) of the model ``combine(params, static)``, compiled once per model structure and
+    shapes: applied op by op, a CNN's forward pass compiled each of its operations (seconds per
+    call, measured in ``benchmarks/compile_time.py``'s "other compiles")."""
+    return combine(params, static)(x)
+
+
 def check_homogeneity(
     model: PyTree,
     x: ArrayLike,
@@ -139,13 +148,9 @@ def check_homogeneity(
         if not jax.tree_util.tree_leaves(params):
             raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
 
-        @jax.jit
-        def scaled_outputs(params: PyTree, xs, c):
-            net: Callable = combine(jax.tree_util.tree_map(lambda p: p * c, params), static)
-            return net(xs)
-
-        def phi(c: float) -> np.ndarray:  # one compile for every c (op by op, a CNN compiled each operation)
-            return np.asarray(scaled_outputs(params, x_arr, jnp.asarray(c, jnp.float64)), dtype=np.float64).ravel()
+        def phi(c: float) -> np.ndarray:
+            scaled = jax.tree_util.tree_map(lambda p: p * jnp.asarray(c, p.dtype), params)
+            return np.asarray(model_outputs(scaled, static, x_arr), dtype=np.float64).ravel()
 
         base = phi(1.0)
         outs = [phi(c) for c in scales]
