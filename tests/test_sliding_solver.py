@@ -187,7 +187,7 @@ def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_res
     field after a change), normals (one VJP each) and JVPs of the kink values. Stats count exactly
     these, JVPs at JVP_COST, less the passes of the diagnostics at the save points (each computes the
     normals of its sliding pairs and one JVP)."""
-    counts = {"gradients": 0, "normals": 0, "jvps": 0}
+    counts = {"gradients": 0, "normals": 0, "jvps": 0, "save_normals": 0}
 
     def bump(kind, amount=None):
         def f(value):
@@ -216,6 +216,13 @@ def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_res
         out, dout = jvp(fn, primals, tangents, **kwargs)
         return out, tagged(dout, io_callback(bump("jvps", 1), jax.ShapeDtypeStruct((), jnp.int32), 0))
 
+    state_at = gf.sliding.Sliding.state_at
+
+    def counted_state_at(self, params, static, x, key, dtype):  # the diagnostics' normals, at a save point or an end
+        out = state_at(self, params, static, x, key, dtype)
+        return tagged(out, io_callback(bump("save_normals"), jax.ShapeDtypeStruct((), jnp.int32), jnp.sum(key.slots >= 0)))
+
+    monkeypatch.setattr(gf.sliding.Sliding, "state_at", counted_state_at)
     monkeypatch.setattr(sliding_solver, "project", counted_gradient(sliding_solver.project))
     monkeypatch.setattr(sliding_solver, "evaluate", counted_gradient(sliding_solver.evaluate))
     monkeypatch.setattr(gf.sliding.Sliding, "normal_rows", counted_rows)
@@ -228,9 +235,10 @@ def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_res
     s = r.stats
     assert r.status == "completed" and s["sliding_changes"] >= 1 and s["rejected_steps"] >= 1
     # the diagnostics at the 3 save points, the start and the end: 2 JVPs each (the chain-rule check), and
-    # the normals of the pairs that slide at the save points (the start and the end have the solver's)
+    # the normals of the pairs that slide there (computed at each point's W)
     saves = 2 * 5
-    save_normals = int(np.sum(r.diagnostics["sliding_pairs"][:3]))
+    save_normals = counts["save_normals"]
+    assert save_normals >= int(np.sum(r.diagnostics["sliding_pairs"][:3]))
     assert counts["gradients"] >= 3 * s["steps"] + 3 + s["sliding_refreshes"]
     expected = (counts["gradients"] + counts["normals"] - save_normals + JVP_COST * (counts["jvps"] - saves))
     assert counts["jvps"] - saves == s["jacobian_vector_products"] >= s["sliding_crossing_steps"] >= 1
