@@ -18,7 +18,8 @@ from jaxtyping import Array, PyTree
 
 from .errors import bad_argument
 
-__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params", "params_to_dict", "params_from_dict"]
+__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params", "params_to_dict", "params_from_dict",
+           "model_outputs"]
 
 
 class Frozen(eqx.Module):
@@ -84,3 +85,11 @@ def params_from_dict(like: PyTree, params: dict[str, np.ndarray]) -> PyTree:
     if sorted(keys) != sorted(params):
         raise bad_argument("like", "its parameters do not match the stored ones", "Pass a model of the same architecture.")
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(params[k]) for k in keys])
+
+
+@eqx.filter_jit
+def model_outputs(params: PyTree, static: PyTree, x) -> jax.Array:
+    """Φ(x; W) of the model ``combine(params, static)``, compiled once per model structure and
+    shapes: applied op by op, a CNN's forward pass compiled each of its operations (seconds per
+    call, measured in ``benchmarks/compile_time.py``'s "other compiles")."""
+    return combine(params, static)(x)

@@ -16,8 +16,8 @@ from . import interop
 from .data import as_dataset
 from .errors import bad_argument
 from .losses import Loss, get_loss
-from .models.homogeneity import check_homogeneity, model_outputs, resolve_degree
-from .params import combine, partition
+from .models.homogeneity import check_homogeneity, resolve_degree
+from .params import combine, model_outputs, partition
 from .precision import warn_if_float32
 
 __all__ = ["Problem", "prepare_problem", "check_declared_degree"]

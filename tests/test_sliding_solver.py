@@ -185,7 +185,7 @@ def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_res
     """The sliding solver's network passes, counted on the host at every call inside the compiled
     solve (rejected attempts included): gradients (each stage's projection or plain gradient, the
     field after a change), normals (one VJP each) and JVPs of the kink values. Stats count exactly
-    these, JVPs at JVP_COST, less the passes of the diagnostics at the save points (each computes the
+    these, JVPs at JVP_COST, less the passes of the diagnostics at the save points and both ends (each computes the
     normals of its sliding pairs and one JVP)."""
     counts = {"gradients": 0, "normals": 0, "jvps": 0, "save_normals": 0}
 

@@ -91,12 +91,9 @@ class Record(eqx.Module):
     def recorded(self, ys, args: FieldArgs) -> Recorded:
         """The diagnostics of diffrax's ``sol.ys`` for :meth:`saveat` (deferred ones evaluated here)."""
         saved, final, _, initial = ys[:4]
-        ends = _stack(initial, final)
-        if self.defer:  # the save points and both ends in one evaluation
-            rows = jax.vmap(lambda s_, st: self.save(s_, st, args))(*_stack(saved, ends))
-            return _split_ends(rows)
-        rows = jax.vmap(lambda s_, st: self.save(s_, st, args))(*ends)
-        return Recorded(saved, *_split_ends(rows, saved=False))
+        points = _stack(saved, initial, final) if self.defer else _stack(initial, final)  # deferred: one evaluation
+        rows = jax.vmap(lambda s_, st: self.save(s_, st, args))(*points)
+        return _split_ends(rows, saved if not self.defer else None)
 
     def recorded_sliding(self, ys, args: FieldArgs, keys, ends: tuple) -> Recorded:
         """The diagnostics of a flow with sliding, from diffrax's ``sol.ys`` (bare states) and the
@@ -126,7 +123,7 @@ class Record(eqx.Module):
 
         num = keys.slots.shape[0]
         end_keys = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), ends[0].key(), ends[1].key())
-        items = (*_stack(saved, _stack(initial, final)), _stack(keys, end_keys),
+        items = (*_stack(saved, initial, final), _stack(keys, end_keys),
                  jnp.arange(num + 2) >= num)
         return _split_ends(jax.lax.map(one, items))
 
@@ -211,13 +208,11 @@ def _stack(*trees):
     return jax.tree_util.tree_map(lambda *v: jnp.concatenate(v), *trees)
 
 
-def _split_ends(rows: dict, saved: bool = True):
-    """Rows evaluated at [save points..., start, end] as a :class:`Recorded`; without ``saved``,
-    rows at [start, end] as (initial, final)."""
-    if not saved:
-        return ({k: v[:1] for k, v in rows.items()}, {k: v[1:] for k, v in rows.items()})
-    return Recorded({k: v[:-2] for k, v in rows.items()}, {k: v[-2:-1] for k, v in rows.items()},
-                    {k: v[-1:] for k, v in rows.items()})
+def _split_ends(rows: dict, saved: dict | None = None) -> Recorded:
+    """Rows evaluated at [save points..., start, end] as a :class:`Recorded`; with ``saved`` (the
+    save points' diagnostics, evaluated elsewhere) the rows are those of [start, end] only."""
+    return Recorded({k: v[:-2] for k, v in rows.items()} if saved is None else saved,
+                    {k: v[-2:-1] for k, v in rows.items()}, {k: v[-1:] for k, v in rows.items()})
 
 
 def _bare(s, state, args):

@@ -11,7 +11,6 @@ import math
 import warnings
 from collections.abc import Sequence
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +19,7 @@ from jaxtyping import ArrayLike, PyTree
 from gradflow.errors import bad_argument
 from gradflow.interop import ExternalModel, as_gradflow_model, unwrap, wrap
 from gradflow.model import Model
-from gradflow.params import combine, partition
+from gradflow.params import model_outputs, partition
 from gradflow.precision import x64
 
 __all__ = ["HomogeneityReport", "check_homogeneity", "resolve_degree", "DEGREE_EXAMPLES"]
@@ -90,14 +89,6 @@ def _declared_degree(model: object) -> int | None:
     except Exception:  # noqa: BLE001 - any model without a usable degree
         return None
     return deg if isinstance(deg, int) and not isinstance(deg, bool) else None
-
-
-@eqx.filter_jit
-def model_outputs(params: PyTree, static: PyTree, x) -> jax.Array:
-    """Φ(x; W) of the model ``combine(params, static)``, compiled once per model structure and
-    shapes: applied op by op, a CNN's forward pass compiled each of its operations (seconds per
-    call, measured in ``benchmarks/compile_time.py``'s "other compiles")."""
-    return combine(params, static)(x)
 
 
 def check_homogeneity(
