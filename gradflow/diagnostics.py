@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
+from .conv_layout import canonical_convs
 from .losses import Loss, hard_margins
 from .params import combine, global_norm, tree_vdot
 
@@ -43,14 +44,15 @@ class Point(NamedTuple):
 
 
 def evaluate(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> Point:
-    """One forward + backward pass: α(W), ∇α(W) and the radial/spherical split of ∇α."""
+    """One forward + backward pass: α(W), ∇α(W) and the radial/spherical split of ∇α (the
+    convolutions in XLA CPU's fast order: :func:`gradflow.conv_layout.canonical_convs`)."""
 
     def alpha_fn(p):
         outputs = combine(p, static)(x)
         log_loss = loss.log_loss(outputs, y)
         return loss.alpha_from_log_loss(log_loss), (log_loss, outputs)
 
-    (alpha, (log_loss, outputs)), grad = jax.value_and_grad(alpha_fn, has_aux=True)(params)
+    (alpha, (log_loss, outputs)), grad = canonical_convs(jax.value_and_grad(alpha_fn, has_aux=True))(params)
     return point_from_gradient(params, outputs, log_loss, alpha, grad, loss)
 
 

@@ -56,6 +56,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from .conv_layout import canonical_convs
 from .losses import Loss
 from .params import combine
 
@@ -213,7 +214,7 @@ def loss_hvp(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> 
     grad = jax.grad(g)
 
     def hvp(v):
-        return jax.jvp(grad, (flat,), (v.astype(flat.dtype),))[1]
+        return canonical_convs(lambda f, t: jax.jvp(grad, (f,), (t,))[1])(flat, v.astype(flat.dtype))
 
     return hvp, c
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..clock import Clock
+from ..conv_layout import canonical_convs
 from ..diagnostics import Point, evaluate
 from ..losses import Loss
 from ..params import combine
@@ -62,7 +63,7 @@ def field_point(state: FlowState, args: FieldArgs) -> Point:
     slide = state.slide
     return lax.cond(any_fixed(slide),
                     lambda: project(args.sliding, state.W, args.static, args.x, args.y, args.loss, slide,
-                                    args.clock.scale).point,
+                                    args.clock.scale, signals=False).point,
                     lambda: evaluate(state.W, args.static, args.x, args.y, args.loss))
 
 
@@ -98,11 +99,13 @@ def sliding_diagnostics(state: FlowState, args: FieldArgs, pt: Point) -> dict:
     kappa = args.clock.scale(pt)
     wdot = jax.tree_util.tree_map(lambda g: kappa * g, v)
     pattern = sliding.pattern(slide)
-    z, dz = jax.jvp(lambda p: sliding.kink_values(p, args.static, args.x, pattern), (params,), (wdot,))
+    z, dz = canonical_convs(lambda p, t: jax.jvp(lambda q: sliding.kink_values(q, args.static, args.x, pattern), (p,),
+                                                   (t,)))(params, wdot)
     scale = sliding.site_scale(z)
     near = jnp.abs(z) <= DRIFT * sliding.rtol * scale
     sides = Pattern(jnp.zeros_like(pattern.active), jnp.where(near, jnp.where(dz > 0, 1.0, -1.0), 0.0))
-    _, d_alpha = jax.jvp(lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss, sides), (params,), (wdot,))
+    _, d_alpha = canonical_convs(lambda p, t: jax.jvp(lambda q: sliding.alpha(q, args.static, args.x, args.y, args.loss,
+                                                                              sides), (p,), (t,)))(params, wdot)
     rate = kappa * pt.grad_norm**2
     drift = jnp.max(jnp.where(pattern.active, jnp.abs(z) / scale, 0.0))
     # a float: diffrax fills the save points not reached with inf, which an integer cannot hold

@@ -251,21 +251,23 @@ class SlidingSolver(DelegatingSolver):
     def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool) -> tuple[FlowState, Stage | None]:
         """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, and (``extras``) the
         :class:`gradflow.sliding.Stage` there (z, c, λ at every pair: a gradient with the kinks
-        re-evaluated). Without extras and with no pair fixed, the model's own gradient."""
+        re-evaluated). Without extras, the field alone (no backward signals c: they cost 0.16 bare
+        gradients per stage, :meth:`gradflow.sliding.Sliding.evaluate`), and with no pair fixed,
+        the model's own gradient."""
         sliding: Sliding = args.sliding
         state = FlowState(W, aux)
 
-        def projected():
-            return project(sliding, W, args.static, args.x, args.y, args.loss, slide, self.clock.scale)
+        def projected(signals: bool):
+            return project(sliding, W, args.static, args.x, args.y, args.loss, slide, self.clock.scale, signals)
 
         if extras:
-            stage = projected()
+            stage = projected(True)
             return velocity(stage.point, state, self.clock), stage
 
         def plain():
             return evaluate(W, args.static, args.x, args.y, args.loss)
 
-        pt = _cond(self.batched, any_fixed(slide), lambda: projected().point, plain)
+        pt = _cond(self.batched, any_fixed(slide), lambda: projected(False).point, plain)
         return velocity(pt, state, self.clock), None
 
     def _update(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, solver_state: SlidingSolverState,
