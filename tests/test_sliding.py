@@ -18,7 +18,7 @@ from gradflow.kinkmap import apply_with_kinks, field_kinks, model_kinks
 from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
-from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, sliding_capacity
+from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, compact, sliding_capacity
 from gradflow.sliding.projection import EXAMPLE_RATES_MIN_PAIRS
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
@@ -309,3 +309,18 @@ def test_normals_through_one_example_equal_the_batch_ones(wine_one_vs_rest, kind
                 got = per_example.kink_rates(params, static, xs, pattern, tangent, needed)
                 np.testing.assert_allclose(got, jnp.where(needed, full, 0.0), rtol=0,
                                            atol=1e-13 * float(jnp.max(jnp.abs(full))))
+
+
+@pytest.mark.parametrize("n_true", [0, 1, 7, 8, 9, 200])
+def test_compact_lists_the_first_indices_in_order_and_counts_the_rest(n_true):
+    """The slot list of a mask (binary search of its running count) against numpy's nonzero, with
+    and without overflow of the 8 slots, and under vmap (the ensemble's members)."""
+    rng = np.random.default_rng(n_true)
+    masks = np.zeros((3, 1000), bool)
+    for m in masks:
+        m[rng.choice(1000, n_true, replace=False)] = True
+    idx, left = jax.vmap(lambda m: compact(m, 8))(jnp.asarray(masks))
+    for m, i, o in zip(masks, np.asarray(idx), np.asarray(left), strict=True):
+        want = np.flatnonzero(m)[:8]
+        np.testing.assert_array_equal(i, np.concatenate([want, -np.ones(8 - want.size, int)]))
+        assert o == max(n_true - 8, 0)

@@ -80,9 +80,19 @@ def box_qp(gram, grad, lo, hi, valid):
 
 def compact(mask_flat, max_pairs):
     """The flat indices where ``mask_flat`` holds, in increasing order, padded with −1 to
-    ``max_pairs`` (those beyond it are left out), and how many were left out."""
-    idx = jnp.nonzero(mask_flat, size=max_pairs, fill_value=-1)[0].astype(jnp.int32)
-    return idx, jnp.sum(mask_flat) - jnp.sum(idx >= 0)
+    ``max_pairs`` (those beyond it are left out), and how many were left out.
+
+    The j-th index is where the running count of ``mask_flat`` first reaches j + 1: a binary
+    search of the count (computed by ``lax.associative_scan``) for each of the ``max_pairs`` slots.
+    Measured on XLA's CPU backend for the 41,600 pairs of the ``hcnn`` CNN on 100 digits and 256
+    slots: 140 µs, where ``jnp.nonzero(size=...)`` (a ``cumsum``, which XLA's CPU backend lowers to
+    a chain of window reductions) took 430 µs, about half a bare gradient, twice per change of the
+    sliding set."""
+    counts = lax.associative_scan(jnp.add, mask_flat.astype(jnp.int32))
+    total = counts[-1]
+    slot = jnp.arange(max_pairs, dtype=jnp.int32)
+    idx = jnp.where(slot < total, jnp.searchsorted(counts, slot + 1, side="left").astype(jnp.int32), -1)
+    return idx, total - jnp.minimum(total, max_pairs)
 
 
 def remap_rows(rows, old_slots, new_slots):
