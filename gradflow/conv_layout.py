@@ -49,7 +49,7 @@ def canonical_convs(fun: Callable) -> Callable:
             return fun(*args)
         dynamic, static = eqx.partition(args, eqx.is_array)
         closed, out_shape = jax.make_jaxpr(lambda d: fun(*eqx.combine(d, static)), return_shape=True)(dynamic)
-        # without convolutions, the same equations bound again (cheaper than tracing ``fun`` twice)
+        # without convolutions, the same equations bound again: one path for every function
         outs = _run(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(dynamic))
         return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(out_shape), outs)
 
