@@ -19,19 +19,20 @@ are canonical too.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import equinox as eqx
 import jax
-import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._jaxpr import CALLS, call_body, interpret
+
 __all__ = ["canonical_convs"]
 
-# call-like primitives whose body is inlined when it holds a convolution
-_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
+# the call-like primitives whose body is inlined when it holds a convolution (not custom-derivative
+# calls: the wrapped function is differentiated already, and their own rules are kept)
+_INLINED = {name: CALLS[name] for name in ("jit", "pjit", "closed_call", "core_call")}
 
 
 def canonical_convs(fun: Callable) -> Callable:
@@ -56,22 +57,11 @@ def canonical_convs(fun: Callable) -> Callable:
     return wrapped
 
 
-def _sub(eqn) -> tuple[Any, Any] | None:
-    """(jaxpr, consts) of a call-like equation, or None."""
-    key = _CALLS.get(eqn.primitive.name)
-    if key is None or key not in eqn.params:
-        return None
-    sub = eqn.params[key]
-    if isinstance(sub, jex.core.ClosedJaxpr):
-        return sub.jaxpr, sub.consts
-    return sub, ()
-
-
 def _has_conv(jaxpr) -> bool:
     for eqn in jaxpr.eqns:
         if eqn.primitive is lax.conv_general_dilated_p:
             return True
-        sub = _sub(eqn)
+        sub = call_body(eqn, _INLINED)
         if sub is not None and _has_conv(sub[0]):
             return True
     return False
@@ -79,28 +69,16 @@ def _has_conv(jaxpr) -> bool:
 
 def _run(jaxpr, consts, args) -> list:
     """Evaluate ``jaxpr`` with its convolutions made canonical (and calls that hold one inlined)."""
-    env: dict[Any, Any] = {}
 
-    def read(v):
-        return v.val if isinstance(v, jex.core.Literal) else env[v]
-
-    for v, c in zip(jaxpr.constvars, consts, strict=True):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args, strict=True):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        sub = _sub(eqn)
+    def rule(eqn, invals):
         if eqn.primitive is lax.conv_general_dilated_p:
-            outs = [_canonical(*invals, **eqn.params)]
-        elif sub is not None and _has_conv(sub[0]):
-            outs = _run(sub[0], sub[1], invals)
-        else:
-            ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-            outs = ans if eqn.primitive.multiple_results else [ans]
-        for v, val in zip(eqn.outvars, outs, strict=True):
-            env[v] = val
-    return [read(v) for v in jaxpr.outvars]
+            return [_canonical(*invals, **eqn.params)]
+        sub = call_body(eqn, _INLINED)
+        if sub is not None and _has_conv(sub[0]):
+            return _run(sub[0], sub[1], invals)
+        return None
+
+    return interpret(jaxpr, consts, args, rule)
 
 
 def _canonical(lhs, rhs, **params):

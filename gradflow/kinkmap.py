@@ -48,23 +48,12 @@ import jax.extend as jex
 import jax.numpy as jnp
 from jax import lax
 
+from ._jaxpr import call_body, interpret
 from .params import combine
 
 __all__ = ["KinkSite", "Kinks", "ExampleKinks", "FieldKinks", "find_kinks", "example_kinks", "apply_with_kinks",
            "field_kinks", "model_kinks", "model_apply", "nonsmooth_primitives"]
 
-# call-like primitives whose body is inlined when it contains a kink, and the parameter holding it
-_CALLS = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat": "jaxpr",
-    "checkpoint": "jaxpr",
-}
 # primitives with bodies that are not re-evaluated (a max inside is reported as unsupported)
 _LOOPS = frozenset({"scan", "while", "cond", "switch"})
 # consumers through which a max's output reaches the loss with a vanishing derivative at 0
@@ -115,22 +104,11 @@ def _max_operands(eqn, invals: list) -> tuple[list, float | None]:
     return invals, None
 
 
-def _sub(eqn):
-    """(jaxpr, consts) of a call-like equation, or None."""
-    key = _CALLS.get(eqn.primitive.name)
-    if key is None or key not in eqn.params:
-        return None
-    sub = eqn.params[key]
-    if isinstance(sub, jex.core.ClosedJaxpr):
-        return sub.jaxpr, sub.consts
-    return sub, ()
-
-
 def _contains_max(jaxpr) -> bool:
     for eqn in jaxpr.eqns:
         if _is_max(eqn):
             return True
-        sub = _sub(eqn)
+        sub = call_body(eqn)
         if sub is not None and _contains_max(sub[0]):
             return True
         if eqn.primitive.name in _LOOPS and any(_contains_max(j.jaxpr if hasattr(j, "jaxpr") else j)
@@ -196,7 +174,7 @@ class _Tracer:
                 own = 0.5 if name == "abs" else tie
                 self.sites.append(dict(shape=tuple(out.aval.shape), tie=own, smooth=smooth, where=here))
                 continue
-            sub = _sub(eqn)
+            sub = call_body(eqn)
             if sub is not None and _contains_max(sub[0]):
                 inner_tie = _tie_inside(eqn, tie)
                 # uses of each body output = uses of the call's output in this jaxpr (and beyond)
@@ -244,31 +222,16 @@ class _Evaluator:
         self.index = 0
 
     def run(self, jaxpr, consts, args, tie: float):
-        env: dict[Any, Any] = {}
-
-        def read(v):
-            return v.val if isinstance(v, jex.core.Literal) else env[v]
-
-        for v, c in zip(jaxpr.constvars, consts, strict=True):
-            env[v] = c
-        for v, a in zip(jaxpr.invars, args, strict=True):
-            env[v] = a
-        for eqn in jaxpr.eqns:
-            invals = [read(v) for v in eqn.invars]
+        def rule(eqn, invals):
             if _is_max(eqn):
                 operands, own = _max_operands(eqn, invals)
-                outs = [self._max(*operands, tie=tie if own is None else own, shape=eqn.outvars[0].aval.shape)]
-            else:
-                sub = _sub(eqn)
-                if sub is not None and _contains_max(sub[0]):
-                    inner_tie = _tie_inside(eqn, tie)
-                    outs = self.run(sub[0], sub[1], invals, inner_tie)
-                else:
-                    ans = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
-                    outs = ans if eqn.primitive.multiple_results else [ans]
-            for v, val in zip(eqn.outvars, outs, strict=True):
-                env[v] = val
-        return [read(v) for v in jaxpr.outvars]
+                return [self._max(*operands, tie=tie if own is None else own, shape=eqn.outvars[0].aval.shape)]
+            sub = call_body(eqn)
+            if sub is not None and _contains_max(sub[0]):
+                return self.run(sub[0], sub[1], invals, _tie_inside(eqn, tie))
+            return None
+
+        return interpret(jaxpr, consts, args, rule)
 
     def _max(self, a, b, *, tie, shape):
         i = self.index
