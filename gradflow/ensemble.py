@@ -19,11 +19,14 @@ Two step-size policies (``steps=``):
 
 Sliding modes (:mod:`gradflow.sliding`): members with C⁰ kinks (ReLU, abs) integrate the same
 sliding field as their own :func:`gradflow.simulate_flow` runs (the same solver, step control and
-sliding rule, :mod:`gradflow.flow.integration`), each with its own sliding set, vmapped: the
-sliding solver holds the set in its state at a fixed capacity (the most the model needs,
-:func:`gradflow.sliding.sliding_capacity`: the one vmapped segment cannot grow it as a single run's
-driver does), and under vmap each of its branches (an entry, an exit, a new normal) runs only on
-the steps where some member takes it. ``steps='shared'`` cannot slide (one step size, one ODE).
+sliding rule, :mod:`gradflow.flow.integration`), each with its own sliding set, vmapped; under vmap
+each branch of the sliding solver (an entry, an exit, a new normal) runs only on the steps where
+some member takes it. The set is held at a capacity that starts at
+:data:`gradflow.sliding.ENSEMBLE_CAPACITY`: every step copies and selects each member's normals and
+their factor at that size, so it is kept small, and the members whose set outgrows it (the one
+vmapped segment cannot grow it as a single run's driver does) are run again from their starts at
+twice the capacity, up to the most the model needs (:func:`gradflow.sliding.sliding_capacity`);
+``stats['solves']`` counts the vmapped solves. ``steps='shared'`` cannot slide (one step size, one ODE).
 
 ``run=RunOptions(devices=...)`` splits the members over devices (each device runs its block's loop
 on its own, see :func:`simulate_ensemble`); on a multi-core CPU this is how an ensemble uses more
@@ -37,6 +40,7 @@ measured ratios against a Python loop of ``simulate_flow`` calls are in that ben
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -73,7 +77,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
-from .sliding import initial_slide
+from .sliding import ENSEMBLE_CAPACITY, initial_slide
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
@@ -304,15 +308,13 @@ def simulate_ensemble(
                                f"inside a loop ({', '.join(field.sites.unsupported)}) whose pairs the sliding field "
                                "cannot re-evaluate", "Pass sliding=False, or write the loop out.")
         choice = choose_integration(field, solve.clock, Request(solver, None, sliding, None, jacobian), num_params,
-                                    grow=False)
+                                    capacity=ENSEMBLE_CAPACITY)
         solver_obj = choice.solver
         acc0 = float(np.max(math.log(n) - log_loss0))  # the save points start at the latest member
         check_target(solve.until_accuracy, acc0)
         save_points = solve.save_points(acc0)
         members_n = len(models)
         s0 = jax.vmap(lambda v: jnp.asarray(solve.clock.start(loss_fn, v), jnp.float64))(jnp.asarray(log_loss0))
-        if mesh is not None:
-            params0, s0 = _pad_members((params0, s0), mesh.size)
         f = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         start = time.perf_counter()
         dt = None if solve.dt0 is None else f(solve.dt0)
@@ -324,49 +326,40 @@ def simulate_ensemble(
             spec = FlowSpec(solve.clock, solver_obj, diffrax.PIDController(rtol=f(solve.rtol), atol=f(solve.atol),
                                                                           **dict(_SHARED_PI)),
                             Record(first.degree, save_params), None, None, solve.max_steps)
-            out = _shared_solve(spec, data, params0, f(save_points), f(solve.end), dt, mesh=mesh)
+            padded = params0 if mesh is None else _pad_members(params0, mesh.size)
+            out = _shared_solve(spec, data, padded, f(save_points), f(solve.end), dt, mesh=mesh)
+            parts = [(_host(out, members_n), np.arange(members_n))]
         else:
             controller = step_controller(f(solve.rtol), f(solve.atol), {"norm": error_norm, **choice.controller})
             spec = FlowSpec(solve.clock, solver_obj, controller, Record(first.degree, save_params, defer=True),
                             None if stop is None else diffrax.Event(stop), choice.sliding, solve.max_steps, batched=True,
                             max_capacity=choice.max_capacity)
-            slide0 = None
-            if choice.sliding is not None:  # every member starts with no sliding pair
-                one = initial_slide(choice.sliding.max_pairs, num_params, jnp.float64)
-                members = jax.tree_util.tree_leaves(params0)[0].shape[0]
-                slide0 = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (members, *v.shape)), one)
-            out = _ensemble_solve(spec, data, params0, s0, slide0, f(save_points), f(solve.end), dt, mesh=mesh)
-        jax.block_until_ready(out)
+            parts = _per_member_solves(spec, data, params0, s0, f(save_points), f(solve.end), dt, mesh, num_params)
         wall = time.perf_counter() - start
-        out = jax.tree_util.tree_map(lambda v: v[:members_n] if eqx.is_array(v) else v, out)
-        saved, final_diag, final_state, result, stats = out.saved, out.final, out.state, out.result, out.stats
         config = dict(loss=loss_fn.name, clock=solve.clock.name, solver=type(solver_obj).__name__,
                       step_control=choice.step_control, sliding=choice.sliding is not None, rtol=solve.rtol,
                       atol=solve.atol, t_max=solve.t_max, until_accuracy=solve.until_accuracy, degree=first.degree,
                       n=n, max_steps=solve.max_steps, jacobian=jacobian, dtype="float64", ensemble_size=members_n,
                       steps=steps, ensemble_devices=1 if mesh is None else mesh.size, model_interface=first.interface)
-        # one device-to-host copy of everything, then numpy slicing per member (indexing the
-        # stacked jax arrays member by member cost ~1000 dispatched ops for 32 members)
-        saved, final_diag, stats, initial = jax.tree_util.tree_map(np.asarray, (saved, final_diag, stats, out.initial))
-        results = [_member(result, i, as_numpy=False) for i in range(members_n)]
-        final_params, final_aux = jax.tree_util.tree_map(np.asarray, (final_state.W, final_state.aux))
+        where = {int(i): (out, row) for out, members_of in parts for row, i in enumerate(members_of) if i >= 0}
         start_evals = evaluations_at_start(solver_obj, fresh_solver_state=True, choose_step=solve.dt0 is None)
         if choice.sliding is not None:  # the sliding solver evaluates its first stage at its start
             start_evals = 1 + (2 if solve.dt0 is None else 0)
         members = []
         for i in range(members_n):
-            s_i = _member(saved, i)
+            out, row = where[i]
+            s_i = _member(out.saved, row)
             reached = np.isfinite(s_i["log_loss"])
-            res_i = results[i]
-            slide_i = None if final_state.slide is None else jax.tree_util.tree_map(lambda v, i=i: v[i], final_state.slide)
-            state_i = FlowState(jax.tree_util.tree_map(lambda v, i=i: jnp.asarray(v[i]), final_params),
-                                jnp.asarray(final_aux[i]), slide_i)
+            res_i = _member(out.result, row, as_numpy=False)
+            slide_i = None if out.state.slide is None else jax.tree_util.tree_map(lambda v, r=row: v[r], out.state.slide)
+            state_i = FlowState(jax.tree_util.tree_map(lambda v, r=row: jnp.asarray(v[r]), out.state.W),
+                                jnp.asarray(out.state.aux[row]), slide_i)
             segment = Segment(
                 saved={k: v[reached] for k, v in s_i.items()},
-                final_diag={k: v[0] for k, v in _member(final_diag, i).items()},
+                final_diag={k: v[0] for k, v in _member(out.final, row).items()},
                 final_state=state_i,
                 result_name=result_name(res_i), reason=diffrax.RESULTS[res_i],
-                stats={k: int(v[i]) for k, v in stats.items() if k != "max_steps"},
+                stats={k: int(v[row]) for k, v in out.stats.items() if k != "max_steps"},
                 wall=wall / members_n, num_save=len(save_points), evals_per_step=evaluations_per_step(solver_obj),
                 start_evals=start_evals, solver_name=type(solver_obj).__name__,
                 implicit_segments=int(is_implicit(solver_obj)),
@@ -375,10 +368,52 @@ def simulate_ensemble(
             if steps == "per_member" and ran_its_course:  # W at its clock's value at every save point, as in simulate_flow
                 key = solve.clock.save_key
                 fail_off_clock(segment, key, np.asarray(save_points)[reached],
-                               float(np.reshape(initial[key][i], -1)[0]), solve.rtol)
+                               float(np.reshape(out.initial[key][row], -1)[0]), solve.rtol)
             members.append(assemble([segment], first.static, first.degree, config=dict(config, member=i),
                                      throw=False, stop_reason=solve.clock.stop(solve.t_max, solve.until_accuracy)))
-    return EnsembleResult(members=members, diagnostics=_stack(members), stats={"wall_time": wall, "members": len(members)})
+    return EnsembleResult(members=members, diagnostics=_stack(members),
+                          stats={"wall_time": wall, "members": len(members), "solves": len(parts)})
+
+
+def _per_member_solves(spec: FlowSpec, data: Data, params0, s0, save_points, end, dt0, mesh, num_params: int) -> list:
+    """The members' own solves, vmapped (:func:`_ensemble_solve`): a list of (result, members), the
+    result's leaves (:func:`_host`) with the members it ran along their leading axis, ``members`` their
+    indices in the ensemble (−1 where a member's result is in a later solve).
+
+    With sliding, the members start at the capacity of ``spec.sliding``. A member whose sliding set
+    needs more ends its solve at that step (:class:`gradflow.controllers.StepGuard`, as a single run's
+    segment ends for its driver to grow the capacity); the members that did are run again from their
+    starts at twice the capacity, up to ``spec.max_capacity`` (where further entries are counted as
+    overflow). Such a member's result is that of a run at the larger capacity from the start."""
+    members = np.arange(len(np.asarray(s0)))
+    parts = []
+    while True:
+        slide0 = None
+        if spec.sliding is not None:  # every member starts with no sliding pair
+            one = initial_slide(spec.sliding.max_pairs, num_params, jnp.float64)
+            slide0 = jax.tree_util.tree_map(lambda v, m=members: jnp.broadcast_to(v, (m.size, *v.shape)), one)
+        starts = (jax.tree_util.tree_map(lambda v, m=members: v[m], params0), s0[members], slide0)
+        if mesh is not None:
+            starts = _pad_members(starts, mesh.size)
+        out = _host(_ensemble_solve(spec, data, *starts, save_points, end, dt0, mesh=mesh), len(members))
+        again = np.asarray(out.stats["capacity_overflow"], bool)
+        parts.append((out, np.where(again, -1, members)))
+        if not again.any():
+            return parts
+        members = members[again]
+        capacity = min(2 * spec.sliding.max_pairs, spec.max_capacity)
+        spec = eqx.tree_at(lambda s: s.sliding, spec, spec.sliding.with_capacity(capacity))
+
+
+def _host(out: SegmentResult, members: int) -> SegmentResult:
+    """``out`` without the padding members, with what the members' results are read from copied to
+    the host in one go (then numpy slicing per member: indexing the stacked jax arrays member by
+    member cost ~1000 dispatched ops for 32 members); the diffrax result and the sliding state stay jax arrays."""
+    out = jax.tree_util.tree_map(lambda v: v[:members] if eqx.is_array(v) else v, out)
+    saved, final, stats, initial, W, aux = jax.tree_util.tree_map(
+        np.asarray, (out.saved, out.final, out.stats, out.initial, out.state.W, out.state.aux))
+    state = FlowState(W, aux, out.state.slide)
+    return dataclasses.replace(out, saved=saved, final=final, stats=stats, initial=initial, state=state)
 
 
 def _prepare_members(models, first):

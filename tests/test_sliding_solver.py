@@ -11,6 +11,7 @@ import pytest
 from jax.experimental import io_callback
 
 import gradflow as gf
+import gradflow.ensemble as ensemble
 import gradflow.flow.integration as integration
 import gradflow.flow.sliding_solver as sliding_solver
 from gradflow.sliding.state import COUNTS
@@ -82,6 +83,31 @@ def test_capacity_grows_where_a_step_needs_more(many, monkeypatch):
     assert grown.stats["sliding_overflow"] == 0 and grown.stats["sliding_capacity"] == M
     assert grown.stats["segments"] > large.stats["segments"]  # a segment ended at each growth
     np.testing.assert_allclose(grown.diagnostics["params_flat"], large.diagnostics["params_flat"], atol=1e-8)
+
+
+@pytest.mark.slow
+def test_ensemble_reruns_the_members_that_need_more_capacity(many, monkeypatch):
+    """An ensemble starts at a small sliding capacity; the members whose set outgrows it are run again
+    from their starts at twice it, the others keep their first run. Two starts of the toy: in one all
+    M pairs slide (64 → 128 → M), in the other the ~56 with w_j(0) ≤ t_max (64 suffices). Both follow
+    the closed form, with no overflow."""
+    model, data, w0 = many
+    w0_b = np.linspace(1.2, 2.0, M)
+    with gf.x64():
+        model_b = gf.as_model(_many_apply, {"v": jnp.asarray(1.0), "w": jnp.asarray(w0_b)}, degree=None)
+    monkeypatch.setattr(ensemble, "ENSEMBLE_CAPACITY", 64)
+    t_max = 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W₀) > ℓ(0)
+        ens = gf.simulate_ensemble([model, model_b], data, t_max, save_at=np.array([0.0, 0.5, 1.2, t_max]), rtol=1e-9,
+                                   atol=1e-11, save_params=True)
+    assert ens.status == ["completed"] * 2 and ens.stats["solves"] == 3
+    for r, w, capacity, sliding in ((ens[0], w0, M, M), (ens[1], w0_b, 64, int(np.sum(w0_b <= t_max)))):
+        assert r.stats["sliding_overflow"] == 0 and r.stats["sliding_capacity"] == capacity
+        assert r.diagnostics["sliding_pairs"][-1] == sliding
+        exact = _many_exact(w, 1.0, r.t)
+        np.testing.assert_allclose(r.diagnostics["params_flat"][:, 1:], exact[:, :M], atol=1e-7)
+        np.testing.assert_allclose(r.diagnostics["params_flat"][:, 0], exact[:, M], rtol=1e-7)
 
 
 @pytest.mark.slow

@@ -68,10 +68,11 @@ class Integration(NamedTuple):
 
 
 def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_params: int, *,
-                       grow: bool = True) -> Integration:
+                       capacity: int = INITIAL_CAPACITY) -> Integration:
     """The integration of a model with the kinks ``field`` and ``num_params`` parameters (see the
-    module docstring). ``grow``: start the sliding capacity at :data:`gradflow.sliding.INITIAL_CAPACITY`
-    and let the driver grow it; False (a vmapped ensemble, which runs one segment): start at the most."""
+    module docstring). ``capacity``: the sliding capacity to start at (at most the model's
+    :func:`gradflow.sliding.sliding_capacity`), grown on demand by the driver, or by an ensemble's
+    rerun of its members that needed more (:data:`gradflow.sliding.ENSEMBLE_CAPACITY`)."""
     kinks = field.jumps
     sliding = request.sliding
     if sliding is None:
@@ -114,5 +115,5 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
     slide, max_capacity = None, 0
     if sliding:
         max_capacity = sliding_capacity(field.sites.pairs, num_params)
-        slide = Sliding(field.sites, None, min(INITIAL_CAPACITY, max_capacity) if grow else max_capacity, field.example)
+        slide = Sliding(field.sites, None, min(capacity, max_capacity), field.example)
     return Integration(solver, solver_obj, auto, step_control, controller, slide, max_capacity)

@@ -58,8 +58,10 @@ worst violator fixed at its bound per pass). A pair whose σ ends at a bound lea
 that bound's derivative (σ = 1: relu' = 1, σ = 0: relu' = 0) until it is clear of its surface by
 more than :data:`DRIFT` · rtol · rms(z) of its site; then its own derivative is the kept one.
 This is what keeps a pair at the edge of sliding (σ ≈ 0 or 1) from entering and leaving at every
-step. At most :data:`MAX_PAIRS` pairs slide at once (further entries are counted as overflow and
-keep their own derivative).
+step. The sliding state holds at most its capacity of pairs: a run starts at
+:data:`INITIAL_CAPACITY` (an ensemble at :data:`ENSEMBLE_CAPACITY`) and doubles it when a step needs
+more, up to :func:`sliding_capacity` (beyond it, further entries are counted as overflow and keep
+their own derivative).
 
 The state of a flow with sliding is ``(W, aux, slide)`` with ``slide`` a :class:`SlideState`
 (zero derivative; only the wrapper changes it, between steps); the step controller's error norm
@@ -75,6 +77,7 @@ from .state import (
     BRIEF_STEPS,
     COUNTS,
     DRIFT,
+    ENSEMBLE_CAPACITY,
     INITIAL_CAPACITY,
     MAX_NORMALS,
     REBUILD_DRIFT,
@@ -89,4 +92,4 @@ from .state import (
 
 __all__ = ["Sliding", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
            "project", "sliding_capacity", "box_qp", "gram_factor_t", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
-           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]
+           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "ENSEMBLE_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["SlideState", "SlideKey", "initial_slide", "sliding_capacity", "active_count", "any_fixed", "COUNTS",
-           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "TAU_STEPS", "BRIEF_STEPS"]
+           "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "ENSEMBLE_CAPACITY", "TAU_STEPS", "BRIEF_STEPS"]
 
 # A pair is on its surface while |z| ≤ DRIFT · rtol · rms(z) of its site: the band in which a pair
 # that left A keeps its bound's derivative, and the bound of the sliding pairs' drift at the end of
@@ -38,6 +38,12 @@ MAX_NORMALS = 2**24
 # capacity 1,252, 10.0 s at 256, 9.9 s at 32; starting at 64, one step there had 65 candidates
 # (most of a step's entering pairs leave again in the same change), and the capacity grew to 128.
 INITIAL_CAPACITY = 256
+# the capacity an ensemble starts with; members whose sliding set outgrows it are run again, from
+# their start, at twice the capacity (up to sliding_capacity). Smaller than a single run's: under
+# vmap every step copies and selects the members' normals and factors (members × (capacity × k +
+# capacity²) floats). Measured on 8 wine members (2-layer ReLU nets of 8 units, k = 120, to t = 1e4,
+# at most 8 pairs slide): see benchmarks/results/ensemble.json, "sliding".
+ENSEMBLE_CAPACITY = 16
 # the Baumgarte time τ of dz_A/ds = −z_A/τ is set to TAU_STEPS steps at a change of A, and reset
 # when a step exceeds τ/2 (the term is stiff for an explicit step h ≫ τ)
 TAU_STEPS = 8.0
