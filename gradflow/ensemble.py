@@ -88,8 +88,9 @@ class EnsembleResult:
     """One :class:`FlowResult` per member, plus the diagnostics stacked along a leading axis.
 
     ``diagnostics[name]`` has shape (members, T, ...); a member that stopped early (failure or
-    target) has NaN after its last save point. ``stats`` holds the wall time of the whole
-    compiled ensemble solve."""
+    target) has NaN after its last save point. ``stats``: ``wall_time`` (of all the compiled
+    solves), ``members`` and ``solves`` (1, plus one per rerun of the members whose sliding set
+    outgrew the capacity; see the module docstring)."""
 
     members: list[FlowResult]
     diagnostics: dict[str, np.ndarray] = field(default_factory=dict)
