@@ -68,9 +68,10 @@ class Integration(NamedTuple):
 
 
 def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_params: int, *,
-                       capacity: int = INITIAL_CAPACITY) -> Integration:
+                       capacity: int | None = None) -> Integration:
     """The integration of a model with the kinks ``field`` and ``num_params`` parameters (see the
-    module docstring). ``capacity``: the sliding capacity to start at (at most the model's
+    module docstring). ``capacity``: the sliding capacity to start at (None:
+    :data:`gradflow.sliding.INITIAL_CAPACITY`; at most the model's
     :func:`gradflow.sliding.sliding_capacity`), grown on demand by the driver, or by an ensemble's
     rerun of its members that needed more (:data:`gradflow.sliding.ENSEMBLE_CAPACITY`)."""
     kinks = field.jumps
@@ -115,5 +116,6 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
     slide, max_capacity = None, 0
     if sliding:
         max_capacity = sliding_capacity(field.sites.pairs, num_params)
-        slide = Sliding(field.sites, None, min(capacity, max_capacity), field.example)
+        start = INITIAL_CAPACITY if capacity is None else capacity
+        slide = Sliding(field.sites, None, min(start, max_capacity), field.example)
     return Integration(solver, solver_obj, auto, step_control, controller, slide, max_capacity)
