@@ -77,7 +77,7 @@ from .params import combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
-from .sliding import ENSEMBLE_CAPACITY, initial_slide
+from .sliding import ENSEMBLE_CAPACITY, grown_capacity, initial_slide
 from .solvers import evaluations_at_start, evaluations_per_step, get_solver, is_implicit
 
 __all__ = ["simulate_ensemble", "EnsembleResult"]
@@ -386,7 +386,7 @@ def _per_member_solves(spec: FlowSpec, data: Data, params0, s0, save_points, end
     segment ends for its driver to grow the capacity); the members that did are run again from their
     starts at twice the capacity, up to ``spec.max_capacity`` (where further entries are counted as
     overflow). Such a member's result is that of a run at the larger capacity from the start."""
-    members = np.arange(len(np.asarray(s0)))
+    members = np.arange(s0.shape[0])
     parts = []
     while True:
         slide0 = None
@@ -402,7 +402,7 @@ def _per_member_solves(spec: FlowSpec, data: Data, params0, s0, save_points, end
         if not again.any():
             return parts
         members = members[again]
-        capacity = min(2 * spec.sliding.max_pairs, spec.max_capacity)
+        capacity = grown_capacity(spec.sliding.max_pairs, spec.max_capacity)
         spec = eqx.tree_at(lambda s: s.sliding, spec, spec.sliding.with_capacity(capacity))
 
 

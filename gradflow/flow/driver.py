@@ -18,6 +18,7 @@ from .. import activations
 from ..clock import Clock
 from ..controllers import STALL_ULPS, fresh_controller_state
 from ..params import params_to_dict
+from ..sliding import grown_capacity
 from ..solvers import evaluations_at_start, evaluations_per_step, is_implicit
 from .assemble import Segment, fail_off_clock, result_name
 from .field import Data, FieldArgs
@@ -162,7 +163,7 @@ class Driver:
             if seg.stats.get("capacity_overflow", 0):
                 # more pairs slide than the capacity holds: the same chunk goes on from the last accepted
                 # step with twice the capacity (one more compile; gradflow.sliding.INITIAL_CAPACITY)
-                capacity = min(2 * self.plan.sliding.max_pairs, self.plan.max_capacity)
+                capacity = grown_capacity(self.plan.sliding.max_pairs, self.plan.max_capacity)
                 self.plan = self.plan.with_capacity(capacity)
                 new_state = new_state._replace(slide=new_state.slide.widened(capacity))
                 seg.result_name, seg.reason = "successful", ""

@@ -86,10 +86,11 @@ from .state import (
     SlideState,
     active_count,
     any_fixed,
+    grown_capacity,
     initial_slide,
     sliding_capacity,
 )
 
 __all__ = ["Sliding", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
-           "project", "sliding_capacity", "box_qp", "gram_factor_t", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
+           "project", "sliding_capacity", "grown_capacity", "box_qp", "gram_factor_t", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
            "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "ENSEMBLE_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]

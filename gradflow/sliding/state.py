@@ -16,7 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["SlideState", "SlideKey", "initial_slide", "sliding_capacity", "active_count", "any_fixed", "COUNTS",
+__all__ = ["SlideState", "SlideKey", "initial_slide", "sliding_capacity", "grown_capacity", "active_count", "any_fixed", "COUNTS",
            "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "ENSEMBLE_CAPACITY", "TAU_STEPS", "BRIEF_STEPS"]
 
 # A pair is on its surface while |z| ≤ DRIFT · rtol · rms(z) of its site: the band in which a pair
@@ -42,7 +42,9 @@ INITIAL_CAPACITY = 256
 # their start, at twice the capacity (up to sliding_capacity). Smaller than a single run's: under
 # vmap every step copies and selects the members' normals and factors (members × (capacity × k +
 # capacity²) floats). Measured on 8 wine members (2-layer ReLU nets of 8 units, k = 120, to t = 1e4,
-# at most 8 pairs slide): see benchmarks/results/ensemble.json, "sliding".
+# 9–12 pairs slide at once), throughput against a loop of simulate_flow on one core: starting at 8,
+# six members reran (0.66–0.96×); at 16, none (1.29–1.64×); 32: 1.21–1.35×; 120: 0.88–0.95× (the
+# last and 16 side by side in benchmarks/results/ensemble.json, "sliding").
 ENSEMBLE_CAPACITY = 16
 # the Baumgarte time τ of dz_A/ds = −z_A/τ is set to TAU_STEPS steps at a change of A, and reset
 # when a step exceeds τ/2 (the term is stiff for an explicit step h ≫ τ)
@@ -113,6 +115,13 @@ def sliding_capacity(pairs: int, num_params: int) -> int:
     than parameters are linearly dependent), and within :data:`MAX_NORMALS` floats for the normals
     (capacity × k) and the Gram factor (capacity²)."""
     return max(1, min(pairs, num_params, MAX_NORMALS // max(num_params, 1), math.isqrt(MAX_NORMALS)))
+
+
+def grown_capacity(capacity: int, most: int) -> int:
+    """The capacity after a step needed more than ``capacity`` pairs: twice it, at most ``most``
+    (:func:`sliding_capacity`). A single run's driver grows it so and goes on from the last accepted
+    step; an ensemble reruns the members that needed it from their starts."""
+    return min(2 * capacity, most)
 
 
 def initial_slide(capacity: int, num_params: int, dtype) -> SlideState:
