@@ -51,7 +51,7 @@ from jax import lax
 from ._jaxpr import call_body, interpret
 from .params import combine
 
-__all__ = ["KinkSite", "Kinks", "ExampleKinks", "FieldKinks", "find_kinks", "example_kinks", "apply_with_kinks",
+__all__ = ["KinkSite", "Kinks", "ExampleKinks", "FieldKinks", "find_kinks", "shared_message", "example_kinks", "apply_with_kinks",
            "field_kinks", "model_kinks", "model_apply", "nonsmooth_primitives"]
 
 # primitives with bodies that are not re-evaluated (a max inside is reported as unsupported)
@@ -75,10 +75,18 @@ class KinkSite(NamedTuple):
 
 
 class Kinks(NamedTuple):
-    """The kink sites of a forward pass, in evaluation order, and the kinks it cannot re-evaluate."""
+    """The kink sites of a forward pass, in evaluation order, and the kinks it cannot re-evaluate.
+
+    ``shared``: pairs (i, j), j < i, of C⁰ sites whose operands hold some of the same array
+    elements (one array read by both, whole, reshaped or inside a ``concatenate``, as a DenseNet's
+    ReLU before each layer reads the whole state; for ``max(a, b)`` both a and b, for a ReLU a):
+    the same pre-activation is then a pair of both sites, with the same surface and normal (see
+    :func:`shared_message`). Found from the jaxpr alone, so an overlap made by slicing or inside
+    a call without a ``max`` is not seen."""
 
     sites: tuple[KinkSite, ...]
     unsupported: tuple[str, ...] = ()
+    shared: tuple[tuple[int, int], ...] = ()
 
     @property
     def sliding(self) -> tuple[int, ...]:
@@ -149,8 +157,23 @@ class _Tracer:
     def __init__(self):
         self.sites: list[dict] = []
         self.unsupported: list[str] = []
+        # per site, the arrays each of its operands is made of (see walk)
+        self.sources: list[tuple[frozenset, frozenset]] = []
 
-    def walk(self, jaxpr, path: str, tie: float, outer_uses: Sequence[list] | None) -> None:
+    def walk(self, jaxpr, path: str, tie: float, outer_uses: Sequence[list] | None,
+             outer_sources: Sequence[frozenset] | None) -> None:
+        # the arrays (variables) whose elements each variable holds: itself, or, through a
+        # concatenate or a reshape, those of its operands; a call body's inputs those of the caller's;
+        # none for constants (a literal, a constant, an array made from those alone: relu's 0)
+        sources: dict[Any, frozenset] = {v: frozenset() for v in jaxpr.constvars}
+        if outer_sources is not None:
+            sources.update(zip(jaxpr.invars, outer_sources, strict=True))
+
+        def of(var) -> frozenset:
+            if isinstance(var, jex.core.Literal):
+                return frozenset()
+            return sources.get(var, frozenset({var}))
+
         uses: dict[Any, list] = {}
         for eqn in jaxpr.eqns:
             for v in eqn.invars:
@@ -167,21 +190,34 @@ class _Tracer:
         for k, eqn in enumerate(jaxpr.eqns):
             name = eqn.primitive.name
             here = f"{path}/{name}#{k}"
+            if name in _SAME_ELEMENTS:
+                sources[eqn.outvars[0]] = frozenset().union(*(of(v) for v in eqn.invars))
+            elif all(not of(v) for v in eqn.invars):
+                sources.update((v, frozenset()) for v in eqn.outvars)
             if _is_max(eqn):
                 out = eqn.outvars[0]
                 cons = consumers(out)
                 smooth = bool(cons) and all(_is_square_use(e, v) for e, v in cons)
                 own = 0.5 if name == "abs" else tie
                 self.sites.append(dict(shape=tuple(out.aval.shape), tie=own, smooth=smooth, where=here))
+                self.sources.append((of(eqn.invars[0]), of(eqn.invars[1]) if len(eqn.invars) > 1 else frozenset()))
                 continue
             sub = call_body(eqn)
             if sub is not None and _contains_max(sub[0]):
                 inner_tie = _tie_inside(eqn, tie)
                 # uses of each body output = uses of the call's output in this jaxpr (and beyond)
                 body_uses = [consumers(v) for v in eqn.outvars]
-                self.walk(sub[0], here, inner_tie, body_uses)
+                body_in = sub[0].invars
+                same = len(eqn.invars) == len(body_in)  # a call's operands are its body's inputs, in order
+                operands = [of(v) for v in eqn.invars] if same else [frozenset({v}) for v in body_in]
+                self.walk(sub[0], here, inner_tie, body_uses, operands)
             elif name in _LOOPS and _contains_max_any(eqn):
                 self.unsupported.append(here)
+
+
+# primitives whose output holds exactly its operands' elements (no arithmetic): a max that reads it
+# reads theirs
+_SAME_ELEMENTS = frozenset({"concatenate", "reshape", "copy", "copy_p", "squeeze", "expand_dims"})
 
 
 def _contains_max_any(eqn) -> bool:
@@ -192,9 +228,35 @@ def find_kinks(apply: Callable, *args) -> Kinks:
     """The kink sites of ``apply(*args)`` (traced with ``jax.make_jaxpr``; nothing runs)."""
     closed = jax.make_jaxpr(apply)(*args)
     tracer = _Tracer()
-    tracer.walk(closed.jaxpr, "", 0.5, None)
+    tracer.walk(closed.jaxpr, "", 0.5, None, None)
     sites = tuple(KinkSite(**s) for s in tracer.sites)
-    return Kinks(sites, tuple(tracer.unsupported))
+    c0 = [i for i, site in enumerate(sites) if not site.smooth]
+    shared = tuple((i, j) for a, i in enumerate(c0) for j in c0[:a] if _same_kinks(tracer.sources[i], tracer.sources[j]))
+    return Kinks(sites, tuple(tracer.unsupported), shared)
+
+
+def _same_kinks(first: tuple[frozenset, frozenset], second: tuple[frozenset, frozenset]) -> bool:
+    """Whether two max sites, given the arrays their operands (a, b) hold, may share pairs: some
+    element of a read by both, and b a constant in both (a ReLU) or also sharing elements (in
+    either order)."""
+
+    def match(a1, b1, a2, b2):
+        return bool(a1 & a2) and (bool(b1 & b2) or not (b1 or b2))
+
+    (a1, b1), (a2, b2) = first, second
+    return match(a1, b1, a2, b2) or match(a1, b1, b2, a2)
+
+
+def shared_message(kinks: Kinks) -> str:
+    """The warning of a forward pass with :attr:`Kinks.shared` sites: which, why it matters, the fix."""
+    where = "; ".join(f"site {i} {kinks.sites[i].shape} repeats site {j} {kinks.sites[j].shape}" for i, j in kinks.shared)
+    return ("Some ReLUs read pre-activations that another ReLU already read (elementwise max sites in evaluation "
+            "order, with their shapes: " + where + "): each such "
+            "pre-activation is a kink pair of every ReLU that reads it, so a crossing enters the sliding set once per "
+            "copy, with equal normals, and the copies' relu' are chosen independently (a superset of the Clarke "
+            "subdifferential, where the copies share one). Apply the ReLU once and reuse its output, e.g. in a DenseNet "
+            "keep relu(h) and concatenate relu of each new layer to it (gradflow.SmallDenseNet does: measured from its "
+            "random start on 100 digits, 2.8x fewer entries and 2.5x less wall time for the same steps).")
 
 
 @jax.custom_jvp

@@ -169,3 +169,76 @@ def test_kink_rule_picks_the_default_solver(rule_cases, kind):
     assert (r.config["solver"], r.config["step_control"]) == (("bosh3", "kink") if jumps else ("tsit5", "pid"))
     # abs slides like a ReLU (|x| = max(x, −x)); the squared ReLU's site is C¹ and never slides
     assert r.config["sliding"] is jumps
+
+
+def _twice(p, x):  # the ReLU of h, then the ReLU of [h, g] again: h's pre-activations pass through two ReLUs
+    h, g = x @ p["a"], x @ p["b"]
+    return jnp.concatenate([jax.nn.relu(h), jax.nn.relu(jnp.concatenate([h, g], axis=1))], axis=1) @ p["v"]
+
+
+def _once(p, x):  # the same function with every pre-activation through one ReLU
+    h, g = x @ p["a"], x @ p["b"]
+    r = jax.nn.relu(h)
+    return jnp.concatenate([r, jnp.concatenate([r, jax.nn.relu(g)], axis=1)], axis=1) @ p["v"]
+
+
+def _reshaped(p, x):  # the ReLU of h and of a reshape of h: the same elements
+    h = x @ p["a"]
+    return jax.nn.relu(h) @ p["v"][:4] + jax.nn.relu(h.reshape(-1, 2, 2)).sum(axis=(1, 2))
+
+
+def test_relus_that_read_the_same_pre_activations_are_found_and_warned():
+    """Kinks.shared: C⁰ sites whose operands hold the same array elements (whole, concatenated or
+    reshaped); the sliding set up warns, naming them. The function is the same either way (checked)."""
+    from gradflow.clock import get_clock
+    from gradflow.flow.integration import Request, choose_integration
+
+    rng = np.random.default_rng(0)
+    with gf.x64():
+        p = {"a": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.asarray(rng.normal(size=(3, 2))),
+             "v": jnp.asarray(rng.normal(size=10))}
+        x = jnp.asarray(rng.normal(size=(5, 3)))
+        np.testing.assert_array_equal(_twice(p, x), _once(p, x))
+        found = {}
+        for name, fn in (("twice", _twice), ("once", _once), ("reshaped", _reshaped)):
+            params, static = partition(gf.interop.wrap(gf.as_model(fn, p, batched=True)))
+            found[name] = field_kinks(params, static, x)
+    assert found["twice"].sites.shared == ((1, 0),)
+    assert found["once"].sites.shared == ()
+    assert found["reshaped"].sites.shared == ((1, 0),)
+    assert found["twice"].sites.pairs == 5 * (4 + 6) and found["once"].sites.pairs == 5 * (4 + 2)
+    with pytest.warns(UserWarning, match=r"site 1 \(5, 6\) repeats site 0 \(5, 4\)"):
+        choose_integration(found["twice"], get_clock("time"), Request(), 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        choose_integration(found["once"], get_clock("time"), Request(), 10)
+        choose_integration(found["twice"], get_clock("time"), Request(sliding=False), 10)
+
+
+def test_relus_of_different_arrays_and_maxout_are_not_repeats():
+    """No false alarm: ReLUs with the constant 0 in common (jnp.maximum(0, ·) broadcasts it) and two
+    maxouts sharing one operand (z = h − g and h − u differ) share no pair; max(h, g) twice does."""
+    def zeros_first(p, x):
+        h, g = x @ p["a"], x @ p["b"]
+        return jnp.concatenate([jnp.maximum(0.0, h), jnp.maximum(0.0, g)], axis=1) @ p["v"][:6]
+
+    def maxouts(p, x):
+        h, g, u = x @ p["a"][:, :2], x @ p["b"], x @ p["a"][:, 2:]
+        return jnp.concatenate([jnp.maximum(h, g), jnp.maximum(h, u)], axis=1) @ p["v"][:4]
+
+    def same_maxout(p, x):
+        h, g = x @ p["a"][:, :2], x @ p["b"]
+        return jnp.concatenate([jnp.maximum(h, g), jnp.maximum(g, h)], axis=1) @ p["v"][:4]
+
+    rng = np.random.default_rng(1)
+    with gf.x64():
+        p = {"a": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.asarray(rng.normal(size=(3, 2))),
+             "v": jnp.asarray(rng.normal(size=10))}
+        x = jnp.asarray(rng.normal(size=(5, 3)))
+        shared = {}
+        for fn in (zeros_first, maxouts, same_maxout):
+            params, static = partition(gf.interop.wrap(gf.as_model(fn, p, batched=True)))
+            kinks = field_kinks(params, static, x).sites
+            assert len(kinks.sliding) == 2, fn.__name__
+            shared[fn.__name__] = kinks.shared
+    assert shared == {"zeros_first": (), "maxouts": (), "same_maxout": ((1, 0),)}

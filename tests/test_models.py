@@ -385,3 +385,31 @@ def test_make_margin_model(arch, cls, degree):
 def test_make_margin_model_refuses_unknown_names():
     with pytest.raises(InvalidArgumentError, match="'hcnn', 'densenet', 'resnet'"):
         make_margin_model("alexnet", (1, 8, 8))
+
+
+def test_densenet_passes_each_pre_activation_through_one_relu():
+    """SmallDenseNet keeps relu(h) beside h (relu([h, u]) = [relu(h), relu(u)]): the same outputs as
+    the textbook form, a ReLU of the whole state before each layer (written out here), but one kink
+    pair per pre-activation: stem, each new layer's channels, each transition (kinkmap finds no
+    repeated site). stem=4, growth=2, blocks (2, 1) on 8×8: 4·16 + 2·2·16 + 4·4 + 2·4 = 152 per example."""
+    from gradflow.kinkmap import model_kinks
+
+    rng = np.random.default_rng(5)
+    with x64():
+        x = jnp.asarray(rng.normal(size=(3, 1, 8, 8)))
+        net = SmallDenseNet(1, 8, 3, key=jax.random.PRNGKey(2), stem=4, growth=2, block_layers=(2, 1))
+
+        def textbook(xi):
+            h = net.stem(xi)
+            for b, block in enumerate(net.blocks):
+                for conv in block:
+                    h = jnp.concatenate([h, conv(jax.nn.relu(h))], axis=0)
+                if b < len(net.transitions):
+                    h = net.pool(net.transitions[b](jax.nn.relu(h)))
+            return net.head(jnp.mean(jax.nn.relu(h), axis=(1, 2)))
+
+        np.testing.assert_allclose(net(x), jax.vmap(textbook)(x), rtol=1e-14, atol=1e-15)
+        params, static = partition(net)
+        kinks = model_kinks(params, static, x)
+    assert kinks.shared == ()
+    assert kinks.pairs == 3 * (4 * 16 + 2 * 2 * 16 + 4 * 4 + 2 * 4)

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 from ..clock import Clock
 from ..controllers import KINK_ACCEPT
 from ..errors import bad_argument
-from ..kinkmap import FieldKinks
+from ..kinkmap import FieldKinks, shared_message
 from ..sliding import INITIAL_CAPACITY, Sliding, sliding_capacity
 from ..solvers import get_solver, is_implicit
 from .sliding_solver import sliding_solvable
@@ -115,6 +115,8 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
     controller = {"accept": KINK_ACCEPT, **options} if step_control == "kink" else options
     slide, max_capacity = None, 0
     if sliding:
+        if field.sites.shared:
+            warnings.warn(shared_message(field.sites), stacklevel=5)
         max_capacity = sliding_capacity(field.sites.pairs, num_params)
         start = INITIAL_CAPACITY if capacity is None else capacity
         slide = Sliding(field.sites, None, min(start, max_capacity), field.example)

@@ -399,7 +399,7 @@ def _drive(prob: Problem, options: _FlowOptions, plan: Plan, config: dict,
 def _site_summary(sites) -> dict:
     """The config entry of a model's elementwise-max sites (gradflow.kinkmap)."""
     return {"c0": len(sites.sliding), "c1": len(sites.sites) - len(sites.sliding), "c0_pairs": sites.pairs,
-            "unsupported": list(sites.unsupported)}
+            "unsupported": list(sites.unsupported), "shared": [list(pair) for pair in sites.shared]}
 
 
 def _shard(devices, prob: Problem) -> Problem:

@@ -79,6 +79,14 @@ class SmallDenseNet(Model):
     h ← avgpool2(conv1×1(relu(h))) to ``transition`` channels (defaults to half, rounded up).
     Stem: conv3×3 with stride 2 (C → ``stem``; DenseNet-121's stem also halves the image).
     Image sizes must be divisible by 2^blocks.
+
+    relu(h) is computed once per entry of h and concatenated as h grows (relu([h, u]) =
+    [relu(h), relu(u)]): the same function as applying relu to the whole state before each layer,
+    but every pre-activation is one kink pair (:mod:`gradflow.kinkmap`), not one per ReLU that
+    reads it. With the repeated ReLUs, a crossing entered the sliding set once per copy, with equal
+    normals: measured from the random initialisation on 100 digits (accuracy clock, rtol 1e-5,
+    3,000 steps, ``benchmarks/repeated_relus.py``), 44,373 entries and 206 s against 16,008 and 84 s,
+    the same steps and ln(n/L).
     """
 
     stem: eqx.nn.Conv2d
@@ -139,13 +147,19 @@ class SmallDenseNet(Model):
         return None
 
     def _single(self, x: Float[Array, "C H W"]) -> Float[Array, " k"]:
+        # r = relu(h), grown with h one block layer at a time: each pre-activation passes through
+        # one ReLU (see the class docstring for why)
         h = self.stem(x)
+        r = jax.nn.relu(h)
         for b, block in enumerate(self.blocks):
             for conv in block:
-                h = jnp.concatenate([h, conv(jax.nn.relu(h))], axis=0)
+                new = conv(r)
+                h = jnp.concatenate([h, new], axis=0)
+                r = jnp.concatenate([r, jax.nn.relu(new)], axis=0)
             if b < len(self.transitions):
-                h = self.pool(self.transitions[b](jax.nn.relu(h)))
-        return self.head(jnp.mean(jax.nn.relu(h), axis=(1, 2)))
+                h = self.pool(self.transitions[b](r))
+                r = jax.nn.relu(h)
+        return self.head(jnp.mean(r, axis=(1, 2)))
 
     def _pattern_single(self, x: Float[Array, "C H W"]) -> tuple[Array, ...]:
         # every ReLU of block b reads a prefix (in channels) of the block's final state, and the
