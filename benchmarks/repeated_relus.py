@@ -10,14 +10,24 @@ normals (:attr:`gradflow.kinkmap.Kinks.shared`).
 Both forms of the quick Figure 2's DenseNet (100 digits, cross-entropy, seed 0), from the random
 initialisation in the accuracy clock (rtol 1e-5, atol 1e-8) for ``STEPS`` solver steps, in this one
 process (compile included, as a user's call; the textbook form first): wall time, steps, ln(n/L)
-reached, the sliding counters, and the C⁰ pairs and repeated sites the kink map finds. Writes
-``benchmarks/results/repeated_relus.json`` (~5 minutes on 2 cores).
+reached, the sliding counters, and the C⁰ pairs and repeated sites the kink map finds.
 
-    python benchmarks/repeated_relus.py
+``blank_patches``: the same pairs made by the data. On a blank 3×3 patch the stem's pre-activation is
+its bias alone, in every example, so those pairs share one surface and one normal. The DenseNet
+(one ReLU per pre-activation) from its random start in progress segments to ln(n/L) = 15, as
+``figure2(warmup=False)`` runs it (accuracy clock, rtol 1e-5), on the 100 digits and on the same
+digits plus N(0, ``NOISE``²) noise per pixel (no patch blank): status, steps, evaluations, entries,
+the largest sliding set at a save point, ln(n/L) reached, wall time.
+
+Writes ``benchmarks/results/repeated_relus.json`` (~9 minutes on 2 cores; ``--only blank_patches``
+reruns that part, ~4 minutes).
+
+    python benchmarks/repeated_relus.py [--only forms|blank_patches]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -31,10 +41,11 @@ import gradflow as gf
 from gradflow.figures import load_image_data, make_margin_model
 from gradflow.kinkmap import model_kinks
 from gradflow.params import partition
-from gradflow.progress import initial_accuracy
+from gradflow.progress import initial_accuracy, simulate_with_progress
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "repeated_relus.json")
 STEPS = 3000
+NOISE = 1e-3
 KEYS = ("steps", "rejected_steps", "gradient_evaluations", "sliding_entries", "sliding_exits", "sliding_brief_exits",
         "sliding_changes", "sliding_normals", "sliding_capacity")
 
@@ -69,7 +80,35 @@ def _case(model, x, y) -> dict:
     return out
 
 
-def main() -> None:
+def _figure_run(model, x, y) -> dict:
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        r = simulate_with_progress(model, (x, y), 15.0, segments=3, saves_per_segment=12, progress=False,
+                                   loss="cross_entropy", rtol=1e-5, atol=1e-8, max_steps=400_000)
+    wall = time.perf_counter() - start
+    out = {k: r.stats.get(k) for k in KEYS}
+    kept = r.accuracy[:-1] if r.status == "failed" else r.accuracy  # a failed run's last row is its final W
+    out.update(wall_s=wall, status=r.status, reason=r.reason, accuracy_reached=float(np.max(kept)),
+               max_sliding_pairs=int(np.max(np.asarray(r.diagnostics["sliding_pairs"]))))
+    return out
+
+
+def blank_patches() -> dict:
+    x, y = load_image_data("digits", n=100, seed=0)
+    x = np.asarray(x, np.float64)
+    noisy = x + NOISE * np.random.default_rng(0).normal(size=x.shape)
+    model = make_margin_model("densenet", x.shape[1:], 10, seed=0)
+    out = {"case": "quick Figure 2 DenseNet, 100 digits, from the random start to ln(n/L) = 15 in 3 progress "
+                   f"segments (accuracy clock, rtol 1e-5); noisy: the digits plus N(0, {NOISE:g}^2) per pixel",
+           "noise": NOISE, "pixel_range": [float(x.min()), float(x.max())],
+           "blank_share": float(np.mean(x == 0.0)),
+           "digits": _figure_run(model, x, y), "noisy": _figure_run(model, noisy, y)}
+    out["entries_ratio"] = out["digits"]["sliding_entries"] / out["noisy"]["sliding_entries"]
+    return out
+
+
+def forms() -> dict:
     x, y = load_image_data("digits", n=100, seed=0)
     model = make_margin_model("densenet", x.shape[1:], 10, seed=0)
     # make_margin_model's DenseNet, built again from the same key: the same weights
@@ -82,6 +121,18 @@ def main() -> None:
     t, o = out["textbook"], out["once"]
     out["entries_ratio"] = t["sliding_entries"] / o["sliding_entries"]
     out["wall_ratio"] = t["wall_s"] / o["wall_s"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--only", choices=("forms", "blank_patches"), help="run one part (the others are kept)")
+    args = ap.parse_args()
+    out = json.load(open(RESULTS)) if args.only and os.path.exists(RESULTS) else {}
+    if args.only in (None, "forms"):
+        out.update(forms())
+    if args.only in (None, "blank_patches"):
+        out["blank_patches"] = blank_patches()
     out["machine"] = dict(cpus=os.cpu_count(), gradflow=gf.__version__)
     print(json.dumps(out, indent=1))
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
