@@ -207,10 +207,9 @@ class _Tracer:
                 inner_tie = _tie_inside(eqn, tie)
                 # uses of each body output = uses of the call's output in this jaxpr (and beyond)
                 body_uses = [consumers(v) for v in eqn.outvars]
-                body_in = sub[0].invars
-                same = len(eqn.invars) == len(body_in)  # a call's operands are its body's inputs, in order
-                operands = [of(v) for v in eqn.invars] if same else [frozenset({v}) for v in body_in]
-                self.walk(sub[0], here, inner_tie, body_uses, operands)
+                # a call's operands are its body's inputs, in order (otherwise each input is its own array)
+                same = len(eqn.invars) == len(sub[0].invars)
+                self.walk(sub[0], here, inner_tie, body_uses, [of(v) for v in eqn.invars] if same else None)
             elif name in _LOOPS and _contains_max_any(eqn):
                 self.unsupported.append(here)
 
