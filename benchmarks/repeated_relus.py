@@ -17,10 +17,12 @@ its bias alone, in every example, so those pairs share one surface and one norma
 (one ReLU per pre-activation) from its random start in progress segments to ln(n/L) = 15, as
 ``figure2(warmup=False)`` runs it (accuracy clock, rtol 1e-5), on the 100 digits and on the same
 digits plus N(0, ``NOISE``²) noise per pixel (no patch blank): status, steps, evaluations, entries,
-the largest sliding set at a save point, ln(n/L) reached, wall time.
+the largest sliding set at a save point, ln(n/L) reached, wall time; and on the digits once more with
+the copies of one surface slid as independent pairs (``digits_independent``: the rule before
+:mod:`gradflow.sliding.copies`, whose search is switched off for that run).
 
-Writes ``benchmarks/results/repeated_relus.json`` (~9 minutes on 2 cores; ``--only blank_patches``
-reruns that part, ~4 minutes).
+Writes ``benchmarks/results/repeated_relus.json`` (~11 minutes on 2 cores; ``--only blank_patches``
+reruns that part, ~6 minutes).
 
     python benchmarks/repeated_relus.py [--only forms|blank_patches]
 """
@@ -39,6 +41,7 @@ import numpy as np
 
 import gradflow as gf
 from gradflow.figures import load_image_data, make_margin_model
+from gradflow.flow import integration
 from gradflow.kinkmap import model_kinks
 from gradflow.params import partition
 from gradflow.progress import initial_accuracy, simulate_with_progress
@@ -80,14 +83,21 @@ def _case(model, x, y) -> dict:
     return out
 
 
-def _figure_run(model, x, y) -> dict:
+def _figure_run(model, x, y, copies: bool = True) -> dict:
+    """``copies=False``: the pairs that are copies of one surface slide as independent pairs (the rule
+    before gradflow.sliding.copies; the library's search for them is switched off for this run)."""
+    find = integration.find_copies
+    if not copies:
+        integration.find_copies = lambda *args, **kwargs: None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         r = simulate_with_progress(model, (x, y), 15.0, segments=3, saves_per_segment=12, progress=False,
                                    loss="cross_entropy", rtol=1e-5, atol=1e-8, max_steps=400_000)
     wall = time.perf_counter() - start
+    integration.find_copies = find
     out = {k: r.stats.get(k) for k in KEYS}
+    out["surface_copies"] = r.config["surface_copies"]
     kept = r.accuracy[:-1] if r.status == "failed" else r.accuracy  # a failed run's last row is its final W
     out.update(wall_s=wall, status=r.status, reason=r.reason, accuracy_reached=float(np.max(kept)),
                max_sliding_pairs=int(np.max(np.asarray(r.diagnostics["sliding_pairs"]))))
@@ -103,8 +113,11 @@ def blank_patches() -> dict:
                    f"segments (accuracy clock, rtol 1e-5); noisy: the digits plus N(0, {NOISE:g}^2) per pixel",
            "noise": NOISE, "pixel_range": [float(x.min()), float(x.max())],
            "blank_share": float(np.mean(x == 0.0)),
-           "digits": _figure_run(model, x, y), "noisy": _figure_run(model, noisy, y)}
+           "digits": _figure_run(model, x, y), "digits_independent": _figure_run(model, x, y, copies=False),
+           "noisy": _figure_run(model, noisy, y)}
     out["entries_ratio"] = out["digits"]["sliding_entries"] / out["noisy"]["sliding_entries"]
+    out["independent_over_copies"] = {k: out["digits_independent"][k] / out["digits"][k]
+                                      for k in ("sliding_entries", "gradient_evaluations", "wall_s")}
     return out
 
 

@@ -309,7 +309,7 @@ def simulate_ensemble(
                                f"inside a loop ({', '.join(field.sites.unsupported)}) whose pairs the sliding field "
                                "cannot re-evaluate", "Pass sliding=False, or write the loop out.")
         choice = choose_integration(field, solve.clock, Request(solver, None, sliding, None, jacobian), num_params,
-                                    capacity=ENSEMBLE_CAPACITY)
+                                    capacity=ENSEMBLE_CAPACITY, start=(first.params0, first.static, first.x))
         solver_obj = choice.solver
         acc0 = float(np.max(math.log(n) - log_loss0))  # the save points start at the latest member
         check_target(solve.until_accuracy, acc0)

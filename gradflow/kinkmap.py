@@ -251,11 +251,11 @@ def shared_message(kinks: Kinks) -> str:
     where = "; ".join(f"site {i} {kinks.sites[i].shape} repeats site {j} {kinks.sites[j].shape}" for i, j in kinks.shared)
     return ("Some ReLUs read pre-activations that another ReLU already read (elementwise max sites in evaluation "
             "order, with their shapes: " + where + "): each such "
-            "pre-activation is a kink pair of every ReLU that reads it, so a crossing enters the sliding set once per "
-            "copy, with equal normals, and the copies' relu' are chosen independently (a superset of the Clarke "
-            "subdifferential, where the copies share one). Apply the ReLU once and reuse its output, e.g. in a DenseNet "
-            "keep relu(h) and concatenate relu of each new layer to it (gradflow.SmallDenseNet does: measured from its "
-            "random start on 100 digits, 2.8x fewer entries and 2.5x less wall time for the same steps).")
+            "pre-activation is a kink pair of every ReLU that reads it. The sliding field finds them as copies of one "
+            "surface and slides each class as one constraint (gradflow.sliding.copies), but every copy is still "
+            "evaluated, in the forward pass and in the sliding field's pair-sized work. Apply the ReLU once and reuse "
+            "its output, e.g. in a DenseNet keep relu(h) and concatenate relu of each new layer to it "
+            "(gradflow.SmallDenseNet does; benchmarks/repeated_relus.py measures both forms).")
 
 
 @jax.custom_jvp

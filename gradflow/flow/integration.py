@@ -21,7 +21,7 @@ from ..clock import Clock
 from ..controllers import KINK_ACCEPT
 from ..errors import bad_argument
 from ..kinkmap import FieldKinks, shared_message
-from ..sliding import INITIAL_CAPACITY, Sliding, sliding_capacity
+from ..sliding import INITIAL_CAPACITY, Sliding, find_copies, sliding_capacity
 from ..solvers import get_solver, is_implicit
 from .sliding_solver import sliding_solvable
 
@@ -68,12 +68,14 @@ class Integration(NamedTuple):
 
 
 def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_params: int, *,
-                       capacity: int | None = None) -> Integration:
+                       capacity: int | None = None, start: tuple | None = None) -> Integration:
     """The integration of a model with the kinks ``field`` and ``num_params`` parameters (see the
     module docstring). ``capacity``: the sliding capacity to start at (None:
     :data:`gradflow.sliding.INITIAL_CAPACITY`; at most the model's
     :func:`gradflow.sliding.sliding_capacity`), grown on demand by the driver, or by an ensemble's
-    rerun of its members that needed more (:data:`gradflow.sliding.ENSEMBLE_CAPACITY`)."""
+    rerun of its members that needed more (:data:`gradflow.sliding.ENSEMBLE_CAPACITY`). ``start``:
+    (params, static, x), a start of the model and its inputs, where a sliding run looks for copies of
+    one kink surface (:func:`gradflow.sliding.find_copies`; None: none looked for)."""
     kinks = field.jumps
     sliding = request.sliding
     if sliding is None:
@@ -118,6 +120,9 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
         if field.sites.shared:
             warnings.warn(shared_message(field.sites), stacklevel=5)
         max_capacity = sliding_capacity(field.sites.pairs, num_params)
-        start = INITIAL_CAPACITY if capacity is None else capacity
-        slide = Sliding(field.sites, None, min(start, max_capacity), field.example)
+        first = INITIAL_CAPACITY if capacity is None else capacity
+        slide = Sliding(field.sites, None, min(first, max_capacity), field.example)
+        if start is not None:
+            params, static, x = start
+            slide = slide.with_copies(find_copies(lambda p: slide.kink_values(p, static, x), params))
     return Integration(solver, solver_obj, auto, step_control, controller, slide, max_capacity)

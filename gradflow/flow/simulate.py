@@ -332,7 +332,7 @@ def _plan(prob: Problem, options: _FlowOptions) -> Plan:
     fdtype = jnp.float64 if options.dtype == "float64" else jnp.float32
     choice = choose_integration(field, solve.clock, Request(options.solver, options.step_control, options.sliding,
                                                             options.controller, options.jacobian, solve.rtol, solve.atol),
-                                k_params)
+                                k_params, start=(prob.params0, prob.static, prob.x))
     diag = options.diagnostics
     patterns = (diag.activation_patterns is not False
                 and activations.has_activation_pattern(combine(prob.params0, prob.static), prob.x))
@@ -363,6 +363,7 @@ def _config(prob: Problem, options: _FlowOptions, plan: Plan) -> dict:
         n=prob.n, max_steps=solve.max_steps, jacobian=options.jacobian, dtype=options.dtype,
         step_control=plan.step_control, nonsmooth_primitives=plan.field.primitives, model_interface=prob.interface,
         versions=_versions(), kink_sites=_site_summary(plan.field.sites), sliding=plan.sliding is not None,
+        **({"surface_copies": _copies_summary(plan.sliding.copies)} if plan.sliding is not None else {}),
         activation_patterns=record.patterns,
         **(activations.pattern_sizes(combine(prob.params0, prob.static), prob.x) if record.patterns else {}),
         sharpness=record.sharpness is not None,
@@ -400,6 +401,11 @@ def _site_summary(sites) -> dict:
     """The config entry of a model's elementwise-max sites (gradflow.kinkmap)."""
     return {"c0": len(sites.sliding), "c1": len(sites.sites) - len(sites.sliding), "c0_pairs": sites.pairs,
             "unsupported": list(sites.unsupported), "shared": [list(pair) for pair in sites.shared]}
+
+
+def _copies_summary(copies) -> dict:
+    """The config entry of the copies of one kink surface the sliding field treats as one (gradflow.sliding.copies)."""
+    return {"classes": 0 if copies is None else copies.classes, "followers": 0 if copies is None else copies.count}
 
 
 def _shard(devices, prob: Problem) -> Problem:

@@ -279,11 +279,14 @@ class SlidingSolver(DelegatingSolver):
         approaches its surface, and :meth:`_change`."""
         sliding: Sliding = args.sliding
         slide = solver_state.slide
+        # a class of copies of one surface is one constraint: its leader reads the class's signal
+        stage = stage._replace(c=sliding.group_signals(stage.c))
         z0, z1, c1 = solver_state.z0, stage.z, stage.c
         pattern = sliding.pattern(slide)
+        own = sliding.own()
         band = DRIFT * sliding.rtol * sliding.site_scale(z1)
         near = jnp.abs(z1) <= band
-        free = ~pattern.active & (pattern.side == 0)
+        free = ~pattern.active & (pattern.side == 0) & own
         # a free pair that crossed its surface; it can slide only where the jump of dz/ds across it
         # points back at the surface from both sides (c < 0), so only those need the JVP below
         crossed = free & (jnp.sign(z1) != jnp.sign(z0)) & (z1 != 0) & (c1 < 0)
@@ -312,13 +315,13 @@ class SlidingSolver(DelegatingSolver):
         # each pair that a change reads (crossed, approaching, sliding)
         with jax.named_scope("sliding_crossing_jvp"):
             dz1 = _cond(self.batched, need, lambda: sliding.kink_rates(y1.W, args.static, args.x, pattern, f1.W,
-                                                                      crossed | approach | pattern.active),
+                                                                      crossed | approach | (pattern.active & own)),
                         lambda: z1 * 0.0)
         entries = (crossed & (dz1 * z1 < 0)) | (approach & (c1 <= 0))
         change = need & (jnp.any(entries) | must)
         # the pairs released from their sides (small arrays, outside the branch that holds the normals)
         kept, kept_values = _cond(self.batched, jnp.any(released) & ~change,
-                                     lambda: _kept_list(side, slide.kept.shape[0])[:2],
+                                     lambda: _kept_list(sliding.leaders_only(side), slide.kept.shape[0])[:2],
                                      lambda: (slide.kept, slide.kept_side))
         unchanged = slide_with(slide, kept=kept, kept_side=kept_values)
         # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
@@ -373,7 +376,7 @@ class SlidingSolver(DelegatingSolver):
         lam_pairs = jnp.zeros((size,), dtype).at[jnp.where(valid_old, slide.slots, size)].set(stage.lam, mode="drop")
         active_old = jnp.zeros((size,), bool).at[jnp.where(valid_old, slide.slots, size)].set(True, mode="drop")
         lam_pairs = jnp.where(entries & ~active_old, (stage.z > 0).astype(dtype) * stage.c, lam_pairs)
-        kept_side = jnp.where(entries, 0.0, kept_side)
+        kept_side = sliding.spread(jnp.where(entries, 0.0, kept_side))
         cand, overflow = compact(active_old | entries, capacity)
         tau = jnp.where(h > slide.tau / 2.0, TAU_STEPS * h, slide.tau)
         candidate = slide_with(slide, slots=cand)
@@ -434,7 +437,7 @@ class SlidingSolver(DelegatingSolver):
         slots, lam, normals, chol_t, step_back, leaving_pairs, leave_side = bucketed(count, capacity, solve, normals,
                                                                                   slide.chol_t)
         computed = jnp.sum(which)
-        kept_side = kept_side.at[leaving_pairs].set(leave_side, mode="drop")
+        kept_side = sliding.leaders_only(kept_side.at[leaving_pairs].set(leave_side, mode="drop"))
         kept, kept_values, kept_overflow = _kept_list(kept_side, capacity)
         flat, unravel = ravel_pytree(y1.W)
         W = unravel(flat - step_back)

@@ -63,6 +63,11 @@ step. The sliding state holds at most its capacity of pairs: a run starts at
 more, up to :func:`sliding_capacity` (beyond it, further entries are counted as overflow and keep
 their own derivative).
 
+**Copies of one surface** (:mod:`gradflow.sliding.copies`): pairs whose z_s are the same function of
+W (blank patches under a biased convolution, identical patches, a pre-activation read by two ReLUs)
+form one constraint with one σ: only the class's first pair is in A or keeps a side, the others take
+its derivative, and its σ = λ / Σ_s c_s over the class.
+
 The state of a flow with sliding is ``(W, aux, slide)`` with ``slide`` a :class:`SlideState`
 (zero derivative; only the wrapper changes it, between steps); the step controller's error norm
 ignores it. The solver's extra passes are reported per attempted step in ``slide.work`` and
@@ -70,6 +75,7 @@ summed by :class:`gradflow.controllers.StepGuard`, so ``stats["gradient_evaluati
 counts them.
 """
 
+from .copies import SurfaceCopies, find_copies
 from .projection import Pattern, Sliding, Stage, project
 from .qp import box_qp, bucket_sizes, bucketed, compact, gram_factor_t, remap_rows, ridge
 from .state import (
@@ -91,6 +97,6 @@ from .state import (
     sliding_capacity,
 )
 
-__all__ = ["Sliding", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
+__all__ = ["Sliding", "SurfaceCopies", "find_copies", "SlideState", "SlideKey", "Pattern", "Stage", "initial_slide", "active_count", "any_fixed",
            "project", "sliding_capacity", "grown_capacity", "box_qp", "gram_factor_t", "bucket_sizes", "bucketed", "compact", "remap_rows", "ridge",
            "DRIFT", "REBUILD_DRIFT", "APPROACH", "MAX_NORMALS", "INITIAL_CAPACITY", "ENSEMBLE_CAPACITY", "TAU_STEPS", "BRIEF_STEPS", "COUNTS"]

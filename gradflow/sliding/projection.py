@@ -18,6 +18,7 @@ from jax.flatten_util import ravel_pytree
 from ..conv_layout import canonical_convs
 from ..diagnostics import Point, point_from_gradient
 from ..kinkmap import ExampleKinks, Kinks, apply_with_kinks, model_apply
+from .copies import SurfaceCopies
 from .qp import bucketed, gram_factor_t
 from .state import SlideKey, SlideState, active_count
 
@@ -59,20 +60,46 @@ class Sliding(eqx.Module):
     compiled solve; None until then). ``max_pairs`` (static): the capacity, the most pairs that
     slide at once (:func:`gradflow.sliding.sliding_capacity`). ``example`` (static): where the
     examples sit in the sites (:func:`gradflow.kinkmap.example_kinks`; None: unknown), which makes a
-    normal one VJP through its pair's example instead of through the batch."""
+    normal one VJP through its pair's example instead of through the batch. ``copies``: the pairs
+    that are copies of one surface (:mod:`gradflow.sliding.copies`; None: none), one constraint per
+    class: only a class's leader enters the sliding set or keeps a side, its followers take its
+    derivative (:meth:`pattern`), and its backward signal is the class's sum (:meth:`group_signals`)."""
 
     kinks: Kinks = eqx.field(static=True)
     rtol: Any = None
     max_pairs: int = eqx.field(static=True, default=1)
     example: ExampleKinks | None = eqx.field(static=True, default=None)
+    copies: SurfaceCopies | None = None
 
     def at_tolerance(self, rtol) -> Sliding:
         """This Sliding with the band set by the relative tolerance ``rtol``."""
-        return Sliding(self.kinks, rtol, self.max_pairs, self.example)
+        return Sliding(self.kinks, rtol, self.max_pairs, self.example, self.copies)
 
     def with_capacity(self, max_pairs: int) -> Sliding:
         """This Sliding (before the solve: no band yet) with capacity ``max_pairs``."""
-        return Sliding(self.kinks, None, max_pairs, self.example)
+        return Sliding(self.kinks, None, max_pairs, self.example, self.copies)
+
+    def with_copies(self, copies: SurfaceCopies | None) -> Sliding:
+        """This Sliding with the classes of copies ``copies``."""
+        return Sliding(self.kinks, self.rtol, self.max_pairs, self.example, copies)
+
+    def own(self) -> jax.Array:
+        """The pairs that may enter the sliding set or keep a side (flat bool): all but the followers."""
+        mask = jnp.ones((self.size,), bool)
+        return mask if self.copies is None else self.copies.drop(mask)
+
+    def group_signals(self, c) -> jax.Array:
+        """The backward signals ``c`` (flat) with each class of copies' sum at its leader: the jump of
+        the gradient across the class's surface is (Σ_s c_s) n (one normal n), so its σ = λ / Σ_s c_s."""
+        return c if self.copies is None else self.copies.gather(c)
+
+    def leaders_only(self, vec) -> jax.Array:
+        """A flat pair vector with the followers' entries zero (what a compact list of the state holds)."""
+        return vec if self.copies is None else self.copies.drop(vec)
+
+    def spread(self, vec) -> jax.Array:
+        """A flat pair vector with every follower given its leader's value."""
+        return vec if self.copies is None else self.copies.spread(vec)
 
     @property
     def _shapes(self) -> list[tuple[int, ...]]:
@@ -102,12 +129,13 @@ class Sliding(eqx.Module):
         return self.flat(tuple(jnp.broadcast_to(jnp.sqrt(jnp.mean(z**2)), z.shape) for z in self.unflat(z_flat)))
 
     def pattern(self, slide: SlideState | SlideKey) -> Pattern:
-        """The pair-sized masks of a sliding state (a scatter of its slots and kept pairs)."""
+        """The pair-sized masks of a sliding state (a scatter of its slots and kept pairs; the
+        followers of a class of copies take their leader's)."""
         size = self.size
         active = jnp.zeros((size,), bool).at[jnp.where(slide.slots >= 0, slide.slots, size)].set(True, mode="drop")
         side = jnp.zeros((size,), slide.tau.dtype).at[jnp.where(slide.kept >= 0, slide.kept, size)].set(
             slide.kept_side, mode="drop")
-        return Pattern(active, side)
+        return Pattern(self.spread(active), self.spread(side))
 
     def _apply(self, params, static, x, pattern: Pattern | None = None, probes=None):
         """(outputs, z per site) with the fixed derivatives of ``pattern`` (None: the model's own)."""
