@@ -14,7 +14,7 @@ its phases with ``jax.named_scope``: :mod:`gradflow.flow.sliding_solver`):
   ``sliding_projection``: their correction onto the tangent space (the |A| × k algebra);
 * ``sliding_step_end`` (the masks of entries, exits and drift), ``sliding_crossing_jvp`` (the one
   JVP of a step with a crossing), ``sliding_change`` (a change of the sliding set, less its
-  ``sliding_normals``, ``sliding_box_qp``, ``sliding_cholesky`` and ``sliding_restore``) and
+  ``sliding_normals``, ``sliding_box_qp`` and ``sliding_cholesky``) and
   ``sliding_refresh`` (the field at y₁ after a change);
 * ``without metadata``: operations XLA made or wrapped itself and left unnamed: copies (of a
   ``cond`` branch that returns its operand, of loop-carried buffers), and, measured on the CNN, its
@@ -60,8 +60,7 @@ from sliding import _bare_gradient_us, _cnn_case  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sliding_profile.json")
 # the solver's phase scopes, innermost first where they nest
-PHASES = ("sliding_projection", "sliding_normals", "sliding_box_qp", "sliding_cholesky", "sliding_restore",
-          "sliding_crossing_jvp", "sliding_refresh", "sliding_change", "sliding_stage", "sliding_step_end")
+PHASES = ("sliding_projection", "sliding_normals", "sliding_box_qp", "sliding_cholesky", "sliding_crossing_jvp", "sliding_refresh", "sliding_change", "sliding_stage", "sliding_step_end")
 
 
 def _metadata() -> dict[str, str]:

@@ -384,8 +384,8 @@ def margin_run(
     default solver, which slides along the ReLU kinks (:mod:`gradflow.sliding`). It is not the
     default because its transient (from L(W₀) ≥ ℓ(0) to L < ℓ(0)) is still too slow for the quick
     size: measured in benchmarks/results/figures.json (the quick Figure 2 from the initialisation,
-    against a 2-minute target, where the DenseNet's flow also leaves the accuracy clock before the
-    target) and, for ``hcnn`` on 100 digits, in the ``cost`` part of benchmarks/results/sliding.json.
+    against a 2-minute target: both networks complete there, in more than that) and, for ``hcnn``
+    on 100 digits, in the ``cost`` part of benchmarks/results/sliding.json.
 
     SGD (``sgd=True``): normalized mini-batch SGD (η = 1, update norm ≤ 1) for ``steps``
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early

@@ -67,12 +67,13 @@ def field_point(state: FlowState, args: FieldArgs) -> Point:
                     lambda: evaluate(state.W, args.static, args.x, args.y, args.loss))
 
 
-def velocity(pt: Point, state: FlowState, clock: Clock) -> FlowState:
-    """dy/ds from the point's gradient v: dW/ds = κ v, d[ζ, u]/ds from the clock, zero for the rest."""
-    kappa = clock.scale(pt)
+def velocity(pt: Point, state: FlowState, clock: Clock, speed=1.0) -> FlowState:
+    """dy/ds from the point's gradient v: dW/ds = κ v, d[ζ, u]/ds from the clock, zero for the rest
+    (at the clock's ``speed``: :meth:`gradflow.clock.Clock.speed`)."""
+    kappa = clock.scale(pt, speed)
     dW = jax.tree_util.tree_map(lambda g: kappa * g, pt.grad_alpha)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.slide, state.work))
-    return FlowState(dW, clock.aux_rate(pt, state.aux), *zeros)
+    return FlowState(dW, clock.aux_rate(pt, state.aux, speed), *zeros)
 
 
 def vector_field(s, state: FlowState, args: FieldArgs) -> FlowState:

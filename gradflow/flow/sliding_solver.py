@@ -66,6 +66,9 @@ from .state import FlowState
 
 __all__ = ["SlidingSolver", "SlidingSolverState", "sliding_solvable"]
 
+# the time the clock's speed (gradflow.clock.Clock.speed) gives α(W) to return to s, in steps
+CLOCK_STEPS = 2.0
+
 
 def sliding_solvable(solver) -> bool:
     """Whether ``solver`` can integrate the sliding field: an explicit Runge–Kutta method with a
@@ -88,17 +91,15 @@ class SlidingSolverState(eqx.Module):
 
 
 class _StepEnd(NamedTuple):
-    """What the end of a step knows for a change of the sliding set: the clock value ``t1`` and step
-    ``h``; y₁, the field f₁ there and its :class:`gradflow.sliding.Stage`; the step's sliding state
+    """What the end of a step knows for a change of the sliding set: the step ``h``; y₁ and the
+    :class:`gradflow.sliding.Stage` of the field there; the step's sliding state
     ``slide``; dz/ds along f₁ (``dz1``), the pairs that enter, approach, and the kept sides (flat
     pair arrays); whether a sliding pair drifted far (``rebuild``) or off its band (``drifted``;
     ``drifting``: which), whether the Baumgarte term turned stiff, the accepted steps so far, and
     whether a pair released from its side is on the other side (``wrong_side``: f₁ must be recomputed)."""
 
-    t1: Any
     h: Any
     y1: FlowState
-    f1: FlowState
     stage: Stage
     slide: SlideState
     dz1: Any
@@ -159,8 +160,9 @@ class SlidingSolver(DelegatingSolver):
     """An explicit Runge–Kutta solver of the sliding field (see the module docstring).
 
     ``solver``: the inner diffrax ERK method whose tableau, orders and interpolation are used;
-    ``clock``: the flow's :class:`gradflow.clock.Clock` (κ with dW/ds = κ v, and in the accuracy
-    clock the step along v that restores α(W) = α after a projection of W); ``slide0``: the sliding
+    ``clock``: the flow's :class:`gradflow.clock.Clock` (κ with dW/ds = κ v, at the clock's speed
+    :meth:`gradflow.clock.Clock.speed` with τ = :data:`CLOCK_STEPS` steps: in the accuracy clock
+    α(W) tracks s after projections of W); ``slide0``: the sliding
     state at the start; ``save_ts``: the save points as clock values (None: none); ``batched``: the
     solve runs under vmap (an ensemble), where a branch runs only when some member takes it;
     ``can_grow``: a sliding set larger than the capacity makes the step report an overflow in the
@@ -176,7 +178,7 @@ class SlidingSolver(DelegatingSolver):
 
     Each phase runs in a ``jax.named_scope`` (``sliding_stage``, ``sliding_step_end``,
     ``sliding_crossing_jvp``, ``sliding_change``, ``sliding_normals``, ``sliding_box_qp``,
-    ``sliding_cholesky``, ``sliding_restore``, ``sliding_refresh``; ``sliding_projection`` in
+    ``sliding_cholesky``, ``sliding_refresh``; ``sliding_projection`` in
     :meth:`gradflow.sliding.Sliding.project`), which names its operations in XLA's metadata:
     ``benchmarks/profile_sliding.py`` attributes a profiled solve's time to the phases by it."""
 
@@ -209,7 +211,7 @@ class SlidingSolver(DelegatingSolver):
             yi = _combine(y0, ks, a_i)
             final = tab.fsal and i == len(tab.c) - 1
             with jax.named_scope("sliding_stage"):
-                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final)
+                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final, tau=CLOCK_STEPS * h)
             ks.append(_scale(h, f_i))
             if final:
                 last = (yi, f_i, stage)
@@ -220,7 +222,7 @@ class SlidingSolver(DelegatingSolver):
         y_error = _combine(_zero_like(y0), ks, tab.b_error)
         if last is None:  # not first-same-as-last: the field at y₁ is one more evaluation (the next step's first stage)
             with jax.named_scope("sliding_stage"):
-                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True)
+                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True, tau=CLOCK_STEPS * h)
         else:
             f1, stage1 = last[1], last[2]
         stacked = jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks)
@@ -248,7 +250,8 @@ class SlidingSolver(DelegatingSolver):
 
     # ------------------------------------------------------------------------------------------
 
-    def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool) -> tuple[FlowState, Stage | None]:
+    def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool,
+               tau=None) -> tuple[FlowState, Stage | None]:
         """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, and (``extras``) the
         :class:`gradflow.sliding.Stage` there (z, c, λ at every pair: a gradient with the kinks
         re-evaluated). Without extras, the field alone (no backward signals c: they cost 0.16 bare
@@ -257,18 +260,24 @@ class SlidingSolver(DelegatingSolver):
         sliding: Sliding = args.sliding
         state = FlowState(W, aux)
 
+        def speed(pt):
+            return 1.0 if tau is None else self.clock.speed(pt, s, tau)
+
+        def kappa(pt):
+            return self.clock.scale(pt, speed(pt))
+
         def projected(signals: bool):
-            return project(sliding, W, args.static, args.x, args.y, args.loss, slide, self.clock.scale, signals)
+            return project(sliding, W, args.static, args.x, args.y, args.loss, slide, kappa, signals)
 
         if extras:
             stage = projected(True)
-            return velocity(stage.point, state, self.clock), stage
+            return velocity(stage.point, state, self.clock, speed(stage.point)), stage
 
         def plain():
             return evaluate(W, args.static, args.x, args.y, args.loss)
 
         pt = _cond(self.batched, any_fixed(slide), lambda: projected(False).point, plain)
-        return velocity(pt, state, self.clock), None
+        return velocity(pt, state, self.clock, speed(pt)), None
 
     def _update(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, solver_state: SlidingSolverState,
                 args: FieldArgs):
@@ -325,7 +334,7 @@ class SlidingSolver(DelegatingSolver):
                                      lambda: (slide.kept, slide.kept_side))
         unchanged = slide_with(slide, kept=kept, kept_side=kept_values)
         # the only branch that writes the dense normals and their factor (one branch: no copies of them per step)
-        end = _StepEnd(t1, h, y1, f1, stage, slide, dz1, entries, approach, side, jnp.any(far), jnp.any(drift),
+        end = _StepEnd(h, y1, stage, slide, dz1, entries, approach, side, jnp.any(far), jnp.any(drift),
                        pattern.active & ~near, stiff, solver_state.steps, wrong_side)
         with jax.named_scope("sliding_change"):
             new_slide, W, refresh, work = _cond(self.batched, change, lambda: self._change(end, args),
@@ -333,7 +342,7 @@ class SlidingSolver(DelegatingSolver):
         work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
         def refreshed():
-            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True)
+            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True, tau=CLOCK_STEPS * h)
             return f, st.z
 
         with jax.named_scope("sliding_refresh"):
@@ -366,7 +375,7 @@ class SlidingSolver(DelegatingSolver):
         intervals. Measured on the ``hcnn`` CNN (100 digits, rtol 1e-5, to t = 0.05): 213 of 688
         changes of A were such drift projections before."""
         sliding: Sliding = args.sliding
-        t1, h, y1, f1, stage, slide = end.t1, end.h, end.y1, end.f1, end.stage, end.slide
+        h, y1, stage, slide = end.h, end.y1, end.stage, end.slide
         dz1, entries, approach, kept_side = end.dz1, end.entries, end.approach, end.kept_side
         rebuild, drifted, stiff, steps, drifting = end.rebuild, end.drifted, end.stiff, end.steps, end.drifting
         capacity = slide.slots.shape[0]
@@ -443,10 +452,6 @@ class SlidingSolver(DelegatingSolver):
         W = unravel(flat - step_back)
         new = slide_with(slide, slots=slots, lam=lam, normals=normals, chol_t=chol_t, kept=kept, kept_side=kept_values,
                          tau=tau)
-        # the projection moved W; a clock that is a function of W (α) is restored along the last stage
-        with jax.named_scope("sliding_restore"):
-            W = self.clock.restore(W, t1, f1.W, lambda p: sliding.alpha(p, args.static, args.x, args.y, args.loss,
-                                                                       sliding.pattern(new)))
         valid_new = slots >= 0
         active_new = jnp.zeros((size,), bool).at[jnp.where(valid_new, slots, size)].set(True, mode="drop")
         n_in = jnp.sum(active_new & ~active_old)
@@ -466,10 +471,10 @@ class SlidingSolver(DelegatingSolver):
         kept_slide = slide_with(slide, kept=kept, kept_side=kept_values, counts=new.counts)
         new = jax.tree_util.tree_map(lambda a, b: jnp.where(declined, a, b), kept_slide, new)
         W = jax.tree_util.tree_map(lambda a, b: jnp.where(declined, a, b), y1.W, W)
-        # work: one VJP per new normal, and the clock's restoring forward pass (the new field is counted by the
-        # caller); and the entries that did not fit, where the driver can grow the capacity (the step is then rejected)
+        # work: one VJP per new normal (the new field is counted by the caller); and the entries that did not fit,
+        # where the driver can grow the capacity (the step is then rejected)
         grow = (overflow > 0) if self.can_grow else jnp.zeros((), bool)
-        work = jnp.stack([computed.astype(dtype) + self.clock.restore_work(), jnp.zeros((), dtype),
+        work = jnp.stack([computed.astype(dtype), jnp.zeros((), dtype),
                           jnp.where(grow, overflow, 0).astype(dtype)])
         return new, W, ~declined | end.wrong_side, work
 
