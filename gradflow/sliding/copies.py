@@ -13,9 +13,9 @@ each copy's σ on its own, as independent pairs, spans a larger set and puts the
 times into the dense algebra (a singular Gram matrix).
 
 Measured (``benchmarks/repeated_relus.py``, ``blank_patches``): the quick Figure 2's DenseNet from
-its random start on 100 digits, whose stem has 2,752 followers in 456 classes of blank patches,
-failed, leaving the accuracy clock, with the pairs sliding independently; on the digits plus
-N(0, 10⁻⁶) noise (no copies) it completed.
+its random start on 100 digits, whose stem has 2,752 followers in 456 classes of blank patches, to
+ln(n/L) = 15: 5,383 entries and 55,922 gradient evaluations with the classes, 20,634 and 115,752
+with the pairs sliding independently (both completed).
 
 How the classes are found (:func:`find_copies`, once, before the solve compiles): z at every C⁰
 pair at three points, the start W₀ and two random points W₀ + ½ r ξ (ξ standard normal per
