@@ -122,8 +122,9 @@ class Clock(eqx.Module):
         """d[ζ, u]/ds (at the ``speed`` of :meth:`speed`)."""
 
     def speed(self, pt: Point, s, tau) -> jax.Array:
-        """How fast the clock value s runs through the flow at the Point ``pt`` reached at s: 1 when
-        the clock is a function of W that the integration keeps by construction (the time clock)."""
+        """How fast the clock value s runs through the flow at the Point ``pt`` reached at s, with
+        τ the time (in s) the sliding solver gives a lag to decay: 1 here (t is not a function of W,
+        so nothing can lag it; the accuracy clock overrides it)."""
         del pt, s, tau
         return jnp.ones(())
 
@@ -300,9 +301,8 @@ class AccuracyClock(Clock):
         back onto the surfaces at a change of the sliding set, move α(W) off s, and nothing else
         brings it back. So the sliding solver runs the clock at speed 1 + (s − α(W))/τ (within
         [¼, 4]; τ = two steps, :data:`gradflow.flow.sliding_solver.CLOCK_STEPS`): α(W) − s decays
-        within a few steps,
-        along the same flow (only the map between s and t changes: t is integrated at the same
-        speed). It replaced a first-order step along the last stage after every projection, which
+        within a few steps, along the same flow (only the map between s and t changes: t is
+        integrated at the same speed). It replaced a first-order step along the last stage after every projection, which
         with ‖v‖ small moved W far. Measured on the quick Figure 2's DenseNet from its random start
         (100 digits, rtol 1e-5, to ln(n/L) = 15 in three progress segments): with that step alone
         the run left the clock at ln(n/L) = 4.45; with both at 8.84; with the speed alone it

@@ -85,8 +85,7 @@ class Sliding(eqx.Module):
 
     def own(self) -> jax.Array:
         """The pairs that may enter the sliding set or keep a side (flat bool): all but the followers."""
-        mask = jnp.ones((self.size,), bool)
-        return mask if self.copies is None else self.copies.drop(mask)
+        return self.leaders_only(jnp.ones((self.size,), bool))
 
     def group_signals(self, c) -> jax.Array:
         """The backward signals ``c`` (flat) with each class of copies' sum at its leader: the jump of
