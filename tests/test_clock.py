@@ -38,6 +38,21 @@ def test_accuracy_clock_maps_ln_n_over_l_to_alpha():
     assert float(t1) == 8.0 and np.array_equal(tt, points)
 
 
+def test_clock_speed_acts_on_the_lag_beyond_its_band():
+    """AccuracyClock.speed: 1 + e/τ with e = s − α(W) less the band (0 within it), within [¼, 4]; the
+    time clock's speed is 1 whatever the lag."""
+    from types import SimpleNamespace
+
+    clock, tau, band = AccuracyClock(), 0.5, 0.01
+    with gf.x64():
+        for lag, expected in [(0.0, 1.0), (0.009, 1.0), (-0.009, 1.0), (0.11, 1.2), (-0.26, 0.5), (5.0, 4.0),
+                              (-5.0, 0.25)]:
+            pt = SimpleNamespace(alpha=jnp.asarray(3.0 - lag))
+            np.testing.assert_allclose(clock.speed(pt, 3.0, tau, band), expected, rtol=1e-12)
+            assert float(TimeClock().speed(pt, 3.0, tau, band)) == 1.0
+        np.testing.assert_allclose(clock.speed(SimpleNamespace(alpha=jnp.asarray(2.9)), 3.0, tau), 1.2, rtol=1e-12)
+
+
 def test_log_t_read_outs():
     """Time clock: ln t = ln s. Accuracy clock: u = t e^(−σ(α)), so ln t = σ(α) + ln u (σ = softplus)."""
     with gf.x64():

@@ -65,6 +65,28 @@ def test_toy_slides_as_the_closed_form_in_both_clocks(toy):
 # ------------------------------------------------------------------ a small two-unit problem
 
 
+def _crossing_apply(p, xi):
+    """L = e^(−Φ) = relu(w₁) + ⅒ relu(w₃) + ½ w₁ + ½ w₂² + 1 (one site, two pairs): dw₁/dt = −3/2
+    for w₁ > 0 and −1/2 for w₁ < 0, so w₁ crosses its surface (transversal: no sliding)."""
+    h = jax.nn.relu(jnp.stack([p["w"][0], p["w"][2]]) * xi[0])
+    return -jnp.log(h[0] + 0.1 * h[1] + 0.5 * p["w"][0] + 0.5 * p["w"][1] ** 2 + 1.0)
+
+
+def test_chain_rule_residual_takes_the_side_the_path_is_on():
+    """At the start w₁ = 1e-12, within the band 10 rtol rms(z) ≈ 7e-8 of its surface and crossing
+    it: the path is on w₁ > 0 until t ≈ 7e-13, where α is smooth, so D_Ẇ α = ⟨v, Ẇ⟩ and the residual
+    is rounding. (Taking the side Ẇ moves into, as before, gives |(½·3/2 + 1 + 1/100)/(9/4 + 1 + 1/100) − 1| = 0.46.)"""
+    model = gf.as_model(_crossing_apply, {"w": jnp.array([1e-12, 1.0, 1.0])}, degree=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # L(W₀) > ℓ(0)
+        r = gf.simulate_flow(model, (np.ones((1, 1)), np.ones(1)), 1e-3, save_at=np.array([0.0, 1e-3]), rtol=1e-8,
+                             atol=1e-10, save_params=True, diagnostics=NO_SHARPNESS)
+    assert r.status == "completed", r.reason
+    assert r.stats["sliding_entries"] == 0
+    assert r.diagnostics["params_flat"][-1][0] < -4e-4  # it crossed: w₁(1e-3) = −(1e-3 − 7e-13)/2
+    assert np.max(r.diagnostics["chain_rule_residual"]) < 1e-12
+
+
 @pytest.fixture(scope="module")
 def small():
     """A bias-free 2-unit ReLU net on 12 points in R³ whose flow from this start enters sliding

@@ -68,6 +68,8 @@ __all__ = ["SlidingSolver", "SlidingSolverState", "sliding_solvable"]
 
 # the time the clock's speed (gradflow.clock.Clock.speed) gives α(W) to return to s, in steps
 CLOCK_STEPS = 2.0
+# the lag of α(W) behind s the clock's speed leaves alone, in rtol · max(1, |s|)
+CLOCK_BAND = 10.0
 
 
 def sliding_solvable(solver) -> bool:
@@ -261,7 +263,7 @@ class SlidingSolver(DelegatingSolver):
         state = FlowState(W, aux)
 
         def speed(pt):
-            return 1.0 if tau is None else self.clock.speed(pt, s, tau)
+            return 1.0 if tau is None else self.clock.speed(pt, s, tau, CLOCK_BAND * sliding.rtol * jnp.maximum(1.0, jnp.abs(s)))
 
         def kappa(pt):
             return self.clock.scale(pt, speed(pt))

@@ -14,7 +14,7 @@ times into the dense algebra (a singular Gram matrix).
 
 Measured (``benchmarks/repeated_relus.py``, ``blank_patches``): the quick Figure 2's DenseNet from
 its random start on 100 digits, whose stem has 2,752 followers in 456 classes of blank patches, to
-ln(n/L) = 15: 5,383 entries and 55,922 gradient evaluations with the classes, 20,634 and 115,752
+ln(n/L) = 15: 5,526 entries and 57,462 gradient evaluations with the classes, 19,086 and 122,942
 with the pairs sliding independently (both completed).
 
 How the classes are found (:func:`find_copies`, once, before the solve compiles): z at every C⁰
