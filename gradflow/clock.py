@@ -15,7 +15,7 @@ span                          [0, t_max]                              [α₀, �
 save points                   times t                                 values of ln(n/L), mapped to α
 stop before the end           ln L ≤ ln n − K (``until_accuracy``)    ln t ≥ ln t_max (``t_max``)
 ln t read-out                 ln s                                    σ(α) + ln u
-speed (sliding solver)        1                                       1 + (s − α(W))/τ: α(W) tracks s
+speed (sliding solver)        1                                       1 + e/τ, e the lag of α(W) beyond a band
 ============================  ======================================  ============================================
 
 ζ is the path length of W/‖W‖ (Lemma 3.4). The accuracy clock's derivation, and why it carries
@@ -308,8 +308,9 @@ class AccuracyClock(Clock):
         every projection, which with ‖v‖ small moved W far. Measured on the quick Figure 2's
         DenseNet from its random start (100 digits, rtol 1e-5, to ln(n/L) = 15 in three progress
         segments), before the band below: with that step alone the run left the clock at
-        ln(n/L) = 4.45; with both at 8.84; with the speed alone it completed. Restarted at ln(n/L) = 4.3 with its pairs on their surfaces, without either,
-        α(W) fell 0.12 behind s within 20 steps; the time clock from the same W went on. The tiny
+        ln(n/L) = 4.45; with both at 8.84; with the speed alone it completed. Restarted at
+        ln(n/L) = 4.3 with its pairs on their surfaces, without either, α(W) fell 0.12 behind s
+        within 20 steps; the time clock from the same W went on. The tiny
         Figure 2's DenseNet, seed 1 (rtol 1e-4), still left the clock with τ = 8 steps and the speed
         within [½, 2] (at ln(n/L) = 3.6), and with τ = 2 steps (at 4.3); it completes with [¼, 4].
 
@@ -318,7 +319,7 @@ class AccuracyClock(Clock):
         does not shrink with h. Measured on the two-layer wine nets to ln(n/L) = 100 (the ``wine``
         part of benchmarks/sliding.py, max_steps 20,000): without the band 2 of the 40 starts ran
         out of steps at ln(n/L) = 18.6 and 11.8 (seeds 3 and 17 at init scale 0.05; 10,210 and 11,137
-        steps without any speed); with a band of 10 rtol max(1, |s|) they complete in 10,626 and 11,349,
+        steps without any speed); with a band of 10 rtol max(1, |s|) they complete in 10,643 and 11,421,
         and both networks of the tiny Figure 2 (seeds 0 and 1) and of the quick one still complete
         from their random starts (benchmarks/results/figures.json)."""
         lag = s - pt.alpha

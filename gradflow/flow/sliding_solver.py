@@ -213,7 +213,7 @@ class SlidingSolver(DelegatingSolver):
             yi = _combine(y0, ks, a_i)
             final = tab.fsal and i == len(tab.c) - 1
             with jax.named_scope("sliding_stage"):
-                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final, tau=CLOCK_STEPS * h)
+                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final, h=h)
             ks.append(_scale(h, f_i))
             if final:
                 last = (yi, f_i, stage)
@@ -224,7 +224,7 @@ class SlidingSolver(DelegatingSolver):
         y_error = _combine(_zero_like(y0), ks, tab.b_error)
         if last is None:  # not first-same-as-last: the field at y₁ is one more evaluation (the next step's first stage)
             with jax.named_scope("sliding_stage"):
-                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True, tau=CLOCK_STEPS * h)
+                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True, h=h)
         else:
             f1, stage1 = last[1], last[2]
         stacked = jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks)
@@ -253,17 +253,20 @@ class SlidingSolver(DelegatingSolver):
     # ------------------------------------------------------------------------------------------
 
     def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool,
-               tau=None) -> tuple[FlowState, Stage | None]:
+               h=None) -> tuple[FlowState, Stage | None]:
         """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, and (``extras``) the
         :class:`gradflow.sliding.Stage` there (z, c, λ at every pair: a gradient with the kinks
         re-evaluated). Without extras, the field alone (no backward signals c: they cost 0.16 bare
         gradients per stage, :meth:`gradflow.sliding.Sliding.evaluate`), and with no pair fixed,
-        the model's own gradient."""
+        the model's own gradient. ``h``: the step the stage belongs to, which sets the clock's speed
+        (τ = :data:`CLOCK_STEPS` h; None, outside a step: speed 1)."""
         sliding: Sliding = args.sliding
         state = FlowState(W, aux)
 
         def speed(pt):
-            return 1.0 if tau is None else self.clock.speed(pt, s, tau, CLOCK_BAND * sliding.rtol * jnp.maximum(1.0, jnp.abs(s)))
+            if h is None:
+                return 1.0
+            return self.clock.speed(pt, s, CLOCK_STEPS * h, CLOCK_BAND * sliding.rtol * jnp.maximum(1.0, jnp.abs(s)))
 
         def kappa(pt):
             return self.clock.scale(pt, speed(pt))
@@ -344,7 +347,7 @@ class SlidingSolver(DelegatingSolver):
         work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
         def refreshed():
-            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True, tau=CLOCK_STEPS * h)
+            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True, h=h)
             return f, st.z
 
         with jax.named_scope("sliding_refresh"):
