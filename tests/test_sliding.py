@@ -18,7 +18,7 @@ from gradflow.kinkmap import apply_with_kinks, field_kinks, model_kinks
 from gradflow.losses import get_loss
 from gradflow.params import combine, partition
 from gradflow.reference import smoothed_flow
-from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, compact, sliding_capacity
+from gradflow.sliding import DRIFT, Pattern, SlideKey, Sliding, bucket_sizes, bucketed, compact, sliding_capacity
 from gradflow.sliding.projection import EXAMPLE_RATES_MIN_PAIRS
 
 NO_SHARPNESS = gf.Diagnostics(sharpness=False)
@@ -346,3 +346,24 @@ def test_compact_lists_the_first_indices_in_order_and_counts_the_rest(n_true):
         want = np.flatnonzero(m)[:8]
         np.testing.assert_array_equal(i, np.concatenate([want, -np.ones(8 - want.size, int)]))
         assert o == max(n_true - 8, 0)
+
+
+def test_bucketed_runs_the_smallest_size_that_holds_the_set():
+    """:func:`bucketed` runs ``fn`` at the smallest bucket size ≥ the count (8, 16, 32, … then the
+    capacity), the same answer as at the full capacity, and under vmap at the largest member's size."""
+    capacity = 300
+    assert bucket_sizes(capacity) == (8, 16, 32, 64, 128, 256, 300)
+    assert bucket_sizes(64) == (8, 16, 32, 64) and bucket_sizes(5) == (5,)
+    v = jnp.arange(1.0, capacity + 1.0)
+
+    def fn(m, vec, count):
+        return jnp.sum(jnp.where(jnp.arange(m) < count, vec[:m], 0.0)), jnp.asarray(m)
+
+    for count in (0, 1, 8, 9, 16, 17, 64, 65, 128, 129, 256, 257, 300):
+        total, m = bucketed(count, capacity, fn, v, count)
+        assert int(m) == min(b for b in bucket_sizes(capacity) if b >= count)
+        assert float(total) == count * (count + 1) / 2
+    counts = jnp.asarray([3, 70, 20])
+    totals, ms = jax.vmap(lambda c: bucketed(c, capacity, fn, v, c))(counts)
+    np.testing.assert_array_equal(ms, [128, 128, 128])  # 70 pairs: the 128 bucket
+    np.testing.assert_array_equal(totals, counts * (counts + 1) / 2)

