@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PyTree
@@ -45,8 +46,16 @@ class Point(NamedTuple):
 
 def evaluate(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> Point:
     """One forward + backward pass: α(W), ∇α(W) and the radial/spherical split of ∇α (the
-    convolutions in XLA CPU's fast order: :func:`gradflow.conv_layout.canonical_convs`)."""
+    convolutions in XLA CPU's fast order: :func:`gradflow.conv_layout.canonical_convs`).
 
+    A jitted function (``equinox.filter_jit``) even where it is called inside a compiled solve:
+    JAX then traces it once per argument structure and reuses the trace at every other call site
+    and in diffrax's repeated traces of a step."""
+    return _evaluate(params, static, x, y, loss)
+
+
+@eqx.filter_jit
+def _evaluate(params: PyTree, static: PyTree, x: Array, y: Array, loss: Loss) -> Point:
     def alpha_fn(p):
         outputs = combine(p, static)(x)
         log_loss = loss.log_loss(outputs, y)
