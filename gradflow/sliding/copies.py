@@ -76,7 +76,8 @@ def find_copies(kink_values: Callable, params) -> SurfaceCopies | None:
     :data:`PROBE_POINTS` random points in one compiled call. None when no two pairs are copies."""
     leaves, treedef = jax.tree_util.tree_flatten(params)
     host = [np.asarray(leaf) for leaf in leaves]
-    overall = float(np.sqrt(np.mean(np.concatenate([a.ravel() for a in host]) ** 2))) if host else 0.0
+    flat = np.concatenate([a.ravel() for a in host]) if host else np.zeros(0)
+    overall = float(np.sqrt(np.mean(flat**2))) if flat.size else 0.0
     points = [host]
     for k in range(PROBE_POINTS):
         rng = np.random.default_rng(k)
