@@ -99,8 +99,18 @@ def test_copies_are_the_pairs_of_equal_patches():
         xs = jnp.asarray(x, jnp.float64)
         field = field_kinks(params, static, xs)
         sliding = Sliding(field.sites, None, 1, field.example)
-        copies = find_copies(lambda p: sliding.kink_values(p, static, xs), params)
+        copies = find_copies(sliding.kink_values, params, static, xs)
         z = np.asarray(sliding.kink_values(params, static, xs))
+        # a second search on an equal model (a new run of it) reuses the compiled probe
+        compiles, equal = [], jax.tree_util.tree_map(jnp.copy, params)
+        listener = lambda event, secs, **kw: compiles.append(kw.get("fun_name")) if "backend_compile" in event else None  # noqa: E731
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            again = find_copies(Sliding(field.sites, None, 1, field.example).kink_values, equal, static, xs)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    np.testing.assert_array_equal(np.asarray(again.followers), np.asarray(copies.followers))
     expected = _expected_followers(x, 3)
     assert len(expected) > 3 * 16  # the repeated example alone gives 48
     assert set(np.asarray(copies.followers).tolist()) == expected

@@ -124,5 +124,5 @@ def choose_integration(field: FieldKinks, clock: Clock, request: Request, num_pa
         slide = Sliding(field.sites, None, min(first, max_capacity), field.example)
         if start is not None:
             params, static, x = start
-            slide = slide.with_copies(find_copies(lambda p: slide.kink_values(p, static, x), params))
+            slide = slide.with_copies(find_copies(slide.kink_values, params, static, x))
     return Integration(solver, solver_obj, auto, step_control, controller, slide, max_capacity)
