@@ -39,6 +39,12 @@ __all__ = [
 _SMALL = -20.0
 
 
+@eqx.filter_jit
+def _log_ell_zero(loss: Loss) -> Array:
+    """ln ℓ(0), one compiled call (not each log-space operation compiled eagerly)."""
+    return loss.log_ell(jnp.zeros(()))
+
+
 class Loss(eqx.Module):
     """A margin loss ℓ and its inverse, all in log space. Subclasses are stateless."""
 
@@ -60,7 +66,7 @@ class Loss(eqx.Module):
     @property
     def ell_zero(self) -> float:
         """ℓ(0): Assumption 2.3 asks L(W_0) < ℓ(0)."""
-        return math.exp(float(self.log_ell(jnp.zeros(()))))
+        return math.exp(float(_log_ell_zero(self)))
 
     def soft_margins(self, outputs: Array, y: Array) -> Float[Array, " n"]:
         """The arguments q_i of ℓ: y_i Φ(x_i) (binary) or Φ_y − logsumexp_{j≠y} Φ_j (multiclass)."""

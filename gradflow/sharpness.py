@@ -46,6 +46,7 @@ and the iteration goes on until it dominates.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -191,6 +192,7 @@ class Sharpness(NamedTuple):
     min_vector: Array | None = None
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("unit",))
 def initial_vector(size: int, dtype=jnp.float64, *, unit: bool = True) -> Array:
     """A fixed, deterministic start vector of length ``size`` (dense: no structural zeros):
     v_i = cos(1.3 i) + 0.5, divided by its norm when ``unit``."""

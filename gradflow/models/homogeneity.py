@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +92,12 @@ def _declared_degree(model: object) -> int | None:
     return deg if isinstance(deg, int) and not isinstance(deg, bool) else None
 
 
+
+@eqx.filter_jit
+def _outputs_at_scale(params, static, x, c) -> jax.Array:
+    """Φ(x; cW), one compiled call for every scale c."""
+    return model_outputs(jax.tree_util.tree_map(lambda p: p * c.astype(p.dtype), params), static, x)
+
 def check_homogeneity(
     model: PyTree,
     x: ArrayLike,
@@ -131,7 +138,7 @@ def check_homogeneity(
         if x_arr.size == 0:
             raise bad_argument("x", f"is empty (shape {tuple(x_arr.shape)})", "Pass at least one input.")
         x_arr = x_arr.astype(jnp.float64)
-        if bool(jnp.any(jnp.isnan(x_arr))):
+        if np.isnan(np.asarray(x_arr)).any():
             raise bad_argument("x", "contains NaN", "Drop or impute the NaN inputs.")
         # any model gradflow accepts (Equinox, Flax NNX, as_model): batch convention detected on x
         model = as_gradflow_model(model, x_arr)
@@ -140,8 +147,7 @@ def check_homogeneity(
             raise bad_argument("model", "has no trainable floating-point parameters", "Pass a model with float arrays.")
 
         def phi(c: float) -> np.ndarray:
-            scaled = jax.tree_util.tree_map(lambda p: p * jnp.asarray(c, p.dtype), params)
-            return np.asarray(model_outputs(scaled, static, x_arr), dtype=np.float64).ravel()
+            return np.asarray(_outputs_at_scale(params, static, x_arr, jnp.asarray(c)), dtype=np.float64).ravel()
 
         base = phi(1.0)
         outs = [phi(c) for c in scales]

@@ -10,6 +10,7 @@ step; pair-sized masks are built from it where a network pass needs them.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -124,6 +125,7 @@ def grown_capacity(capacity: int, most: int) -> int:
     return min(2 * capacity, most)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def initial_slide(capacity: int, num_params: int, dtype) -> SlideState:
     """No pair slides or keeps a side; ``num_params`` = k, the length of the flattened W."""
     empty = jnp.full((capacity,), -1, jnp.int32)
