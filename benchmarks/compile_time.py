@@ -15,8 +15,15 @@ digits, cross-entropy), one short call (to t = 10⁻³) per configuration, each 
   ``network_copies``: the convolutions in the solve's optimized HLO over those in the bare
   gradient's, i.e. how many forward-and-backward passes of the network the solve contains.
 
+``reuse``: the same first call (the default configuration) in fresh processes: without a
+persistent compilation cache, then with one (``JAX_COMPILATION_CACHE_DIR``, ``EQX_ON_ERROR=nan``)
+twice, first writing it (``cache_cold_s``) and then reading it (``cache_warm_s``), and once more
+reading it without ``EQX_ON_ERROR=nan`` (``cache_warm_raise_s``): equinox's default turns
+diffrax's checks of its inputs inside the solve into host callbacks, and JAX does not cache an
+executable with host callbacks.
+
 The counts are exact and do not depend on the machine; the seconds do. Writes
-``benchmarks/results/compile_time.json`` (~5 minutes on 2 cores).
+``benchmarks/results/compile_time.json`` (~10 minutes on 2 cores).
 
     python benchmarks/compile_time.py
 """
@@ -26,6 +33,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
 _DUMP = tempfile.mkdtemp(prefix="gradflow_hlo_")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP} --xla_dump_hlo_as_text"
                            " --xla_dump_hlo_module_re=.*(solve|bare_gradient).*")
@@ -33,6 +41,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_
 import glob  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -105,6 +115,43 @@ def measure(arch: str, seen: set) -> dict:
     return out
 
 
+_FIRST_CALL = """
+import sys, time, warnings
+import gradflow as gf
+from gradflow.figures import load_image_data, make_margin_model
+warnings.simplefilter("ignore")
+x, y = load_image_data("digits", n=100, seed=0)
+model = make_margin_model(sys.argv[1], x.shape[1:], 10, seed=0)
+t0 = time.perf_counter()
+gf.simulate_flow(model, (x, y), 1e-3, loss="cross_entropy", rtol=1e-5, atol=1e-8)
+print(time.perf_counter() - t0)
+"""
+
+
+def reuse(arch: str) -> dict:
+    """The first call (default configuration, to t = 1e-3) in fresh processes, without and with a
+    persistent compilation cache (see the module docstring)."""
+    cache = tempfile.mkdtemp(prefix="gradflow_jax_cache_")
+    base = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "EQX_ON_ERROR")}
+    base["XLA_FLAGS"] = _XLA_FLAGS  # no HLO dumps in the children
+
+    def first_call(**env) -> float:
+        done = subprocess.run([sys.executable, "-c", _FIRST_CALL, arch], env={**base, **env}, capture_output=True,
+                              text=True, check=True)
+        return float(done.stdout.split()[-1])
+
+    try:
+        out = {"no_cache_s": first_call()}
+        out["cache_cold_s"] = first_call(JAX_COMPILATION_CACHE_DIR=cache, EQX_ON_ERROR="nan")
+        out["cache_warm_s"] = first_call(JAX_COMPILATION_CACHE_DIR=cache, EQX_ON_ERROR="nan")
+        out["cache_warm_raise_s"] = first_call(JAX_COMPILATION_CACHE_DIR=cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    out["warm_over_no_cache"] = out["cache_warm_s"] / out["no_cache_s"]
+    print(arch, "reuse", json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     jax.monitoring.register_event_duration_secs_listener(_listen)
     seen: set = set()
@@ -121,6 +168,7 @@ def main() -> None:
                                                                    "compile_share", "network_copies")},
                             bare_compile_s=results[arch]["bare_compile_s"])
                        for arch in ARCHS for name in CONFIGS]
+    results["reuse"] = [dict(network=arch, **reuse(arch)) for arch in ARCHS]
     results["machine"] = dict(cpus=os.cpu_count(), jax=jax.__version__, gradflow=gf.__version__)
     with open(OUT, "w") as fh:
         json.dump(results, fh, indent=1)
