@@ -24,7 +24,10 @@ its phases with ``jax.named_scope``: :mod:`gradflow.flow.sliding_solver`):
 The shares are of the traced operations' time; ``bare_gradients_per_step`` scales them to the
 step's wall time measured *without* the profiler (the least of 3 runs) (tracing adds a fixed cost per operation, which
 inflates many small operations more than a few large ones), in bare gradients of the same data
-(jitted ``jax.grad`` of the mean loss; for the ensemble, one member's: its step is all 8 members'). Writes ``benchmarks/results/sliding_profile.json``.
+(jitted ``jax.grad`` of the mean loss; for the ensemble, one member's: its step is all 8 members').
+The ensemble's ``batching`` compares each phase's µs per loop iteration with those of the first
+member run alone (``simulate_flow``): a ratio near 1 is batching for free, near 8 none.
+Writes ``benchmarks/results/sliding_profile.json``.
 
     python benchmarks/profile_sliding.py               # the CNN (~2 min on 2 cores)
     python benchmarks/profile_sliding.py --ensemble    # and the ensemble
@@ -188,6 +191,25 @@ def ensemble_case() -> dict:
     out = {"case": "8 ReLU starts (wine 2 vs rest, 8 units) to t = 1e4, one device", "statuses": r.status,
            "loop_steps": steps, "wall_s": wall, "bare_gradient_us": bare}
     out.update(breakdown(run, steps, wall, bare))
+
+    def alone():  # the first member on its own, as the loop of benchmarks/ensemble.py runs it
+        return gf.simulate_flow(models[0], (x, y), 1e4, max_steps=20_000, num_save=20,
+                                diagnostics=gf.Diagnostics(sharpness=False))
+
+    _clear_dump()
+    alone()
+    r1, wall1 = _best_of(alone)
+    one = breakdown(alone, r1.stats["steps"], wall1, bare)
+    # µs per loop iteration, by phase: one member's step against the 8 members' vmapped step
+    per_ensemble, per_single = wall / steps * 1e6, wall1 / r1.stats["steps"] * 1e6
+    out["batching"] = [
+        {"phase": p, "single_us": one["phases"].get(p, {"share": 0.0})["share"] * per_single,
+         "ensemble_us": out["phases"][p]["share"] * per_ensemble,
+         "ratio": out["phases"][p]["share"] * per_ensemble
+         / max(one["phases"].get(p, {"share": 0.0})["share"] * per_single, 1e-9)}
+        for p in out["phases"]]
+    out["batching"].append({"phase": "step", "single_us": per_single, "ensemble_us": per_ensemble,
+                            "ratio": per_ensemble / per_single})
     return out
 
 
