@@ -92,11 +92,11 @@ def _declared_degree(model: object) -> int | None:
     return deg if isinstance(deg, int) and not isinstance(deg, bool) else None
 
 
-
 @eqx.filter_jit
 def _outputs_at_scale(params, static, x, c) -> jax.Array:
     """Φ(x; cW), one compiled call for every scale c."""
     return model_outputs(jax.tree_util.tree_map(lambda p: p * c.astype(p.dtype), params), static, x)
+
 
 def check_homogeneity(
     model: PyTree,
