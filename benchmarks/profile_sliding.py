@@ -202,14 +202,10 @@ def ensemble_case() -> dict:
     one = breakdown(alone, r1.stats["steps"], wall1, bare)
     # µs per loop iteration, by phase: one member's step against the 8 members' vmapped step
     per_ensemble, per_single = wall / steps * 1e6, wall1 / r1.stats["steps"] * 1e6
-    out["batching"] = [
-        {"phase": p, "single_us": one["phases"].get(p, {"share": 0.0})["share"] * per_single,
-         "ensemble_us": out["phases"][p]["share"] * per_ensemble,
-         "ratio": out["phases"][p]["share"] * per_ensemble
-         / max(one["phases"].get(p, {"share": 0.0})["share"] * per_single, 1e-9)}
-        for p in out["phases"]]
-    out["batching"].append({"phase": "step", "single_us": per_single, "ensemble_us": per_ensemble,
-                            "ratio": per_ensemble / per_single})
+    rows = [(p, one["phases"].get(p, {"share": 0.0})["share"] * per_single, v["share"] * per_ensemble)
+            for p, v in out["phases"].items()] + [("step", per_single, per_ensemble)]
+    out["batching"] = [{"phase": p, "single_us": single, "ensemble_us": batched, "ratio": batched / max(single, 1e-9)}
+                       for p, single, batched in rows]
     return out
 
 
