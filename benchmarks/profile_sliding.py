@@ -4,7 +4,10 @@ r"""Where the wall time of a sliding step goes, phase by phase, read from XLA's 
 The case is the ``cost`` part's of ``benchmarks/sliding.py``: ``hcnn`` (1,252 parameters) on 100
 digits, cross-entropy, rtol 1e-5, here to t = 0.01 (the first ~240 steps of that run), and
 (``--ensemble``) the 8 random starts of ``benchmarks/ensemble.py``'s sliding part in one
-``simulate_ensemble``. The compiled solve runs once to compile, then again under
+``simulate_ensemble``, and (``--densenet``) the quick Figure 2's DenseNet from its random
+initialisation (``gradflow.figures.make_margin_model("densenet")``, 100 digits, cross-entropy,
+rtol 1e-5, in the accuracy clock as ``figure2(warmup=False)`` runs it, to ln(n/L) = 0.5: the
+first ~3,500 steps of its transient). The compiled solve runs once to compile, then again under
 ``jax.profiler.trace`` with XLA's CPU thunks traced (``--xla_cpu_enable_xprof_traceme``); every
 operation's self time (its time less that of the operations nested in it, e.g. a branch inside a
 ``cond``) is attributed to the innermost ``sliding_*`` scope in its HLO metadata (the solver names
@@ -27,10 +30,11 @@ inflates many small operations more than a few large ones), in bare gradients of
 (jitted ``jax.grad`` of the mean loss; for the ensemble, one member's: its step is all 8 members').
 The ensemble's ``batching`` compares each phase's µs per loop iteration with those of the first
 member run alone (``simulate_flow``): a ratio near 1 is batching for free, near 8 none.
-Writes ``benchmarks/results/sliding_profile.json``.
+Writes its cases into ``benchmarks/results/sliding_profile.json`` (the cases not run keep theirs).
 
     python benchmarks/profile_sliding.py               # the CNN (~2 min on 2 cores)
     python benchmarks/profile_sliding.py --ensemble    # and the ensemble
+    python benchmarks/profile_sliding.py --densenet --no-cnn   # the DenseNet alone (~4 min)
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ import gradflow as gf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sliding import _bare_gradient_us, _cnn_case  # noqa: E402
+
+from gradflow.datasets import load_image_data  # noqa: E402
+from gradflow.figures import make_margin_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "sliding_profile.json")
 # the solver's phase scopes, innermost first where they nest
@@ -176,6 +183,32 @@ def cnn_case() -> dict:
     return out
 
 
+def densenet_case(until: float = 0.5) -> dict:
+    """The quick Figure 2's DenseNet from its random initialisation, in the accuracy clock, to
+    ln(n/L) = ``until`` (its transient starts at ln(n/L) ≈ −0.83: L = Σ ℓ ≈ n ln 10)."""
+    x, y = load_image_data("digits", n=100, seed=0)
+    model = make_margin_model("densenet", x.shape[1:], 10, seed=0)
+    kw = dict(loss="cross_entropy", rtol=1e-5, atol=1e-8, diagnostics=gf.Diagnostics(sharpness=False),
+              clock="accuracy", until_accuracy=until, max_steps=300_000)
+    bare = _bare_gradient_us(model, x, y)
+
+    def run():
+        return gf.simulate_flow(model, (x, y), **kw)
+
+    _clear_dump()
+    run()  # compiles
+    r, wall = _best_of(run)
+    st = r.stats
+    out = {"case": f"the quick Figure 2's DenseNet, 100 digits, cross-entropy, rtol 1e-5, accuracy clock, "
+                   f"from its random initialisation to ln(n/L) = {until:g}", "status": r.status,
+           "steps": st["steps"], "gradient_evaluations": st["gradient_evaluations"], "wall_s": wall,
+           "bare_gradient_us": bare, "per_evaluation_bare_gradients": wall / st["gradient_evaluations"] / (bare * 1e-6),
+           "sliding_changes": st["sliding_changes"], "sliding_crossing_steps": st["sliding_crossing_steps"],
+           "sliding_capacity": st["sliding_capacity"]}
+    out.update(breakdown(run, st["steps"], wall, bare))
+    return out
+
+
 def ensemble_case() -> dict:
     x, y = gf.datasets.wine_one_vs_rest(2)
     models = [gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=1.0) for seed in range(8)]
@@ -212,15 +245,18 @@ def ensemble_case() -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ensemble", action="store_true", help="also the ensemble of 8 ReLU starts")
+    parser.add_argument("--densenet", action="store_true", help="also the quick Figure 2's DenseNet from init")
+    parser.add_argument("--no-cnn", action="store_true", help="skip the CNN (its entry in the file stays)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
-    out = {"cnn": cnn_case()}
-    if args.ensemble:
-        out["ensemble"] = ensemble_case()
+    cases = {"cnn": cnn_case, "ensemble": ensemble_case, "densenet": densenet_case}
+    wanted = {"cnn": not args.no_cnn, "ensemble": args.ensemble, "densenet": args.densenet}
+    out = {name: case() for name, case in cases.items() if wanted[name]}
     print(json.dumps(out, indent=2))
+    stored = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
-        json.dump(out, f, indent=2)
+        json.dump(stored | out, f, indent=2)
 
 
 if __name__ == "__main__":
