@@ -81,7 +81,7 @@ from .options import (
     check_target,
     grouped_options,
 )
-from .params import combine, global_norm
+from .params import all_finite, combine, global_norm
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
@@ -116,11 +116,6 @@ def _save_iterations(steps: int, save_every, save_at, num_save) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # the compiled loop
 # --------------------------------------------------------------------------------------------------
-
-
-def _all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
-    return jnp.stack(leaves).all()
 
 
 def _arc(params_a, params_b) -> jax.Array:
@@ -280,7 +275,7 @@ def _run(start: _Carry, static: PyTree, x: Array, y: Array, save_iters: Array, t
         updates, opt_state = tx.update(bl.gradient(), c.opt_state, c.params, loss=bl)
         params = optax.apply_updates(c.params, updates)
         log_dt = opt_state.log_dt
-        finite = _all_finite(params)
+        finite = all_finite(params)
         accept = finite & ~reached
         edge = c.edge
         if edge is not None and spec.edge_every_iteration:

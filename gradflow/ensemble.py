@@ -73,7 +73,7 @@ from .options import (
     grouped_options,
     resolve_devices,
 )
-from .params import combine, partition
+from .params import all_finite, combine, partition
 from .precision import x64
 from .problem import prepare_problem
 from .result import FlowResult
@@ -450,8 +450,7 @@ def _prepare_members(models, first):
 def _member_checks(params0, static, x, y, loss):
     def one(p):
         out = combine(p, static)(x)
-        finite_p = jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(p)]))
-        return finite_p, jnp.all(jnp.isfinite(out)), loss.log_loss(out, y)
+        return all_finite(p), jnp.all(jnp.isfinite(out)), loss.log_loss(out, y)
 
     return jax.vmap(one)(params0)
 

@@ -18,8 +18,8 @@ from jaxtyping import Array, PyTree
 
 from .errors import bad_argument
 
-__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "num_params", "params_to_dict", "params_from_dict",
-           "model_outputs"]
+__all__ = ["Frozen", "partition", "combine", "global_norm", "tree_vdot", "all_finite", "num_params", "params_to_dict",
+           "params_from_dict", "model_outputs"]
 
 
 class Frozen(eqx.Module):
@@ -62,6 +62,11 @@ def tree_vdot(a: PyTree, b: PyTree) -> Array:
 def global_norm(tree: PyTree) -> Array:
     """‖W‖: the Euclidean norm of all leaves of ``tree`` taken as one vector."""
     return jnp.sqrt(tree_vdot(tree, tree))
+
+
+def all_finite(tree: PyTree) -> Array:
+    """Whether every entry of every leaf of ``tree`` is finite (a traced bool)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]))
 
 
 def num_params(model: PyTree) -> int:

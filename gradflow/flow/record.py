@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from .. import activations
 from ..diagnostics import diagnostics
+from ..params import all_finite
 from ..sharpness import SharpnessPlan, budget_points, budget_subset
 from ..sharpness import sharpness as _sharpness
 from .field import FieldArgs, field_point, sliding_diagnostics
@@ -117,7 +118,7 @@ class Record(eqx.Module):
         def one(item):
             s, y, key, end = item
             shape = jax.eval_shape(lambda: at(s, y, key))
-            reached = end | (jnp.isfinite(s) & jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(y.W)[0])))
+            reached = end | (jnp.isfinite(s) & all_finite(y.W))
             return jax.lax.cond(reached, lambda: at(s, y, key),
                                 lambda: jax.tree_util.tree_map(lambda v: jnp.full(v.shape, jnp.inf, v.dtype), shape))
 
@@ -173,15 +174,12 @@ class Record(eqx.Module):
                 out["min_eigenvalue"] = nan
             return out, vecs
 
-        def finite(params):
-            return jnp.all(jnp.isfinite(jax.flatten_util.ravel_pytree(params)[0]))
-
         def step(vecs, item):
             params, take = item
             out, new = jax.lax.cond(take, lambda: at(params, vecs), lambda: skipped(vecs))
             return new, out
 
-        reached = jax.vmap(finite)(saved_params)
+        reached = jax.vmap(all_finite)(saved_params)
         if budget is None:
             take, ends_taken = reached, True
         else:
@@ -189,7 +187,7 @@ class Record(eqx.Module):
         # the start, the save points and the final state in one scan (one copy of the power iteration)
         params_all = _stack(jax.tree_util.tree_map(lambda v: v[None], initial_params), saved_params,
                             jax.tree_util.tree_map(lambda v: v[None], final_params))
-        ends_ok = jnp.stack([finite(initial_params), finite(final_params)]) & ends_taken
+        ends_ok = jnp.stack([all_finite(initial_params), all_finite(final_params)]) & ends_taken
         vecs, rows_all = jax.lax.scan(step, eigvec, (params_all, jnp.concatenate([ends_ok[:1], take, ends_ok[1:]])))
         first = jax.tree_util.tree_map(lambda v: v[0], rows_all)
         rows = jax.tree_util.tree_map(lambda v: v[1:-1], rows_all)
