@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gradflow as gf
-from gradflow.controllers import StepGuard
+from gradflow.controllers import StepGuard, initial_step
 
 STATUSES = ("completed", "stopped at target", "failed")
 
@@ -28,6 +28,40 @@ def _guarded_solve(t0, t1, dt0, budget):
         return diffrax.diffeqsolve(
             diffrax.ODETerm(_decay), diffrax.Tsit5(), t0, t1, dt0, jnp.ones(3),
             stepsize_controller=StepGuard(pid, jnp.asarray(budget), 1e-10, 1e-12), max_steps=10_000, throw=False)
+
+
+def test_initial_step_is_the_two_evaluation_rule():
+    """The first step (one loop over its two evaluations of the field) against Hairer, Nørsett &
+    Wanner's rule written out with numpy, on a nonlinear field and a tree of two leaves, and its
+    cap at the span."""
+    a = np.array([[0.0, 3.0], [-2.0, 0.5]])
+
+    def field(t, y, args):
+        return {"u": jnp.tanh(a @ y["u"]) + t, "v": -y["v"] ** 3}
+
+    y0 = {"u": np.array([0.3, -1.2]), "v": np.array([2.0])}
+    rtol, atol, order = 1e-6, 1e-9, 3
+
+    def rms(tree):
+        flat = np.concatenate([np.ravel(v) for v in tree.values()])
+        return np.sqrt(np.mean(flat**2))
+
+    def f(t, y):
+        return {"u": np.tanh(a @ y["u"]) + t, "v": -y["v"] ** 3}
+
+    sc = {k: atol + rtol * np.abs(v) for k, v in y0.items()}
+    f0 = f(0.0, y0)
+    d0, d1 = rms({k: y0[k] / sc[k] for k in y0}), rms({k: f0[k] / sc[k] for k in y0})
+    h0 = 0.01 * d0 / d1
+    f1 = f(h0, {k: y0[k] + h0 * f0[k] for k in y0})
+    d2 = rms({k: (f1[k] - f0[k]) / sc[k] for k in y0}) / h0
+    expected = min(100 * h0, (0.01 / max(d1, d2)) ** (1 / order))
+    with gf.x64():
+        y = jax.tree_util.tree_map(jnp.asarray, y0)
+        got = float(initial_step(field, 0.0, y, None, order, rtol, atol, 10.0))
+        capped = float(initial_step(field, 0.0, y, None, order, rtol, atol, expected / 4))
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert capped == pytest.approx(expected / 4, rel=1e-15)
 
 
 def test_step_guard_budget_and_same_steps():

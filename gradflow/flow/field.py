@@ -15,14 +15,13 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from ..clock import Clock
 from ..conv_layout import canonical_convs
 from ..diagnostics import Point, evaluate
 from ..losses import Loss
 from ..params import combine
-from ..sliding import Pattern, Sliding, active_count, any_fixed, project
+from ..sliding import Pattern, Sliding, active_count, project
 from .state import FlowState
 
 __all__ = ["Data", "FieldArgs", "field_point", "velocity", "vector_field", "sliding_diagnostics"]
@@ -54,17 +53,18 @@ class FieldArgs(eqx.Module):
 
 
 def field_point(state: FlowState, args: FieldArgs) -> Point:
-    """α, v (∇α, or, with ``state.slide``, the sliding gradient while pairs slide or keep a side:
-    :meth:`gradflow.sliding.Sliding.project`) and their split at the state's W. (The solver of the
-    sliding field holds the sliding state itself, :mod:`gradflow.flow.sliding_solver`; a state with
-    one is what a save point is evaluated at.)"""
+    """α, v (∇α, or, with ``state.slide``, the sliding gradient, which is ∇α where no pair slides
+    or keeps a side: :meth:`gradflow.sliding.Sliding.project`) and their split at the state's W.
+    (The solver of the sliding field holds the sliding state itself,
+    :mod:`gradflow.flow.sliding_solver`; a state with one is what a save point is evaluated at.)
+
+    With a sliding state the projected field is taken whether or not a pair is fixed, not ∇α in a
+    second branch of a ``cond``: at the save points its extra cost is nothing, and the second branch
+    was one more copy of the network's gradient for XLA to compile."""
     if args.sliding is None or state.slide is None:
         return evaluate(state.W, args.static, args.x, args.y, args.loss)
-    slide = state.slide
-    return lax.cond(any_fixed(slide),
-                    lambda: project(args.sliding, state.W, args.static, args.x, args.y, args.loss, slide,
-                                    args.clock.scale, signals=False).point,
-                    lambda: evaluate(state.W, args.static, args.x, args.y, args.loss))
+    return project(args.sliding, state.W, args.static, args.x, args.y, args.loss, state.slide, args.clock.scale,
+                   signals=False).point
 
 
 def velocity(pt: Point, state: FlowState, clock: Clock, speed=1.0) -> FlowState:
