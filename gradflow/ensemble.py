@@ -450,7 +450,7 @@ def _prepare_members(models, first):
 def _member_checks(params0, static, x, y, loss):
     def one(p):
         out = combine(p, static)(x)
-        return all_finite(p), jnp.all(jnp.isfinite(out)), loss.log_loss(out, y)
+        return all_finite(p), all_finite(out), loss.log_loss(out, y)
 
     return jax.vmap(one)(params0)
 

@@ -18,17 +18,18 @@ from .data import as_dataset
 from .errors import bad_argument
 from .losses import Loss, get_loss
 from .models.homogeneity import check_homogeneity, resolve_degree
-from .params import combine, model_outputs, partition
+from .params import combine, partition
 from .precision import warn_if_float32
 
 __all__ = ["Problem", "prepare_problem", "check_declared_degree"]
 
 
 @eqx.filter_jit
-def _log_loss(loss: Loss, outputs, y) -> jax.Array:
-    """ln L at the start, in one compiled call (eagerly its log-space helpers compiled ~40
-    operations one by one: 1.2 s of the hcnn's first call)."""
-    return loss.log_loss(outputs, y)
+def _start_values(loss: Loss, params, static, x, y) -> tuple[jax.Array, jax.Array]:
+    """Φ(x; W₀) and ln L(W₀), in one compiled call (eagerly a CNN's forward pass compiled each of
+    its operations, and the loss' log-space helpers ~40 more: 1.2 s of the hcnn's first call)."""
+    outputs = combine(params, static)(x)
+    return outputs, loss.log_loss(outputs, y)
 
 
 def check_declared_degree(model, x, degree) -> None:
@@ -100,7 +101,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
         if len(outputs.shape) != 1:
             raise bad_argument("loss", f"'{loss_fn.name}' is binary but the model gives outputs of shape {outputs.shape}", "Use loss='cross_entropy' with integer class labels, or a scalar-output model.")
         y = jnp.asarray(data.binary_labels(), fdtype)
-    out0 = model_outputs(*partition(model_cast), x)
+    out0, log_loss0 = _start_values(loss_fn, *partition(model_cast), x, y)
     if not np.isfinite(np.asarray(out0)).all():
         raise bad_argument(
             "model",
@@ -112,7 +113,7 @@ def prepare_problem(model, data, loss, dtype: str, check_degree: bool, who: str)
     degree = model_cast.degree
     if check_degree and interface["degree_source"] == "declared":
         check_declared_degree(model_cast, data.x[: min(data.n, 16)], degree)
-    log_loss0 = float(_log_loss(loss_fn, out0, y))
+    log_loss0 = float(log_loss0)
     return Problem(loss_fn, degree, params0, static, x, y, data.n, log_loss0, interface,
                    lambda m: interop.same_wrapping(m, model_cast))
 
