@@ -172,6 +172,11 @@ def test_hcnn_tiny_from_the_random_initialisation():
     assert r.diagnostics["sliding_pairs"].max() >= 1  # it did slide on the way
     checks = figures.margin_checks(r, homogeneous=True)
     assert checks["final_train_error"] == 0.0 and checks["margins_converge"], checks
+    # rtol: the flow's own (the size's 1e-4 above); ten times looser takes fewer steps (the same compiled solve)
+    assert (r.config["rtol"], r.config["atol"]) == (figures.MARGIN_SIZES["tiny"]["rtol"], figures.MARGIN_SIZES["tiny"]["atol"])
+    loose = figures.margin_run("hcnn", "tiny", progress=False, warmup=False, rtol=1e-3)
+    assert (loose.config["rtol"], loose.config["atol"]) == (1e-3, 1e-6)
+    assert loose.stats["steps"] < r.stats["steps"], (loose.stats["steps"], r.stats["steps"])
 
 
 @pytest.mark.slow  # about 3 minutes per seed on 2 cores
