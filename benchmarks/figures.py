@@ -64,13 +64,6 @@ def run(number: int) -> dict:
                 warmup=False)
 
 
-def _normalized_margins(r) -> np.ndarray:
-    """The margins of every save point divided by that point's median nonnegative margin."""
-    m = np.asarray(r.raw_margins, np.float64)
-    med = np.array([np.median(row[row >= 0]) if np.any(row >= 0) else np.nan for row in m])
-    return m / med[:, None]
-
-
 def _direction(r) -> np.ndarray:
     """The final W/‖W‖ of a run (its model's trainable leaves, flattened)."""
     flat = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(gf.params.partition(r.model)[0])])
@@ -93,11 +86,11 @@ def run_rtol(rtols=(1e-4, 1e-3, 1e-5, 1e-6), densenet_rtols=(1e-4,)) -> dict:
                 print(json.dumps(row), flush=True)
                 runs[(arch, rtol)] = (r, row)
     ref, _ = runs[("hcnn", min(rtols))]
-    q_ref, u_ref, err_ref = _normalized_margins(ref), _direction(ref), np.asarray(ref.train_error)
+    q_ref, u_ref, err_ref = gf.figures.normalize_by_median(ref.raw_margins), _direction(ref), np.asarray(ref.train_error)
     for (arch, rtol), (r, row) in runs.items():
         if arch != "hcnn" or rtol == min(rtols):
             continue
-        q = _normalized_margins(r)
+        q = gf.figures.normalize_by_median(r.raw_margins)
         k = min(len(q), len(q_ref))
         both = (np.asarray(r.train_error)[:k] == 0) & (err_ref[:k] == 0)
         diff = np.max(np.abs(q[:k] - q_ref[:k]), axis=1)
