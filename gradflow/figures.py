@@ -74,6 +74,7 @@ from .flow import simulate_flow
 from .losses import get_loss
 from .models import MARGIN_ARCHITECTURES, TwoLayerSquaredReLU, make_margin_model
 from .ntk import ntk_max_margin, squared_relu_surface
+from .options import check_positive_finite
 from .progress import concat_results, descend_with_progress, initial_accuracy, simulate_with_progress
 from .result import FlowResult, json_default
 from .theory import model_at
@@ -402,7 +403,10 @@ def margin_run(
     if arch not in ARCHITECTURES:
         raise bad_argument("arch", f"unknown architecture {arch!r}", f"Use one of {ARCHITECTURES}.")
     n = cfg["n"] if n is None else n
-    tol = dict(rtol=cfg["rtol"], atol=cfg["atol"]) if rtol is None else dict(rtol=float(rtol), atol=1e-3 * float(rtol))
+    rtol = check_positive_finite("rtol", rtol, allow_none=True, example="1e-5")
+    if rtol is not None and sgd:
+        raise bad_argument("rtol", "sets the flow's tolerance; sgd=True runs no flow", "Leave rtol out with sgd=True.")
+    tol = dict(rtol=cfg["rtol"], atol=cfg["atol"]) if rtol is None else dict(rtol=rtol, atol=1e-3 * rtol)
     x, y = load_image_data(data, n=n, data_dir=data_dir, seed=seed)
     model = make_margin_model(arch, x.shape[1:], 10, seed=seed)
     n_ex = len(y)

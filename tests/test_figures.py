@@ -228,6 +228,18 @@ def test_cifar_path(tmp_path):
         figures.load_image_data("cifar10", n=6)
 
 
+@pytest.mark.parametrize(("options", "what"), [(dict(rtol=-1e-5), "rtol"), (dict(rtol=float("nan")), "rtol"),
+                                                (dict(rtol=1e-4, sgd=True), "sgd=True")])
+def test_margin_run_refuses_a_bad_rtol_before_running(options, what, monkeypatch):
+    def no_data(*args, **kwargs):
+        raise AssertionError("margin_run loaded its data before refusing rtol")
+
+    monkeypatch.setattr(figures, "load_image_data", no_data)
+    with pytest.raises(gf.InvalidArgumentError, match="rtol") as info:
+        figures.margin_run("hcnn", "tiny", progress=False, **options)
+    assert what in str(info.value)
+
+
 @pytest.mark.slow
 def test_figure3_cifar_tiny(tmp_path):
     _write_cifar(tmp_path, n_per_batch=8)
