@@ -28,7 +28,6 @@ import tempfile
 import time
 import warnings
 
-import jax
 import numpy as np
 
 import gradflow as gf
@@ -65,8 +64,8 @@ def run(number: int) -> dict:
 
 
 def _direction(r) -> np.ndarray:
-    """The final W/‖W‖ of a run (its model's trainable leaves, flattened)."""
-    flat = np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(gf.params.partition(r.model)[0])])
+    """The final W/‖W‖ of a run (``result.params``, its trainable leaves, flattened)."""
+    flat = np.concatenate([np.ravel(a) for a in r.params.values()])
     return flat / np.linalg.norm(flat)
 
 
