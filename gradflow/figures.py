@@ -393,7 +393,7 @@ def margin_run(
     atol = 10⁻³ rtol as in every size. Measured for the quick Figure 2 from the initialisation
     (``benchmarks/figures.py --rtol``, ``figure2_quick_rtol`` in benchmarks/results/figures.json):
     at 1e-4 the H-AlexNet's normalized margins end several times further from a 1e-6 run than at
-    the quick size's 1e-5, and the DenseNet leaves the accuracy clock (status ``failed``).
+    the quick size's 1e-5, and the DenseNet at 1e-4 is no faster than at 1e-5.
 
     SGD (``sgd=True``): normalized mini-batch SGD (η = 1, update norm ≤ 1) for ``steps``
     iterations with ``batch_size`` (default 512 in the full size; capped at n), stopping early

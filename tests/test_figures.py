@@ -196,14 +196,17 @@ def test_figure2_tiny_from_the_random_initialisation(tmp_path, seed):
 
 
 def test_off_clock_finds_the_first_save_point_away_from_its_value():
-    """gradflow.flow.assemble.off_clock: the tolerance max(1e-3, 100 rtol)·max(1, |K|), save points at the start skipped."""
+    """gradflow.flow.assemble.off_clock: the tolerance max(1e-3, 100 r)·max(1, |K|) with r = rtol at most 1e-4,
+    save points at the start skipped."""
     from gradflow.flow.assemble import off_clock
 
     wanted = np.array([-0.8, 1.0, 3.0, 5.6, 8.0])
     assert off_clock(wanted + 5e-4, wanted, -0.9, 1e-8) is None
     assert off_clock(np.array([-0.8, 1.0, 3.0, 5.6, 1.14]), wanted, -0.9, 1e-4) == 4
     assert off_clock(np.array([-0.8, 1.0, 3.1, 5.6, 8.0]), wanted, -0.9, 1e-8) == 2  # 0.1 > 3e-3
-    assert off_clock(np.array([-0.8, 1.0, 3.1, 5.6, 8.0]), wanted, -0.9, 1e-3) is None  # 0.1 ≤ 0.1·3
+    assert off_clock(np.array([-0.8, 1.0, 3.02, 5.6, 8.0]), wanted, -0.9, 1e-4) is None  # 0.02 ≤ 1e-2·3
+    for rtol in (1e-3, 1e-2):  # the cap: still 1e-2·3, not 100 rtol·3
+        assert off_clock(np.array([-0.8, 1.0, 3.1, 5.6, 8.0]), wanted, -0.9, rtol) == 2
     assert off_clock(np.array([-0.7, 1.0]), np.array([-2.0, 1.0]), -0.7, 1e-8) is None  # below the start: the start
 
 

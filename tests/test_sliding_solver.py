@@ -129,6 +129,29 @@ def test_ensemble_of_relu_starts_slides_like_single_runs(wine_one_vs_rest):
         np.testing.assert_allclose(member.diagnostics["sliding_pairs"], single.diagnostics["sliding_pairs"])
 
 
+@pytest.mark.parametrize("rtol", [1e-2, 1e-3])
+def test_loose_tolerance_keeps_the_accuracy_clock_on_w_or_fails(wine_one_vs_rest, rtol):
+    """The issue's net from six random starts at each of two init scales, in the accuracy clock to
+    ln(n/L) = 10 at a loose rtol: a run that ends ``completed`` has its final W at the target to the
+    clock's tolerance (1e-2 relative: gradflow.clock.lag_rtol caps it at 1e-4, ×100), whatever rtol.
+    Before the cap, at rtol 1e-2 all twelve ended ``completed`` with W at ln(n/L) = 9.3–9.7; now the
+    clock defect in the error estimate keeps them on the clock (measured: 10 of 12 complete, within
+    0.07; the other two fail, naming the clock), and at 1e-3 all twelve complete within 0.013."""
+    statuses = []
+    for scale in (1.0, 0.05):
+        for seed in range(6):
+            model = gf.ReLUMLP([14, 8, 1], key=jax.random.PRNGKey(seed), init_scale=scale)
+            r = gf.simulate_flow(model, wine_one_vs_rest, clock="accuracy", until_accuracy=10.0, rtol=rtol,
+                                 atol=1e-3 * rtol, max_steps=20_000, num_save=20, diagnostics=NO_SHARPNESS)
+            statuses.append(r.status)
+            assert r.status in ("completed", "failed"), r.reason
+            if r.status == "completed":
+                assert abs(float(r.accuracy[-1]) - 10.0) <= 1e-2 * 10.0, (scale, seed, r.accuracy[-1])
+            else:
+                assert "left the clock" in r.reason, r.reason
+    assert statuses.count("completed") >= (12 if rtol == 1e-3 else 8), statuses
+
+
 def test_implicit_solver_on_relu_net_is_refused():
     """An implicit solver cannot enter sliding modes: with sliding (the default on ReLU nets) it is
     refused before anything compiles, naming the argument and the ways out."""

@@ -11,6 +11,7 @@ import diffrax
 import jax
 import numpy as np
 
+from ..clock import lag_rtol
 from ..errors import SolverFailure
 from ..interop import final_model_and_params
 from ..result import FlowResult
@@ -184,11 +185,12 @@ def off_clock(position, wanted, start: float, rtol: float) -> int | None:
     point up to the integration error (the time clock saves at t itself: always equal). ``position``:
     the clock's quantity of W at the save points reached (ln(n/L), or t); ``wanted``: those save
     points; ``start``: the quantity at the start (save points at or below it are the start itself).
-    Off means |position − wanted| > max(1e-3, 100 rtol) · max(1, |wanted|). Measured (the DenseNet of
+    Off means |position − wanted| > max(1e-3, 100 r) · max(1, |wanted|), r = rtol at most 1e-4
+    (:func:`gradflow.clock.lag_rtol`). Measured (the DenseNet of
     Figure 2 at the tiny size from its initialisation, rtol 1e-4): the save points matched ln(n/L) of
     W to 1e-3 up to 5.62, then the target 8 was saved with W at ln(n/L) = 1.14 and the run reported
     "completed"."""
     position, wanted = np.asarray(position, np.float64), np.asarray(wanted, np.float64)
-    tol = max(1e-3, 100.0 * rtol) * np.maximum(1.0, np.abs(wanted))
+    tol = max(1e-3, 100.0 * float(lag_rtol(rtol))) * np.maximum(1.0, np.abs(wanted))
     bad = (np.abs(position - wanted) > tol) & (wanted > start + tol)
     return int(np.argmax(bad)) if bad.any() else None

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..clock import Clock
+from ..clock import Clock, lag_rtol
 from ..diagnostics import evaluate
 from ..sliding import (
     APPROACH,
@@ -68,8 +68,11 @@ __all__ = ["SlidingSolver", "SlidingSolverState", "sliding_solvable"]
 
 # the time the clock's speed (gradflow.clock.Clock.speed) gives α(W) to return to s, in steps
 CLOCK_STEPS = 2.0
-# the lag of α(W) behind s the clock's speed leaves alone, in rtol · max(1, |s|)
+# the lag of α(W) behind s the clock's speed leaves alone, in lag_rtol(rtol) · max(1, |s|)
 CLOCK_BAND = 10.0
+# the lag, in lag_rtol(rtol) · max(1, |s|), beyond which a step that widens it counts its clock defect as error
+# (half of the lag at which a save point is off its clock: gradflow.flow.assemble.off_clock)
+CLOCK_GUARD = 50.0
 
 
 def sliding_solvable(solver) -> bool:
@@ -82,12 +85,15 @@ def sliding_solvable(solver) -> bool:
 
 class SlidingSolverState(eqx.Module):
     """The solver's state between steps: the sliding state, and at y₀ of the next step its field
-    (``f0``, the first stage) and kink values ``z0``; ``keys``: the sliding set at every save point
-    (None without save points); ``steps``: accepted steps so far."""
+    (``f0``, the first stage), kink values ``z0``, the clock's lag there (``lag0``,
+    :meth:`gradflow.clock.Clock.lag`) and the speed ``f0`` was evaluated at (``speed0``); ``keys``:
+    the sliding set at every save point (None without save points); ``steps``: accepted steps so far."""
 
     slide: SlideState
     f0: FlowState
     z0: jax.Array
+    lag0: jax.Array
+    speed0: jax.Array
     keys: SlideKey | None
     steps: jax.Array
 
@@ -125,6 +131,8 @@ class _Revised(NamedTuple):
     slide: SlideState
     f1: FlowState
     z1: Any
+    lag1: Any
+    speed1: Any
     work: Any
 
 
@@ -195,12 +203,13 @@ class SlidingSolver(DelegatingSolver):
         return self.solver.tableau
 
     def init(self, terms, t0, t1, y0, args):
-        stage = self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=True)
+        f0, stage, speed0 = self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=True)
         keys = None
         if self.save_ts is not None:
             keys = jax.tree_util.tree_map(lambda v: jnp.broadcast_to(v, (self.save_ts.shape[0], *v.shape)),
                                           self.slide0.key())
-        return SlidingSolverState(self.slide0, stage[0], stage[1].z, keys, jnp.zeros((), jnp.int32))
+        return SlidingSolverState(self.slide0, f0, stage.z, self.clock.lag(t0, stage.point.alpha), speed0, keys,
+                                  jnp.zeros((), jnp.int32))
 
     @eqx.filter_jit
     def step(self, terms, t0, t1, y0, args, solver_state: SlidingSolverState, made_jump):
@@ -214,15 +223,17 @@ class SlidingSolver(DelegatingSolver):
         h = t1 - t0
         slide = solver_state.slide
         ks = [_scale(h, solver_state.f0)]
+        speeds = [solver_state.speed0]
         last = None
         for i, (a_i, c_i) in enumerate(zip(tab.a_lower, tab.c, strict=True)):
             yi = _combine(y0, ks, a_i)
             final = tab.fsal and i == len(tab.c) - 1
             with jax.named_scope("sliding_stage"):
-                f_i, stage = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final, h=h)
+                f_i, stage, speed_i = self._stage(yi.W, yi.aux, slide, args, t0 + c_i * h, extras=final, h=h)
             ks.append(_scale(h, f_i))
+            speeds.append(speed_i)
             if final:
-                last = (yi, f_i, stage)
+                last = (yi, f_i, stage, speed_i)
         if tab.ssal and last is not None:
             y1 = last[0]
         else:
@@ -230,15 +241,16 @@ class SlidingSolver(DelegatingSolver):
         y_error = _combine(_zero_like(y0), ks, tab.b_error)
         if last is None:  # not first-same-as-last: the field at y₁ is one more evaluation (the next step's first stage)
             with jax.named_scope("sliding_stage"):
-                f1, stage1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True, h=h)
+                f1, stage1, speed1 = self._stage(y1.W, y1.aux, slide, args, t1, extras=True, h=h)
         else:
-            f1, stage1 = last[1], last[2]
+            f1, stage1, speed1 = last[1:]
         stacked = jax.tree_util.tree_map(lambda *k: jnp.stack(k), *ks)
         no_work = Work(jnp.zeros((len(ks), 3), y0.aux.dtype))
         dense_info = dict(y0=y0, y1=FlowState(y1.W, y1.aux, None, y0.work),
                           k=FlowState(stacked.W, stacked.aux, None, no_work))
+        y_error = _with_clock_defect(y_error, self._clock_defect(t1, h, stage1, speeds, solver_state, args), f1, speed1)
         with jax.named_scope("sliding_step_end"):
-            y1, new_slide, f1, z1, work = self._update(t1, h, y1, f1, stage1, solver_state, args)
+            y1, new_slide, f1, z1, lag1, speed1, work = self._update(t1, h, y1, f1, stage1, speed1, solver_state, args)
         keys = solver_state.keys
         if keys is not None:  # the sliding set of this step, at the save points it contains
             inside = (self.save_ts > t0) & (self.save_ts <= t1)
@@ -247,7 +259,7 @@ class SlidingSolver(DelegatingSolver):
                 lambda ks_: ks_, keys)
         y1 = FlowState(y1.W, y1.aux, None, Work(work.astype(y1.aux.dtype)))
         y_error = FlowState(y_error.W, y_error.aux, None, Work(jnp.zeros((3,), y1.aux.dtype)))
-        state = SlidingSolverState(new_slide, f1, z1, keys, solver_state.steps + 1)
+        state = SlidingSolverState(new_slide, f1, z1, lag1, speed1, keys, solver_state.steps + 1)
         return y1, y_error, dense_info, state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
@@ -256,23 +268,51 @@ class SlidingSolver(DelegatingSolver):
         time but would put two more copies of the network into the compiled solve."""
         return self._stage(y0.W, y0.aux, self.slide0, args, t0, extras=True)[0]
 
+    def _clock_defect(self, t1, h, stage1: Stage, speeds, solver_state: SlidingSolverState, args: FieldArgs):
+        """The step's clock defect d = Δα(W) − h Σ b_i speed_i (what α(W) gained beyond what the
+        stages' speeds asked of it), counted where it widens a lag beyond :data:`CLOCK_GUARD`
+        lag_rtol(rtol) max(1, |s|) (:func:`gradflow.clock.lag_rtol`), else 0 (always 0 in the time clock, whose lag is 0).
+
+        Along the sliding field dα(W)/ds is the clock's speed (the chain rule, Lemma B.9), so d is
+        an error of the step that its embedded estimate need not see: where the stages straddle
+        kinks that do not slide (crossings within the step, max-pool switches), the one-sided
+        gradients average to a W that moves along ∇α far less than 1/‖∇α‖² per unit of s, and the
+        estimate, a difference of two such averages, is as small as on a smooth stretch. The
+        speed (:meth:`gradflow.clock.Clock.speed`, at most 4) cannot make up a lag that grows at
+        every step. Measured: the quick Figure 2's H-AlexNet from its random start at rtol 1e-3
+        (100 digits, to ln(n/L) = 15) ran with α(W) falling behind s from ln(n/L) ≈ 5 (α(W)
+        rising at 0.3–0.5 of s, ‖∇L‖ between 4 and 28 at consecutive save points, tens of ReLU
+        flips and max-pool switches between them, no pair sliding) and ended ``failed`` (off the
+        clock) after 939 steps; with d counted it completes (2,117 steps), and the DenseNet at
+        1e-4, which failed the same way after 8,988 steps, completes (17,641;
+        ``figure2_quick_rtol`` in benchmarks/results/figures.json). Counting d at every step
+        instead made the quick H-AlexNet at the default rtol 1e-5 take 1.6–2.9× the steps (20,578
+        with d counted as here, 37,563 with the step's scaled error the larger of W's and
+        |d|/(rtol max(1, |s|)), against 12,966); with the guard it takes the same 12,966 steps."""
+        lag1 = self.clock.lag(t1, stage1.point.alpha)
+        advance = h * sum(float(b) * v for b, v in zip(self.tableau.b_sol, speeds, strict=True))
+        defect = (solver_state.lag0 - lag1) + (h - advance)
+        guard = CLOCK_GUARD * lag_rtol(args.sliding.rtol) * jnp.maximum(1.0, jnp.abs(t1))
+        return jnp.where((jnp.abs(lag1) > guard) & (lag1 * defect < 0), defect, 0.0)
+
     # ------------------------------------------------------------------------------------------
 
     def _stage(self, W, aux, slide: SlideState, args: FieldArgs, s, extras: bool,
-               h=None) -> tuple[FlowState, Stage | None]:
-        """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, and (``extras``) the
+               h=None) -> tuple[FlowState, Stage | None, jax.Array]:
+        """The sliding field at (s, W) with the sliding state ``slide``: dy/ds, (``extras``) the
         :class:`gradflow.sliding.Stage` there (z, c, λ at every pair: a gradient with the kinks
-        re-evaluated). Without extras, the field alone (no backward signals c: they cost 0.16 bare
-        gradients per stage, :meth:`gradflow.sliding.Sliding.evaluate`), and with no pair fixed,
-        the model's own gradient. ``h``: the step the stage belongs to, which sets the clock's speed
-        (τ = :data:`CLOCK_STEPS` h; None, outside a step: speed 1)."""
+        re-evaluated), and the clock's speed it ran at. Without extras, the field alone (no backward
+        signals c: they cost 0.16 bare gradients per stage, :meth:`gradflow.sliding.Sliding.evaluate`),
+        and with no pair fixed, the model's own gradient. ``h``: the step the stage belongs to, which
+        sets the clock's speed (τ = :data:`CLOCK_STEPS` h; None, outside a step: speed 1)."""
         sliding: Sliding = args.sliding
         state = FlowState(W, aux)
 
         def speed(pt):
             if h is None:
-                return 1.0
-            return self.clock.speed(pt, s, CLOCK_STEPS * h, CLOCK_BAND * sliding.rtol * jnp.maximum(1.0, jnp.abs(s)))
+                return jnp.ones((), pt.alpha.dtype)
+            band = CLOCK_BAND * lag_rtol(sliding.rtol) * jnp.maximum(1.0, jnp.abs(s))
+            return self.clock.speed(pt, s, CLOCK_STEPS * h, band)
 
         def kappa(pt):
             return self.clock.scale(pt, speed(pt))
@@ -282,19 +322,22 @@ class SlidingSolver(DelegatingSolver):
 
         if extras:
             stage = projected(True)
-            return velocity(stage.point, state, self.clock, speed(stage.point)), stage
+            rate = speed(stage.point)
+            return velocity(stage.point, state, self.clock, rate), stage, rate
 
         def plain():
             return evaluate(W, args.static, args.x, args.y, args.loss)
 
         pt = _cond(self.batched, any_fixed(slide), lambda: projected(False).point, plain)
-        return velocity(pt, state, self.clock, speed(pt)), None
+        rate = speed(pt)
+        return velocity(pt, state, self.clock, rate), None, rate
 
-    def _update(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, solver_state: SlidingSolverState,
+    def _update(self, t1, h, y1: FlowState, f1: FlowState, stage: Stage, speed1, solver_state: SlidingSolverState,
                 args: FieldArgs):
-        """The sliding state at the step's end (y₁ with the field f₁ and its :class:`Stage` there):
-        entries, exits, released sides (see :mod:`gradflow.sliding`). Returns (y₁, S, f₁, z₁, work),
-        with W projected back onto the surfaces and f₁ re-evaluated where S or W changed; work =
+        """The sliding state at the step's end (y₁ with the field f₁, its :class:`Stage` and the
+        speed it ran at): entries, exits, released sides (see :mod:`gradflow.sliding`). Returns
+        (y₁, S, f₁, z₁, lag₁, speed₁, work), with W projected back onto the surfaces and f₁
+        re-evaluated where S or W changed (lag₁, speed₁: the clock's lag there and f₁'s speed); work =
         [gradient evaluations, JVPs] beyond the step's stages: one JVP when a pair crossed or
         approaches its surface, and :meth:`_change`."""
         sliding: Sliding = args.sliding
@@ -353,16 +396,17 @@ class SlidingSolver(DelegatingSolver):
         work = work + jnp.stack([jnp.zeros((), dtype), need.astype(dtype), jnp.zeros((), dtype)])
 
         def refreshed():
-            f, st = self._stage(W, y1.aux, new_slide, args, t1, extras=True, h=h)
-            return f, st.z
+            f, st, rate = self._stage(W, y1.aux, new_slide, args, t1, extras=True, h=h)
+            return f, st.z, st.point.alpha, rate
 
         with jax.named_scope("sliding_refresh"):
-            f1_, z1_ = _cond(self.batched, refresh, refreshed, lambda: (f1, z1))
+            f1_, z1_, alpha1, speed1 = _cond(self.batched, refresh, refreshed,
+                                            lambda: (f1, z1, stage.point.alpha, speed1))
         tally = (jnp.zeros_like(new_slide.counts).at[COUNTS.index("crossing_steps")].set(need.astype(dtype))
                  .at[COUNTS.index("refreshes")].set(refresh.astype(dtype)))
         new_slide = slide_with(new_slide, counts=new_slide.counts + tally)
         work = work + jnp.stack([refresh.astype(dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)])
-        return _Revised(FlowState(W, y1.aux), new_slide, f1_, z1_, work)
+        return _Revised(FlowState(W, y1.aux), new_slide, f1_, z1_, self.clock.lag(t1, alpha1), speed1, work)
 
     def _change(self, end: _StepEnd, args: FieldArgs):
         """A new sliding set at the step's end. The entering pairs join A with λ = ω c (the field of
@@ -509,6 +553,14 @@ def _kept_list(kept_side, capacity):
     kept, overflow = compact(kept_side != 0, capacity)
     values = jnp.where(kept >= 0, kept_side[jnp.where(kept >= 0, kept, 0)], 0.0)
     return kept, values, overflow
+
+
+def _with_clock_defect(y_error: FlowState, defect, f1: FlowState, speed1) -> FlowState:
+    """The error estimate with the clock defect d (:meth:`SlidingSolver._clock_defect`) added as
+    the displacement of W it amounts to along the flow, d dW/dα = d f₁/speed₁ (f₁ = dW/ds at y₁),
+    so that the controller weighs it like any error of W."""
+    W = jax.tree_util.tree_map(lambda e, f: jnp.where(defect != 0, e + (defect / speed1) * f, e), y_error.W, f1.W)
+    return FlowState(W, y_error.aux, y_error.slide, y_error.work)
 
 
 def _scale(h, f: FlowState) -> FlowState:
