@@ -55,8 +55,11 @@ def lag_rtol(rtol):
     and the check that a save point's W is at its clock value
     (:func:`gradflow.flow.assemble.off_clock`) are multiples of it. Why a cap: the check allowed
     100 rtol max(1, |s|), so at rtol 1e-2 a run of the tiny Figure 2's H-AlexNet to ln(n/L) = 8
-    ended ``completed`` with W at ln(n/L) = 2.9; W's own error is still rtol's."""
-    return jnp.minimum(rtol, LAG_RTOL_MAX)
+    ended ``completed`` with W at ln(n/L) = 2.9; W's own error is still rtol's. A traced ``rtol``
+    (inside the solve) gives an array, a number (the host's checks after it) a float."""
+    if isinstance(rtol, jax.Array):
+        return jnp.minimum(rtol, LAG_RTOL_MAX)
+    return min(float(rtol), LAG_RTOL_MAX)
 
 
 @eqx.filter_jit

@@ -191,6 +191,6 @@ def off_clock(position, wanted, start: float, rtol: float) -> int | None:
     W to 1e-3 up to 5.62, then the target 8 was saved with W at ln(n/L) = 1.14 and the run reported
     "completed"."""
     position, wanted = np.asarray(position, np.float64), np.asarray(wanted, np.float64)
-    tol = max(1e-3, 100.0 * float(lag_rtol(rtol))) * np.maximum(1.0, np.abs(wanted))
+    tol = max(1e-3, 100.0 * lag_rtol(rtol)) * np.maximum(1.0, np.abs(wanted))
     bad = (np.abs(position - wanted) > tol) & (wanted > start + tol)
     return int(np.argmax(bad)) if bad.any() else None
