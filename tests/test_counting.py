@@ -84,6 +84,8 @@ def test_implicit_counts_match_a_counter_around_the_field(monkeypatch):
     assert counts["jvps"] > 10 * s["steps"]  # GMRES work dominates: a wrong count cannot hide in a tolerance
     assert s["jacobian_vector_products"] == counts["jvps"]
     assert s["gradient_evaluations"] == round(counts["evaluations"] + JVP_COST * counts["jvps"])
+    assert s["gradient_evaluations_note"].startswith(f"includes {counts['jvps']} Jacobian-vector products (Newton–GMRES")
+    assert "sliding" not in s["gradient_evaluations_note"]
 
 
 def test_explicit_counts_match_a_counter_around_the_field(monkeypatch):

@@ -292,3 +292,7 @@ def test_sliding_evaluations_against_a_counter_around_the_stages(wine_one_vs_res
     expected = (counts["gradients"] + counts["normals"] - save_normals + JVP_COST * (counts["jvps"] - saves))
     assert counts["jvps"] - saves == s["jacobian_vector_products"] >= s["sliding_crossing_steps"] >= 1
     assert s["gradient_evaluations"] == round(expected)
+    # the note names the JVPs' source: the sliding set's checks (no implicit segment ran)
+    note = s["gradient_evaluations_note"]
+    assert note.startswith(f"includes {s['jacobian_vector_products']} Jacobian-vector products (the sliding set's")
+    assert "Newton" not in note

@@ -99,9 +99,7 @@ def assemble(segments: list[Segment], static, degree, *, config, throw, stop_rea
         "gradient_evaluations_note": (
             "not counted: implicit segments with a root finder other than gradflow's (whose Newton and GMRES "
             f"iterations diffrax does not report); the other segments used {_as_count(counted)}"
-        ) if uncounted else (
-            f"includes {jvps} Jacobian-vector products of the field (Newton–GMRES) at {JVP_COST:g} gradient "
-            "evaluation(s) each" if jvps else ""),
+        ) if uncounted else (_jvps_note(jvps, segments) if jvps else ""),
         "diagnostic_evaluations": sum(seg.num_save + 1 for seg in segments),
         **_sliding_stats(last.final_state),
         **({"sharpness_hvps": int(np.sum(diag["sharpness_hvps"]))} if "sharpness_hvps" in diag else {}),
@@ -127,6 +125,19 @@ def assemble(segments: list[Segment], static, degree, *, config, throw, stop_rea
 def _as_count(value) -> int:
     """A gradient-evaluation total, rounded to an int (JVPs at JVP_COST may make it fractional)."""
     return int(round(float(value)))
+
+
+def _jvps_note(jvps: int, segments: list[Segment]) -> str:
+    """What the JVPs in ``stats["gradient_evaluations"]`` were: the Newton–GMRES stage solves of
+    implicit segments (Hessian-vector products), the sliding field's checks at a step's end (dz/ds
+    of the kinks that crossed or approach, along f₁: :meth:`gradflow.sliding.Sliding.kink_rates`), or both."""
+    sources = []
+    if any(seg.implicit_segments for seg in segments):
+        sources.append("Newton–GMRES stage solves")
+    if any(seg.final_state.slide is not None for seg in segments):
+        sources.append("the sliding set's checks at step ends, dz/ds of the kinks along the field")
+    what = " and ".join(sources) or "the field"
+    return f"includes {jvps} Jacobian-vector products ({what}) at {JVP_COST:g} gradient evaluation(s) each"
 
 
 def _sliding_stats(final_state) -> dict:
