@@ -179,6 +179,20 @@ def test_hcnn_tiny_from_the_random_initialisation():
     assert loose.stats["steps"] < r.stats["steps"], (loose.stats["steps"], r.stats["steps"])
 
 
+@pytest.mark.slow  # about 1 minute per seed on 2 cores
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_densenet_tiny_at_a_loose_rtol_stays_on_the_accuracy_clock(seed):
+    """Figure 2's DenseNet from its random initialisation at rtol 1e-3 (ten times the tiny size's):
+    every seed completes, with W at the target to the clock's tolerance (gradflow.flow.assemble.off_clock:
+    100 lag_rtol(1e-3) = 1e-2 relative). Seed 1 used to end ``failed`` (α(W) 0.08 behind s at
+    ln(n/L) ≈ 2.4) while its steps' clock defect was counted in W's tolerance, where it is diluted
+    by rtol ‖W‖ ‖∇α‖ / lag_rtol(rtol) (sliding_solver._with_clock_defect)."""
+    r = figures.margin_run("densenet", "tiny", progress=False, warmup=False, seed=seed, rtol=1e-3)
+    assert r.status == "completed", r.reason
+    target = figures.MARGIN_SIZES["tiny"]["target"]
+    assert abs(float(r.accuracy[-1]) - target) <= 1e-2 * target, r.accuracy[-1]
+
+
 @pytest.mark.slow  # about 3 minutes per seed on 2 cores
 @pytest.mark.parametrize("seed", [0, 1])
 def test_figure2_tiny_from_the_random_initialisation(tmp_path, seed):

@@ -125,7 +125,7 @@ def solve(spec: FlowSpec, data: Data, start: Start, save_points, end, budget=Non
     controller, dt0, controller_state = spec.controller, start.dt0, start.controller_state
     adaptive = not isinstance(controller, diffrax.ConstantStepSize)
     # the band of the sliding pairs follows the controller's rtol
-    sliding = None if spec.sliding is None else spec.sliding.at_tolerance(controller.rtol)
+    sliding = None if spec.sliding is None else spec.sliding.at_tolerance(controller.rtol, controller.atol)
     args = FieldArgs(data.static, data.x, data.y, data.loss, clock, sliding)
     solver = spec.solver
     if counting:

@@ -284,7 +284,7 @@ class Plan:
 
     def field_args(self, data: Data) -> FieldArgs:
         """The vector field's args (for the stiffness check of ``auto``)."""
-        sliding = None if self.sliding is None else self.sliding.at_tolerance(self.rtol)
+        sliding = None if self.sliding is None else self.sliding.at_tolerance(self.rtol, self.atol)
         return FieldArgs(data.static, data.x, data.y, data.loss, self.clock, sliding)
 
 

@@ -57,7 +57,8 @@ class Sliding(eqx.Module):
     ``kinks`` (static): the sites of the forward pass (:func:`gradflow.kinkmap.find_kinks`); the
     pairs of its C⁰ sites can slide. ``rtol``: the run's relative tolerance, which sets the band of
     :data:`gradflow.sliding.DRIFT` (the step controller's, set by :meth:`at_tolerance` in the
-    compiled solve; None until then). ``max_pairs`` (static): the capacity, the most pairs that
+    compiled solve; None until then); ``atol``: the run's absolute tolerance (with ``rtol``, the
+    scale of the step controller's error norm; None until then). ``max_pairs`` (static): the capacity, the most pairs that
     slide at once (:func:`gradflow.sliding.sliding_capacity`). ``example`` (static): where the
     examples sit in the sites (:func:`gradflow.kinkmap.example_kinks`; None: unknown), which makes a
     normal one VJP through its pair's example instead of through the batch. ``copies``: the pairs
@@ -70,10 +71,11 @@ class Sliding(eqx.Module):
     max_pairs: int = eqx.field(static=True, default=1)
     example: ExampleKinks | None = eqx.field(static=True, default=None)
     copies: SurfaceCopies | None = None
+    atol: Any = None
 
-    def at_tolerance(self, rtol) -> Sliding:
-        """This Sliding with the band set by the relative tolerance ``rtol``."""
-        return Sliding(self.kinks, rtol, self.max_pairs, self.example, self.copies)
+    def at_tolerance(self, rtol, atol=None) -> Sliding:
+        """This Sliding with the band set by the relative tolerance ``rtol``, and the run's ``atol``."""
+        return Sliding(self.kinks, rtol, self.max_pairs, self.example, self.copies, atol)
 
     def with_capacity(self, max_pairs: int) -> Sliding:
         """This Sliding (before the solve: no band yet) with capacity ``max_pairs``."""
@@ -81,7 +83,7 @@ class Sliding(eqx.Module):
 
     def with_copies(self, copies: SurfaceCopies | None) -> Sliding:
         """This Sliding with the classes of copies ``copies``."""
-        return Sliding(self.kinks, self.rtol, self.max_pairs, self.example, copies)
+        return Sliding(self.kinks, self.rtol, self.max_pairs, self.example, copies, self.atol)
 
     def own(self) -> jax.Array:
         """The pairs that may enter the sliding set or keep a side (flat bool): all but the followers."""
