@@ -570,7 +570,7 @@ def _with_clock_defect(y_error: FlowState, defect, f1: FlowState, speed1, ends, 
     network (‖W‖ ‖∇α‖ ≈ 100 on the tiny Figure 2's DenseNet). Measured at rtol 1e-3 (accuracy
     clock to ln(n/L) = 8 from the random start, 30 digits): its seed 1 lagged by a few 1e-3 of s
     per save point from ln(n/L) ≈ 2.1 on, past the guard, and ended ``failed`` (off the clock, at
-    a lag of 0.08); with the defect in its own tolerance seeds 0, 1, 2 complete (4,012 / 12,026 /
+    a lag of 0.08); with the defect in its own tolerance seeds 0, 1, 2 complete (4,012 / 11,712 /
     3,899 steps, against 2,798 / failed / 2,785). The wine net of issue 25 at rtol 1e-2 (12 starts
     to ln(n/L) = 10): 12 of 12 complete within 0.018 of the target, against 10 of 12 within 0.065.
     The quick Figure 2's H-AlexNet at its rtol 1e-5 takes the same steps."""
